@@ -1,0 +1,5 @@
+import sys
+
+from nbft.cli import main
+
+sys.exit(main())

