@@ -57,7 +57,7 @@ def test_unreachable_hub_model_says_how_to_get_it():
 
 
 def test_local_folder_round_trip_and_pad_token_note(tmp_path, caplog):
-    model, tok = tiny_random()
+    model, _ = tiny_random()
     model.save_pretrained(tmp_path / "m")
     plain = byte_tokenizer()
     plain.pad_token = None
