@@ -41,6 +41,9 @@ _EXPORTS = {
     "Run": "nbft.train",
     "StopTraining": "nbft.train",
     "TrainerObserverCallback": "nbft.train",
+    "Observer": "nbft.train",
+    "ProgressObserver": "nbft.train",
+    "HistoryWriter": "nbft.train",
     # evaluation
     "compare": "nbft.evaluate",
     "get_task": "nbft.evaluate",
@@ -50,6 +53,9 @@ _EXPORTS = {
 __all__ = [
     "DataConfig",
     "EvalConfig",
+    "HistoryWriter",
+    "Observer",
+    "ProgressObserver",
     "PromptTemplate",
     "Run",
     "StopTraining",
@@ -97,4 +103,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.evaluate import compare, get_task, list_tasks
     from nbft.models import load_model, tiny_random
     from nbft.templates import PromptTemplate, get_template, list_templates
-    from nbft.train import Run, StopTraining, TrainerObserverCallback, finetune, resume
+    from nbft.train import (
+        HistoryWriter,
+        Observer,
+        ProgressObserver,
+        Run,
+        StopTraining,
+        TrainerObserverCallback,
+        finetune,
+        resume,
+    )

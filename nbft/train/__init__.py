@@ -1,0 +1,43 @@
+"""nbft's full fine-tuning engine: an own loop on ``accelerate.Accelerator``, observed through plain events.
+
+Public names (also exported from ``nbft``): :func:`finetune`, :func:`resume`, :class:`Run`, :class:`StopTraining`,
+:class:`Observer`, :class:`StepState`, :class:`ProgressObserver`, :class:`HistoryWriter`,
+:class:`TrainerObserverCallback`, :class:`~nbft.config.TrainConfig`.
+
+Names are imported on first use, so ``import nbft`` stays light (torch loads when training starts).
+
+Example:
+    >>> from nbft.train import finetune, TrainConfig  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "finetune": "nbft.train.loop",
+    "resume": "nbft.train.loop",
+    "Run": "nbft.train.loop",
+    "TrainingError": "nbft.train.loop",
+    "StopTraining": "nbft.train.events",
+    "Observer": "nbft.train.events",
+    "StepState": "nbft.train.events",
+    "ProgressObserver": "nbft.train.events",
+    "HistoryWriter": "nbft.train.events",
+    "TrainerObserverCallback": "nbft.train.hf_callback",
+    "update_model_card": "nbft.train.card",
+    "TrainConfig": "nbft.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nbft.train' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

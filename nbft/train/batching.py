@@ -1,0 +1,349 @@
+"""Training data: token lists in, deterministic step plans, and padding-free packed micro-batches out.
+
+* :func:`as_examples` accepts a ``datasets.Dataset`` (tokenized, or with prompt/completion columns), a list of dicts,
+  or a dict of lists, and returns :class:`Examples` (token tensors). ``datasets`` is only imported when the input
+  is a Dataset, so a benchmark can feed plain lists.
+* :class:`StepPlan` decides which examples form each optimizer step and micro-batch. It is a pure function of the
+  seed and the epoch, so a resumed run sees exactly the batches the uninterrupted run would have seen.
+* :func:`collate_causal` packs a micro-batch into rows and builds a block-diagonal causal mask, so examples that
+  share a row never attend to each other (``position_ids`` alone do not isolate them with SDPA on CPU).
+
+Example:
+    >>> ex = as_examples([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}], kind="causal")
+    >>> ex.lengths
+    [3]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("nbft.train")
+
+IGNORE = -100
+
+
+@dataclasses.dataclass
+class Examples:
+    """Tokenized examples: ``labels`` aligned with ``input_ids`` (-100 = no loss) for causal models; for seq2seq
+    models ``input_ids`` is the encoder input and ``labels`` the target."""
+
+    input_ids: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+    def label_counts(self, kind: str) -> list[int]:
+        """Tokens that carry a loss in each example (for causal models: label positions after the first)."""
+        if kind == "causal":
+            return [int((lab[1:] != IGNORE).sum()) for lab in self.labels]
+        return [int((lab != IGNORE).sum()) for lab in self.labels]
+
+    def save(self, path: Path) -> None:
+        """Write as one safetensors file (flat token arrays + offsets), so resume needs no other library."""
+        from safetensors.torch import save_file
+
+        offsets = torch.tensor([0, *torch.tensor(self.lengths).cumsum(0).tolist()], dtype=torch.int64)
+        label_lens = torch.tensor([0, *torch.tensor([len(x) for x in self.labels]).cumsum(0).tolist()])
+        tensors = {
+            "input_ids": torch.cat(self.input_ids).to(torch.int32) if len(self) else torch.zeros(0, dtype=torch.int32),
+            "labels": torch.cat(self.labels).to(torch.int32) if len(self) else torch.zeros(0, dtype=torch.int32),
+            "offsets": offsets,
+            "label_offsets": label_lens.to(torch.int64),
+        }
+        save_file(tensors, str(path), metadata={"summary": json.dumps(self.summary)})
+
+    @classmethod
+    def load(cls, path: Path) -> Examples:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            summary = json.loads(f.metadata().get("summary", "{}"))
+            ids, labels = f.get_tensor("input_ids").long(), f.get_tensor("labels").long()
+            off, loff = f.get_tensor("offsets").tolist(), f.get_tensor("label_offsets").tolist()
+        return cls(
+            [ids[a:b] for a, b in itertools.pairwise(off)],
+            [labels[a:b] for a, b in itertools.pairwise(loff)],
+            summary,
+        )
+
+
+def as_examples(
+    data: Any, *, kind: str, tokenizer: Any = None, max_length: int = 1024, name: str = "train"
+) -> Examples:
+    """Normalise training data to :class:`Examples`.
+
+    Accepts a ``datasets.Dataset`` or list/dict of records with ``input_ids`` + ``labels`` (already tokenized), or
+    with ``prompt`` + ``completion`` (then tokenized with ``nbft.data.tokenize_for_training``).
+    """
+    columns = _columns(data)
+    if not {"input_ids", "labels"} <= columns:
+        if {"prompt", "completion"} <= columns:
+            if tokenizer is None:
+                raise ValueError(f"{name} data has prompt/completion text: pass the tokenizer to tokenize it")
+            from nbft.data import tokenize_for_training
+
+            data = tokenize_for_training(_as_dataset(data), tokenizer, max_length=max_length, mode=kind)
+        else:
+            raise ValueError(
+                f"{name} data needs columns input_ids + labels (tokenized) or prompt + completion (text); it has "
+                f"{sorted(columns)}. Build it with nbft.build_instruction_dataset(...) or tokenize_for_training(...)."
+            )
+    input_ids, labels = _column(data, "input_ids"), _column(data, "labels")
+    if len(input_ids) == 0:
+        raise ValueError(f"{name} data is empty: there is nothing to train on")
+    ids_t, lab_t = [], []
+    for i, (ids, lab) in enumerate(zip(input_ids, labels, strict=True)):
+        if kind == "causal" and len(ids) != len(lab):
+            raise ValueError(
+                f"{name} example {i}: labels ({len(lab)}) must be aligned with input_ids ({len(ids)}) for a causal "
+                "model, with -100 on prompt tokens (tokenize_for_training does this)"
+            )
+        ids_t.append(torch.as_tensor(ids, dtype=torch.long))
+        lab_t.append(torch.as_tensor(lab, dtype=torch.long))
+    longer = sum(len(x) > max_length for x in ids_t)
+    if longer:  # already tokenized: the caller chose the lengths, so only say so (tokenize_for_training truncates)
+        logger.warning("%s: %d tokenized examples are longer than max_length=%d", name, longer, max_length)
+    examples = Examples(ids_t, lab_t)
+    examples.summary = _summary(data, examples, kind, columns)
+    return examples
+
+
+def _columns(data: Any) -> set[str]:
+    if hasattr(data, "column_names"):  # datasets.Dataset
+        return set(data.column_names)
+    if isinstance(data, dict):
+        return set(data)
+    if isinstance(data, list | tuple) and data and isinstance(data[0], dict):
+        return set(data[0])
+    raise TypeError(
+        f"unsupported training data type {type(data).__name__}: pass a datasets.Dataset, a list of dicts or a "
+        "dict of lists"
+    )
+
+
+def _column(data: Any, name: str) -> list[Any]:
+    if isinstance(data, list | tuple):
+        return [row[name] for row in data]
+    return list(data[name])
+
+
+def _as_dataset(data: Any) -> Any:
+    if hasattr(data, "column_names"):
+        return data
+    import datasets
+
+    if isinstance(data, dict):
+        return datasets.Dataset.from_dict(data)
+    return datasets.Dataset.from_list(list(data))
+
+
+def _summary(data: Any, examples: Examples, kind: str, columns: set[str]) -> dict[str, Any]:
+    """Facts for the model card: counts, tokens, and tasks/templates when the data carries them."""
+    summary: dict[str, Any] = {
+        "examples": len(examples),
+        "tokens": int(sum(examples.lengths)),
+        "label_tokens": int(sum(examples.label_counts(kind))),
+        "max_length": max(examples.lengths),
+    }
+    for col in ("task", "template_id"):
+        if col in columns:
+            summary[col + "s"] = dict(Counter(str(v) for v in _column(data, col)).most_common())
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Step plans
+
+
+class StepPlan:
+    """Which examples make each optimizer step, and how a step splits into micro-batches.
+
+    Each epoch shuffles with ``torch.Generator(seed + epoch)``: the plan for any step can be recomputed from the
+    seed alone, which is what makes resume exact. A step holds ``batch_size * grad_accum * world`` examples, or
+    examples up to ``tokens_per_step`` real tokens. Inside a step, examples are sorted by length and split into
+    ``grad_accum * world`` micro-batches (the sum over the step is the same whatever the split, so this only
+    saves padding).
+    """
+
+    def __init__(
+        self,
+        lengths: list[int],
+        *,
+        seed: int,
+        batch_size: int,
+        grad_accum: int,
+        world_size: int = 1,
+        tokens_per_step: int | None = None,
+        epochs: float = 1.0,
+        max_steps: int | None = None,
+    ) -> None:
+        self.lengths = lengths
+        self.seed = seed
+        self.batch_size = batch_size
+        self.micro_batches = grad_accum * world_size
+        self.tokens_per_step = tokens_per_step
+        self._epochs: dict[int, list[list[int]]] = {}
+        per_epoch = len(self._epoch(0))
+        self.steps_per_epoch = per_epoch
+        self.total_steps = max_steps if max_steps is not None else max(1, round(epochs * per_epoch))
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epochs:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(len(self.lengths), generator=gen).tolist()
+            steps: list[list[int]] = []
+            if self.tokens_per_step is None:
+                size = self.batch_size * self.micro_batches
+                steps = [order[i : i + size] for i in range(0, len(order), size)]
+            else:
+                current: list[int] = []
+                tokens = 0
+                for i in order:
+                    if current and tokens + self.lengths[i] > self.tokens_per_step:
+                        steps.append(current)
+                        current, tokens = [], 0
+                    current.append(i)
+                    tokens += self.lengths[i]
+                if current:
+                    steps.append(current)
+            # Every process needs a micro-batch, so a last step with too few examples is dropped (only with several).
+            if self.micro_batches > 1 and len(steps) > 1 and len(steps[-1]) < self.micro_batches:
+                steps.pop()
+            self._epochs[epoch] = steps
+        return self._epochs[epoch]
+
+    def step(self, index: int) -> tuple[float, list[list[int]]]:
+        """Epoch progress after this step, and the step's micro-batches (lists of example indices)."""
+        epoch, within = divmod(index, self.steps_per_epoch)
+        steps = self._epoch(epoch)
+        # An epoch may have a different number of token-budget steps; wrap into it (rarely matters, never crashes).
+        chosen = steps[within % len(steps)]
+        ordered = sorted(chosen, key=lambda i: -self.lengths[i])
+        n = min(self.micro_batches, len(ordered))
+        bounds = [round(k * len(ordered) / n) for k in range(n + 1)]
+        micro = [ordered[a:b] for a, b in itertools.pairwise(bounds)]
+        # Pad the list of micro-batches so every process gets one (an empty one contributes nothing).
+        micro += [[] for _ in range(self.micro_batches - len(micro))]
+        return epoch + (within + 1) / self.steps_per_epoch, micro
+
+
+def eval_batches(lengths: list[int], tokens_per_batch: int) -> list[list[int]]:
+    """Validation micro-batches: sorted by length, filled up to a token budget (no shuffling needed)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Padded size of the batch if i joins: rows * longest (the first example is the longest).
+        if current and (len(current) + 1) * lengths[current[0]] > tokens_per_batch:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Collation
+
+
+def _pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: few rows, each no longer than the longest example, so attention cost stays O(len²)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def collate_causal(
+    input_ids: list[torch.Tensor], labels: list[torch.Tensor], *, pad_id: int, pack: bool
+) -> dict[str, torch.Tensor]:
+    """Build one causal micro-batch.
+
+    Returns ``input_ids``, ``position_ids`` (restarting at 0 for each example), ``targets`` (the next token's
+    label, already shifted inside each example, so no example predicts its neighbour's first token) and
+    ``attention_mask``: a ``[rows, 1, L, L]`` boolean block-diagonal causal mask, or ``None`` when every row is a
+    single unpadded example (then the kernel's own causal path is used).
+    """
+    lengths = [len(x) for x in input_ids]
+    capacity = max(lengths)
+    rows = _pack_rows(lengths, capacity) if pack else [[i] for i in range(len(lengths))]
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    targets = torch.full(shape, IGNORE, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    segments = torch.full(shape, -1, dtype=torch.long)  # -1 = padding
+    for r, row in enumerate(rows):
+        start = 0
+        for seg, i in enumerate(row):
+            n = lengths[i]
+            ids[r, start : start + n] = input_ids[i]
+            targets[r, start : start + n - 1] = labels[i][1:]
+            positions[r, start : start + n] = torch.arange(n)
+            segments[r, start : start + n] = seg
+            start += n
+    mask = None
+    if any(len(row) > 1 for row in rows) or bool((segments < 0).any()):
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        # Padding positions form their own block (they attend to earlier padding), so no row is fully masked:
+        # a fully masked row gives NaN in SDPA, and NaN * 0 would still poison the weight gradients.
+        mask = (segments[:, :, None] == segments[:, None, :]) & causal
+        mask = mask[:, None]
+    return {"input_ids": ids, "position_ids": positions, "targets": targets, "attention_mask": mask}
+
+
+def collate_varlen(input_ids: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, Any]:
+    """Concatenate a micro-batch into one row with no padding at all; ``bounds`` marks where examples start.
+
+    The model then runs attention per example (``nbft.train.loss.varlen_attention``). ``targets`` are shifted
+    inside each example, as in :func:`collate_causal`.
+    """
+    targets = [torch.cat([lab[1:], lab.new_full((1,), IGNORE)]) for lab in labels]
+    positions = [torch.arange(len(x)) for x in input_ids]
+    bounds = [0, *itertools.accumulate(len(x) for x in input_ids)]
+    return {
+        "input_ids": torch.cat(input_ids)[None],
+        "position_ids": torch.cat(positions)[None],
+        "targets": torch.cat(targets)[None],
+        "bounds": bounds,
+    }
+
+
+def collate_seq2seq(
+    input_ids: list[torch.Tensor], labels: list[torch.Tensor], *, pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Pad an encoder-decoder micro-batch: encoder inputs with ``pad_id``, labels with -100."""
+    src = max(len(x) for x in input_ids)
+    tgt = max(len(y) for y in labels)
+    ids = torch.full((len(input_ids), src), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), src), dtype=torch.long)
+    lab = torch.full((len(labels), tgt), IGNORE, dtype=torch.long)
+    for r, (x, y) in enumerate(zip(input_ids, labels, strict=True)):
+        ids[r, : len(x)] = x
+        mask[r, : len(x)] = 1
+        lab[r, : len(y)] = y
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}

@@ -1,0 +1,213 @@
+"""Losses that run the LM head only where there is a label, a chunk at a time.
+
+For instruction data most tokens are prompt tokens, which carry no loss. A causal LM's usual forward computes
+``batch × seq × vocab`` logits (49k-152k wide) and then throws most of them away. Here the base model returns
+hidden states, the labelled positions are gathered, and :class:`LinearCrossEntropy` applies the LM head and the
+cross-entropy chunk by chunk, computing the gradients in the same pass, so at most one chunk of logits ever exists.
+
+Example:
+    >>> import torch
+    >>> h, w = torch.randn(5, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    >>> loss = linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 4, 5]))
+    >>> loss.backward()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+logger = logging.getLogger("nbft.train")
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``sum(cross_entropy(hidden @ weight.T, targets))`` without materialising all logits.
+
+    Forward walks over row chunks: logits for the chunk (in ``compute_dtype``, like autocast would), log-sum-exp
+    in fp32, and the gradient ``softmax - onehot`` straight away, turned into grad-hidden and grad-weight. Backward
+    only scales the stored gradients, so the FLOPs equal a plain linear + cross-entropy and memory holds one chunk.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden, weight, targets, chunk_rows: int, compute_dtype, grad_enabled: bool):  # type: ignore[override]
+        # Forward always runs with grad mode off, so the caller tells whether gradients are wanted (not in eval).
+        need_h, need_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(compute_dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = None  # fp32 accumulator, created by the first chunk
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = hidden[start : start + chunk_rows].to(compute_dtype)
+                t = targets[start : start + chunk_rows]
+                logits = (h @ w.T).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                if need_h or need_w:
+                    # d(sum CE)/d(logits) = softmax - onehot, computed in place over the chunk's logits.
+                    grad = logits.sub_(lse[:, None]).exp_()
+                    grad[torch.arange(len(t), device=t.device), t] -= 1.0
+                    grad = grad.to(compute_dtype)
+                    if grad_h is not None:
+                        grad_h[start : start + chunk_rows] = grad @ w
+                    if need_w:
+                        part = grad.T @ h
+                        grad_w = part.float() if grad_w is None else grad_w.add_(part)
+        if need_w and grad_w is None:  # no labelled rows at all
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
+        ctx.has = (grad_h is not None, grad_w is not None)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output):  # type: ignore[override]
+        # The stored gradients are ours alone, so scale them in place instead of allocating copies.
+        saved = list(ctx.saved_tensors)
+        grad_h = saved.pop(0).mul_(grad_output) if ctx.has[0] else None
+        grad_w = saved.pop(0).mul_(grad_output).to(ctx.weight_dtype) if ctx.has[1] else None
+        return grad_h, grad_w, None, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    compute_dtype: torch.dtype | None = None,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, one chunk of rows at a time."""
+    if compute_dtype is None:
+        compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled() else weight.dtype
+    if chunk_rows is None:
+        chunk_rows = chunk_rows_for(weight.shape[0], hidden.device)
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, compute_dtype, torch.is_grad_enabled())
+
+
+def chunk_rows_for(vocab_size: int, device: torch.device) -> int:
+    """Rows per chunk so one fp32 chunk of logits stays near 64 MB on CPU (512 MB on GPU, for bigger matmuls)."""
+    budget = (2**27 if device.type == "cuda" else 2**24) // max(vocab_size, 1)
+    return max(64, budget)
+
+
+VARLEN = "nbft_varlen"
+"""Attention implementation name used while a packed single row is in flight (see :func:`varlen_attention`)."""
+
+
+def varlen_attention(module, query, key, value, attention_mask, *, nbft_bounds, is_causal=None, **kwargs):
+    """Causal SDPA run separately on each packed example of a single row: no padding, no mask, no cross-talk.
+
+    ``query``/``key``/``value`` are ``[1, heads, total_tokens, dim]``; ``nbft_bounds`` holds the examples' start
+    offsets and the total. Each slice takes SDPA's ``is_causal`` path, which on CPU skips the masked half of the
+    score matrix, so the cost is ``sum(len_i²)`` instead of ``total²`` with a block mask.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    # split (not slicing): its backward is one concatenation, where slices would each zero-fill a full-size grad.
+    sizes = [b - a for a, b in itertools.pairwise(nbft_bounds)]
+    outputs = [
+        sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
+        for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2), strict=True)
+    ]
+    return torch.cat(outputs, dim=1), None
+
+
+def _register_varlen() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    AttentionMaskInterface.register(VARLEN, lambda *args, **kwargs: None)  # the slices need no mask
+
+
+@contextlib.contextmanager
+def _attention(config: Any, implementation: str):
+    """Switch the attention implementation for one forward pass (the model's own setting is restored after)."""
+    previous = config._attn_implementation_internal
+    config._attn_implementation_internal = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation_internal = previous
+
+
+class CausalLMLoss(nn.Module):
+    """Wraps a causal LM: ``forward(batch) -> summed CE over labelled positions``.
+
+    Wrapping (instead of calling ``model.model`` from the loop) keeps DDP/FSDP hooks working when accelerate wraps
+    this module. ``fused`` is decided once by :func:`check_fused_head`: models whose logits are not a plain linear
+    map of the final hidden state (soft-capping, scaling) fall back to the model's own forward.
+    """
+
+    def __init__(self, model: nn.Module, fused: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.fused = fused
+        _register_varlen()
+
+    def forward(self, input_ids, position_ids, targets, attention_mask=None, bounds=None):  # type: ignore[override]
+        flat_targets = targets.reshape(-1)
+        keep = flat_targets.ne(-100).nonzero().squeeze(1)
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+        switch = contextlib.nullcontext()
+        if bounds is not None:  # one packed row: attention runs per example (varlen_attention)
+            kwargs["nbft_bounds"] = bounds
+            switch = _attention(self.model.config, VARLEN)
+        with switch:
+            if self.fused:
+                hidden = self.model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
+            else:
+                logits = self.model(input_ids=input_ids, **kwargs).logits
+        if self.fused:
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+            weight = self.model.get_output_embeddings().weight  # tied or not: autograd routes the gradient
+            return linear_cross_entropy(hidden, weight, flat_targets.index_select(0, keep))
+        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, keep).float()
+        return F.cross_entropy(logits, flat_targets.index_select(0, keep), reduction="sum")
+
+
+class Seq2SeqLoss(nn.Module):
+    """Wraps an encoder-decoder model: summed CE over the target tokens (computed in fp32)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels):  # type: ignore[override]
+        decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
+        ).logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="sum")
+
+
+def check_fused_head(model: nn.Module) -> bool:
+    """True when ``logits == lm_head(base_model(x).last_hidden_state)`` for this model (checked on 8 tokens)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    base = getattr(model, "base_model", None)
+    if not isinstance(head, nn.Linear) or head.bias is not None or base is None or base is model:
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        device = head.weight.device
+        x = torch.arange(8, device=device)[None] % head.weight.shape[0]
+        with torch.no_grad():
+            want = model(input_ids=x, use_cache=False).logits.float()
+            got = head(base(input_ids=x, use_cache=False).last_hidden_state).float()
+        same = want.shape == got.shape and torch.allclose(want, got, rtol=1e-4, atol=1e-4)
+    except Exception as exc:  # an unusual architecture: the model's own forward is always correct
+        logger.info("fused LM-head loss unavailable for %s (%s); using the model's forward", type(model).__name__, exc)
+        same = False
+    finally:
+        model.train(was_training)
+    if not same:
+        logger.info("%s: logits are not a plain linear head; using the model's forward", type(model).__name__)
+    return same
