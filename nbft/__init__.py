@@ -48,9 +48,13 @@ _EXPORTS = {
     "compare": "nbft.evaluate",
     "get_task": "nbft.evaluate",
     "list_tasks": "nbft.evaluate",
+    "Task": "nbft.evaluate",
+    "ComparisonTable": "nbft.evaluate",
+    "run_demo": "nbft.evaluate.demo",
 }
 
 __all__ = [
+    "ComparisonTable",
     "DataConfig",
     "EvalConfig",
     "HistoryWriter",
@@ -59,6 +63,7 @@ __all__ = [
     "PromptTemplate",
     "Run",
     "StopTraining",
+    "Task",
     "TrainConfig",
     "TrainerObserverCallback",
     "build_instruction_dataset",
@@ -72,6 +77,7 @@ __all__ = [
     "load_model",
     "mix",
     "resume",
+    "run_demo",
     "tiny_random",
     "tokenize_for_training",
 ]
@@ -100,7 +106,8 @@ def load_ipython_extension(ipython: Any) -> None:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.config import DataConfig, EvalConfig, TrainConfig
     from nbft.data import build_instruction_dataset, mix, tokenize_for_training
-    from nbft.evaluate import compare, get_task, list_tasks
+    from nbft.evaluate import ComparisonTable, Task, compare, get_task, list_tasks
+    from nbft.evaluate.demo import run_demo
     from nbft.models import load_model, tiny_random
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nbft import __version__
 
@@ -31,7 +32,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nbft.evaluate.demo import run_demo
 
-    run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n)
+    result = run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n, echo=print)
+    print(f"\nwrote {result['out_dir']}: " + ", ".join(sorted(Path(p).name for p in result["files"].values())))
     return 0
 
 
@@ -57,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole job offline: datasets, base eval, full fine-tune, tuned eval, report")
     p.add_argument("--target", default="sentiment", help="the task to fine-tune on (default: sentiment)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's tuned default)")
-    p.add_argument("--out", default="runs/demo", help="run directory for report.html, metrics.json, plots, model")
+    p.add_argument(
+        "--out", default=None, help="run directory for report.html, metrics.json, plots, model (default runs/demo-TIME)"
+    )
     p.add_argument(
         "--model", default=None, help="model name or path (default: SmolLM2-135M-Instruct; 'tiny' for a smoke run)"
     )

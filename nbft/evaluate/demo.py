@@ -1,0 +1,282 @@
+"""The whole job in one call (what ``nbft demo`` runs): data → base eval (+ in-context baseline) → full fine-tune →
+tuned eval → side-by-side table with forgetting → report files.
+
+Offline and on CPU by default: SmolLM2-135M-Instruct from nbft's registry fallback, real data from PyPI wheels.
+
+Example::
+
+    from nbft.evaluate.demo import run_demo
+    result = run_demo(target="sentiment", out_dir="runs/demo", echo=print)
+    result["table"].delta                 # the paired Δ with its 95% CI
+    result["files"]["report"]             # runs/demo/report.html
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nbft.config import EvalConfig
+
+__all__ = ["DEMO_DEFAULTS", "DemoSettings", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DemoSettings:
+    """The demo's knobs. The real-model defaults finish in about 10 minutes on 2 CPU cores (see the README)."""
+
+    steps: int = 40
+    """Optimizer steps of the full fine-tune."""
+    batch_size: int = 8
+    """Training examples per step."""
+    learning_rate: float = 2e-4
+    """Peak AdamW learning rate (linear warmup over 10% of steps, then linear decay)."""
+    max_length: int = 128
+    """Longest training example in tokens (tweets and their prompts fit)."""
+    n: int = 100
+    """Test examples of the target task; its paired 95% CI of Δ is computed over exactly these."""
+    n_other: int = 24
+    """Test examples of each other task (they measure forgetting)."""
+    icl_shots: tuple[int, ...] = (0, 3)
+    """In-context baselines of the base model on the target task."""
+    icl_n: int | None = 30
+    """The k-shot columns use the first ``icl_n`` target examples only (a 3-shot prompt costs ~4x the tokens)."""
+    eval_batch_size: int = 32
+    """Prompts per generation batch; larger batches amortise each decoding step on CPU."""
+    chat_template: bool = True
+    """Wrap prompts in the model's chat template, for training and evaluation alike (an instruct model
+    follows a task far better as a user turn)."""
+    max_new_tokens_other: int = 12
+    """Generation budget for the other tasks (short answers, replies, entity lists)."""
+
+
+DEMO_DEFAULTS = DemoSettings()
+TINY_DEFAULTS = DemoSettings(
+    steps=6, batch_size=4, learning_rate=1e-3, max_length=96, n=12, n_other=6, icl_shots=(0, 2), icl_n=6,
+    eval_batch_size=8, max_new_tokens_other=6,
+)  # fmt: skip
+
+
+def _load(model: Any) -> tuple[Any, Any, str, Path | None]:
+    """(model, tokenizer, label, folder of the base weights on disk, if any)."""
+    from nbft import models
+
+    if model is None or model == "default":
+        m, tok = models.load_model()
+        label = models.DEFAULT_MODEL
+    elif model == "tiny":
+        m, tok = models.tiny_random("llama", seed=0)
+        return m, tok, "tiny-random-llama", None
+    elif isinstance(model, tuple):
+        m, tok = model
+        label = getattr(m, "name_or_path", "") or type(m).__name__
+    else:
+        m, tok = models.load_model(str(model))
+        label = str(model)
+    # The base weights on disk (for the streaming weight-change view): the folder the model was loaded from.
+    folder = None
+    loaded_from = getattr(m, "name_or_path", None)
+    if loaded_from and Path(loaded_from).is_dir() and any(Path(loaded_from).glob("*.safetensors")):
+        folder = Path(loaded_from)
+    elif label == models.DEFAULT_MODEL and any(models.offline_copy_dir(label).glob("*.safetensors")):
+        folder = models.offline_copy_dir(label)
+    return m, tok, label, folder
+
+
+def _training_data(task: Any, splits: Any, n_train: int, seed: int) -> Any:
+    import datasets
+
+    def render(ds: datasets.Dataset) -> datasets.Dataset:
+        rows = [{"prompt": task.template.render(ex), "completion": task.template.completion(ex)} for ex in ds]
+        return datasets.Dataset.from_list(rows)
+
+    train = splits["train"].shuffle(seed=seed)
+    train = train.select(range(min(n_train, len(train))))
+    val = splits["validation"].select(range(min(64, len(splits["validation"]))))
+    return render(train), render(val)
+
+
+def run_demo(
+    target: str = "sentiment",
+    *,
+    steps: int | None = None,
+    out_dir: str | Path | None = None,
+    model: Any = None,
+    n: int | None = None,
+    tasks: Sequence[str] | None = None,
+    settings: DemoSettings | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run steps 1-6 of the demo and return what it made.
+
+    Args:
+        target: the task to fine-tune on (``"sentiment"``, ``"qa"``, ``"reply"`` or ``"entities"``).
+        steps: optimizer steps (default 150; 6 for ``model="tiny"``).
+        out_dir: run directory for the report, metrics, loss plot and model (default ``runs/demo-<time>``).
+        model: ``None`` (SmolLM2-135M-Instruct, offline fallback), a name or path, a ``(model, tokenizer)`` pair,
+            or ``"tiny"`` (a tiny random model, for a fast smoke test).
+        n: test examples of the target task (default 200).
+        tasks: the other tasks (default: the other offline tasks: qa, reply, entities, sentiment).
+        settings: a :class:`DemoSettings` (``steps``/``n`` arguments override it).
+        echo: called with each line meant for a person (the CLI passes ``print``); library code never prints.
+
+    Returns a dict: ``table`` (the :class:`~nbft.evaluate.compare.ComparisonTable`), ``run`` (the training run),
+    ``text`` (the printed table), ``files`` (paths written), ``timings`` (seconds per phase), ``out_dir``.
+
+    Example::
+
+        result = run_demo(model="tiny", out_dir="/tmp/nbft-demo")
+    """
+    from nbft.data import tokenize_for_training
+    from nbft.evaluate.compare import compare, evaluate_model
+    from nbft.evaluate.tasks import get_task, list_tasks
+    from nbft.train import ProgressObserver, TrainConfig, finetune
+
+    say = echo or (lambda line: logger.info("%s", line))
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    tiny = model == "tiny"
+    cfg = dataclasses.replace(settings or (TINY_DEFAULTS if tiny else DEMO_DEFAULTS))
+    if steps is not None:
+        cfg.steps = steps
+    if n is not None:
+        cfg.n = n
+    target_task = get_task(target)
+    others = list(tasks) if tasks is not None else [t for t in ("sentiment", "qa", "reply", "entities") if t != target]
+    names = [target, *[t for t in others if t != target]]
+    offline = set(list_tasks(offline_only=True))
+    out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    if (out / "model").exists() or any(out.glob("checkpoint-*")):
+        raise FileExistsError(f"{out} already holds a demo run; pass a new out_dir (--out) or delete it")
+    say(f"nbft demo: target={target}, other tasks={names[1:]}, out={out}")
+    if any(t not in offline for t in names):
+        say(f"note: {[t for t in names if t not in offline]} need the Hugging Face Hub")
+
+    # 1. data -------------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    task_objs = []
+    for name in names:
+        task = get_task(name)
+        if name != target:
+            task = dataclasses.replace(task, max_new_tokens=min(task.max_new_tokens, cfg.max_new_tokens_other))
+        task_objs.append(task)
+    splits = target_task.load()
+    for task in task_objs[1:]:
+        task.load()  # fetch and cache every task's data now, so a missing source fails before any compute
+    train_rows, val_rows = _training_data(target_task, splits, cfg.steps * cfg.batch_size, seed)
+    timings["data_s"] = time.perf_counter() - t0
+    say(
+        f"[1/6] data: {len(train_rows)} training examples of {target!r} "
+        f"({len(splits['train'])} in its train split), {len(val_rows)} validation; eval tasks {names}"
+    )
+
+    # model ---------------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    mdl, tok, label, base_folder = _load(model)
+    timings["load_s"] = time.perf_counter() - t0
+    chat = cfg.chat_template and bool(getattr(tok, "chat_template", None))
+    say(
+        f"model: {label} ({sum(p.numel() for p in mdl.parameters()) / 1e6:.1f}M parameters) in {timings['load_s']:.0f}s"
+    )
+
+    # 2. base evaluation (with the in-context baseline on the target) -------------------------------------------
+    # Each task gets its own n: the target's CI must be tight; the others only need to show large drops.
+    ecfg = EvalConfig(
+        n=cfg.n, n_per_task={t: cfg.n_other for t in names if t != target}, icl_shots=cfg.icl_shots,
+        icl_n=cfg.icl_n, batch_size=cfg.eval_batch_size, chat_template=chat, seed=seed, progress=progress,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    base_eval = evaluate_model(mdl, task_objs, tokenizer=tok, target=target, config=ecfg)
+    timings["eval_base_s"] = time.perf_counter() - t0
+    say(
+        f"[2/6] base model evaluated on {len(names)} tasks (k-shot {cfg.icl_shots} on {target}) "
+        f"in {timings['eval_base_s']:.0f}s"
+    )
+
+    # 3. full fine-tune -----------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    train_tok = tokenize_for_training(train_rows, tok, max_length=cfg.max_length, chat_template=chat)
+    val_tok = tokenize_for_training(val_rows, tok, max_length=cfg.max_length, chat_template=chat)
+    tcfg = TrainConfig(
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        warmup_ratio=0.1,
+        schedule="linear",
+        eval_every=max(1, cfg.steps // 3),
+        max_length=cfg.max_length,
+        seed=seed,
+    )
+    observers = [ProgressObserver()] if progress else []
+    run = finetune(mdl, tok, train_tok, val=val_tok, config=tcfg, observers=observers, run_dir=out)
+    run.wait()
+    timings["train_s"] = time.perf_counter() - t0
+    say(f"[3/6] full fine-tune: {cfg.steps} steps, final loss {run.final_loss:.3f}, in {timings['train_s']:.0f}s")
+
+    # 4. tuned evaluation, against the stored base results ------------------------------------------------------
+    t0 = time.perf_counter()
+    table = compare({"base": base_eval, "tuned": (run.model, tok)}, task_objs, target=target, config=ecfg)
+    timings["eval_tuned_s"] = time.perf_counter() - t0
+    say(f"[4/6] tuned model evaluated in {timings['eval_tuned_s']:.0f}s")
+
+    # 5. the table ----------------------------------------------------------------------------------------------
+    text = table.to_text()
+    say("[5/6] side by side (points, 0-100; Δ = tuned − base with paired bootstrap 95% CI):\n" + text)
+
+    # 6. files --------------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    files = _write_outputs(table, run, out, base_folder, timings, label)
+    timings["report_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    _write_json(out / "metrics.json", {**table.to_dict(), "timings": timings, "model": label,
+                                        "train": run.summary, "settings": dataclasses.asdict(cfg)})  # fmt: skip
+    say(f"[6/6] wrote {', '.join(str(p) for p in files.values())} in {timings['report_s']:.0f}s")
+    say(f"total {timings['total_s']:.0f}s")
+    return {"table": table, "run": run, "text": text, "files": files, "timings": timings, "out_dir": out}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from nbft._utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str, allow_nan=True))
+
+
+def _write_outputs(
+    table: Any, run: Any, out: Path, base_folder: Path | None, timings: dict[str, float], label: str
+) -> dict[str, Path]:
+    from nbft import report
+    from nbft.train import update_model_card
+
+    files: dict[str, Path] = {}
+    history = [h for h in run.history if h.get("step") is not None]
+    loss_png = out / "loss.png"
+    loss_png.write_bytes(report.figure_to_png(report.loss_curve(history, title=f"Full fine-tune of {label}")))
+    files["loss_plot"] = loss_png
+    changes = None
+    if base_folder is not None:
+        try:
+            changes = report.weight_change(base_folder, run.model)  # streams the base from disk, tensor by tensor
+        except Exception as exc:  # the report is still useful without this figure
+            logger.warning("weight-change view skipped: %s", exc)
+    files["report"] = report.export_html(
+        table, out / "report.html", history=history, weight_changes=changes, title=f"nbft demo: {label}"
+    )
+    files["metrics"] = out / "metrics.json"
+    report.export_csv(table, out / "tables")
+    files["tables"] = out / "tables"
+    model_dir = out / "model"
+    if not (model_dir / "config.json").exists():
+        run.save(model_dir)
+    update_model_card(model_dir, "Evaluation", report.model_card_section(table))
+    files["model"] = model_dir
+    return files

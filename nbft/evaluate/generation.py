@@ -1,0 +1,404 @@
+"""Batched greedy generation and log-likelihood scoring of choices: the two ways nbft runs a model on a task.
+
+Fairness rules (the same for every model in a comparison): greedy decoding with ``do_sample=False`` set explicitly,
+the same ``max_new_tokens`` and stop strings, the same batch size; decoder-only models get **left padding** (so every
+prompt ends where generation starts) and the KV cache. Prompts are sorted by length so a batch wastes little on
+padding, and results come back in the caller's order.
+
+Example::
+
+    from nbft.evaluate.generation import generate, score_choices
+    outs = generate(model, tok, ["Say hi.\\n", "Count to 3.\\n"], max_new_tokens=8, stop=("\\n",))
+    ll = score_choices(model, tok, ["Sentiment of 'great!':\\n"], ["negative", "positive"])   # shape (1, 2)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "encode_prompt",
+    "generate",
+    "generate_and_score",
+    "generate_ids",
+    "is_seq2seq",
+    "prompt_token_counts",
+    "score_choices",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def is_seq2seq(model: Any) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def _device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def encode_prompt(tokenizer: Any, text: str, *, chat: bool = False, seq2seq: bool = False) -> list[int]:
+    """Token ids of a prompt exactly as training encodes it (see :func:`nbft.data.encode_pair`).
+
+    Plain prompts get the tokenizer's special tokens (BOS) but never a trailing EOS; chat-formatted prompts already
+    hold their special tokens as text. A seq2seq encoder input ends with EOS, as in training.
+    """
+    if seq2seq:
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        eos = tokenizer.eos_token_id
+        return ids if (ids and ids[-1] == eos) or eos is None else [*ids, eos]
+    if chat:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]  # some tokenizers append EOS to every text; a prompt must not end there
+    return ids
+
+
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a completion appended after a prompt (no BOS/EOS of its own)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_token_counts(tokenizer: Any, prompts: Sequence[str], *, chat: bool = False) -> list[int]:
+    """How many tokens each prompt costs (what k-shot examples add to the context window)."""
+    return [len(encode_prompt(tokenizer, p, chat=chat)) for p in prompts]
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(order), size):
+        yield list(order[i : i + size])
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm  # plain tqdm: tqdm.auto would import IPython, which the core never does
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="ex")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i >= 0:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, gc_eos):
+        if value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if int(v) not in ids:
+                ids.append(int(v))
+    return ids
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = (),
+    batch_size: int = 16,
+    chat: bool = False,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy completions of ``prompts``, batched; the text after each prompt, cut at the first stop string.
+
+    ``chat=True`` says the prompts are already wrapped in the chat template (see :func:`nbft.data.format_prompt`).
+
+    Example::
+
+        generate(model, tok, ["Q: 2+2?\\nA:"], max_new_tokens=4, stop=("\\n",))   # ['4'] (for a good model)
+    """
+    texts, _ = _generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size, chat=chat,
+        progress=progress, desc=desc,
+    )  # fmt: skip
+    return texts
+
+
+def generate_and_score(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    choices: Sequence[str],
+    **kwargs: Any,
+) -> tuple[list[str], np.ndarray]:
+    """Generate, and score ``choices`` by log-likelihood in the same pass when each is a single token.
+
+    Falls back to :func:`score_choices` (a separate forward per prompt and choice) for multi-token choices.
+
+    Example::
+
+        texts, ll = generate_and_score(model, tok, prompts, ["negative", "neutral", "positive"], max_new_tokens=4)
+    """
+    ids = [encode_continuation(tokenizer, c) for c in choices]
+    if all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(ids):
+        texts, ll = _generate(model, tokenizer, prompts, first_token_ids=[i[0] for i in ids], **kwargs)
+        assert ll is not None
+        return texts, ll
+    score_kwargs = {k: v for k, v in kwargs.items() if k in ("batch_size", "chat", "progress")}
+    texts, _ = _generate(model, tokenizer, prompts, **kwargs)
+    return texts, score_choices(model, tokenizer, prompts, choices, **score_kwargs)
+
+
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = (),
+    batch_size: int = 16,
+    chat: bool = False,
+    progress: bool = True,
+    desc: str = "generate",
+    first_token_ids: Sequence[int] | None = None,
+) -> tuple[list[str], np.ndarray | None]:
+    """:func:`generate`, plus the log-probabilities of ``first_token_ids`` at the first generated position."""
+    if not prompts:
+        return [], (np.zeros((0, len(first_token_ids))) if first_token_ids is not None else None)
+    seq2seq = is_seq2seq(model)
+    encoded = [encode_prompt(tokenizer, p, chat=chat, seq2seq=seq2seq) for p in prompts]
+    new_ids, first = generate_ids(
+        model,
+        encoded,
+        max_new_tokens=max_new_tokens,
+        pad_id=_pad_id(tokenizer),
+        eos_ids=_eos_ids(model, tokenizer),
+        batch_size=batch_size,
+        stop_strings=[s for s in stop if s],
+        tokenizer=tokenizer,
+        first_token_ids=first_token_ids,
+        progress=progress,
+        desc=desc,
+    )
+    texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+    return [_cut_at_stop(t, stop).strip() for t in texts], first
+
+
+def generate_ids(
+    model: Any,
+    encoded: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    eos_ids: Sequence[int] = (),
+    batch_size: int = 16,
+    stop_strings: Sequence[str] = (),
+    tokenizer: Any = None,
+    first_token_ids: Sequence[int] | None = None,
+    progress: bool = False,
+    desc: str = "generate",
+) -> tuple[list[list[int]], np.ndarray | None]:
+    """The token-level core of :func:`generate`: greedy, batched, sorted by length, left-padded, KV cache.
+
+    Returns the new token ids of each prompt (in the given order, padding removed) and, when ``first_token_ids``
+    is given, the log-probabilities of those tokens at the first generated position.
+
+    Example::
+
+        new, _ = generate_ids(model, [[1, 5, 9], [1, 7]], max_new_tokens=8, pad_id=0)
+    """
+    from transformers import GenerationConfig
+
+    seq2seq = is_seq2seq(model)
+    device = _device(model)
+    # Longest first: the largest batch shows up first (an OOM happens at once, not at the end), and neighbours in
+    # the sorted order have similar lengths, so little compute goes to padding.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,  # explicit: an Instruct model's generation_config may default to sampling
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        use_cache=True,
+        pad_token_id=pad_id,
+        eos_token_id=list(eos_ids) or None,
+        stop_strings=list(stop_strings) or None,
+        return_dict_in_generate=True,
+        output_logits=first_token_ids is not None,
+    )
+    if seq2seq:
+        config.decoder_start_token_id = getattr(model.config, "decoder_start_token_id", None)
+    outputs: list[list[int]] = [[] for _ in encoded]
+    first = np.zeros((len(encoded), len(first_token_ids))) if first_token_ids is not None else None
+    stop_set = set(eos_ids) | {pad_id}
+    with _eval_mode(model), _progress(len(encoded), desc, progress) as bar:
+        for batch in _batches(order, batch_size):
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                seq = list(encoded[i])
+                if seq2seq:  # the encoder doesn't care about the side; right padding is the T5 convention
+                    ids[row, : len(seq)] = torch.tensor(seq)
+                    mask[row, : len(seq)] = 1
+                else:  # left padding: every prompt ends at the last column, where generation continues
+                    ids[row, width - len(seq) :] = torch.tensor(seq)
+                    mask[row, width - len(seq) :] = 1
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=config,
+                tokenizer=tokenizer if config.stop_strings else None,
+            )
+            if first is not None:
+                # The first step's logits are exactly a forward pass over the prompt: the log-likelihood of any
+                # single-token answer comes for free with generation.
+                logp = torch.log_softmax(gen.logits[0].float(), dim=-1)[:, list(first_token_ids)]
+                for row, i in enumerate(batch):
+                    first[i] = logp[row].cpu().numpy()
+            seqs = gen.sequences
+            new = (seqs if seq2seq else seqs[:, width:]).tolist()
+            for row, i in enumerate(batch):
+                toks = new[row][1:] if seq2seq else new[row]  # a seq2seq output starts with the decoder start
+                # keep tokens up to and including the first EOS; what follows is padding of a finished row
+                cut = next((j + 1 for j, t in enumerate(toks) if t in stop_set), len(toks))
+                outputs[i] = toks[:cut]
+            bar.update(len(batch))
+    return outputs, first
+
+
+def score_choices(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    choices: Sequence[str],
+    *,
+    batch_size: int = 16,
+    chat: bool = False,
+    progress: bool = True,
+    desc: str = "log-likelihood",
+) -> np.ndarray:
+    """Sum of log-probabilities of each choice's tokens after each prompt: an array of shape (prompts, choices).
+
+    Like lm-evaluation-harness' ``multiple_choice``: the prompt and the choice are encoded separately and
+    concatenated (as training concatenates prompt and completion ids), and only the choice tokens are scored.
+    The answer is ``choices[argmax]``; it doesn't depend on the model following an output format.
+
+    Example::
+
+        ll = score_choices(model, tok, prompts, ["negative", "neutral", "positive"])
+        predicted = [choices[j] for j in ll.argmax(axis=1)]
+    """
+    if not prompts:
+        return np.zeros((0, len(choices)))
+    device = _device(model)
+    pad = _pad_id(tokenizer)
+    seq2seq = is_seq2seq(model)
+    choice_ids = [encode_continuation(tokenizer, c) for c in choices]
+    if any(not c for c in choice_ids):
+        raise ValueError(f"a choice encodes to no tokens: {choices!r}")
+    prompt_ids = [encode_prompt(tokenizer, p, chat=chat, seq2seq=seq2seq) for p in prompts]
+    pairs = [(i, j) for i in range(len(prompts)) for j in range(len(choices))]
+    pairs.sort(key=lambda ij: -(len(prompt_ids[ij[0]]) + len(choice_ids[ij[1]])))
+    scores = np.zeros((len(prompts), len(choices)))
+    with _eval_mode(model), _progress(len(pairs), desc, progress) as bar:
+        for batch in _batches(range(len(pairs)), batch_size):
+            items = [pairs[b] for b in batch]
+            if seq2seq:
+                _score_seq2seq(model, items, prompt_ids, choice_ids, pad, device, scores)
+            else:
+                _score_causal(model, items, prompt_ids, choice_ids, pad, device, scores)
+            bar.update(len(batch))
+    return scores
+
+
+def _score_causal(
+    model: Any,
+    items: list[tuple[int, int]],
+    prompt_ids: list[list[int]],
+    choice_ids: list[list[int]],
+    pad: int,
+    device: torch.device,
+    scores: np.ndarray,
+) -> None:
+    seqs = [prompt_ids[i] + choice_ids[j] for i, j in items]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s) :] = torch.tensor(s)  # left padding: every choice ends at the last column
+        mask[row, width - len(s) :] = 1
+    # Positions count real tokens only, so a padded row sees the same positions as it would alone.
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    keep = max(len(choice_ids[j]) for _, j in items) + 1
+    kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    kwargs["position_ids"] = pos.to(device)
+    try:
+        # Only the last `keep` positions predict choice tokens: skip the LM head (vocab-sized) everywhere else.
+        logits = model(**kwargs, logits_to_keep=keep, use_cache=False).logits
+    except TypeError:
+        logits = model(**kwargs, use_cache=False).logits[:, -keep:]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    for row, (i, j) in enumerate(items):
+        c = choice_ids[j]
+        # logits at column t predict the token at column t+1; the choice occupies the last len(c) columns.
+        pred = logp[row, keep - 1 - len(c) : keep - 1]
+        target = torch.tensor(c, device=pred.device)
+        scores[i, j] = float(pred.gather(-1, target[:, None]).sum())
+
+
+def _score_seq2seq(
+    model: Any,
+    items: list[tuple[int, int]],
+    prompt_ids: list[list[int]],
+    choice_ids: list[list[int]],
+    pad: int,
+    device: torch.device,
+    scores: np.ndarray,
+) -> None:
+    enc_w = max(len(prompt_ids[i]) for i, _ in items)
+    dec_w = max(len(choice_ids[j]) for _, j in items)
+    ids = torch.full((len(items), enc_w), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full((len(items), dec_w), -100, dtype=torch.long)
+    for row, (i, j) in enumerate(items):
+        ids[row, : len(prompt_ids[i])] = torch.tensor(prompt_ids[i])
+        mask[row, : len(prompt_ids[i])] = 1
+        labels[row, : len(choice_ids[j])] = torch.tensor(choice_ids[j])
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device), use_cache=False)
+    logp = torch.log_softmax(out.logits.float(), dim=-1)
+    for row, (_, j) in enumerate(items):
+        c = choice_ids[j]
+        target = torch.tensor(c, device=logp.device)
+        scores[items[row][0], j] = float(logp[row, : len(c)].gather(-1, target[:, None]).sum())

@@ -1,0 +1,574 @@
+"""Pure rendering of a comparison: styled tables, figures, per-example diffs, HTML/markdown/CSV export, model card.
+
+Nothing here imports widgets or IPython, and nothing draws with pyplot's global state: figures are
+``matplotlib.figure.Figure`` objects (safe in threads and in scripts), tables are pandas Stylers or DataFrames.
+
+Example::
+
+    from nbft import report
+    report.side_by_side(table)                     # pandas Styler: tasks x (base, k-shot, tuned), Δ coloured
+    report.delta_heatmap(table)                    # seaborn heatmap of Δ (task x model)
+    report.loss_curve(run.history)                 # train/validation loss
+    report.weight_change_heatmap(report.weight_change(base_model, tuned_model))
+    report.export_html(table, "report.html", history=run.history)
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import html
+import io
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from pandas.io.formats.style import Styler
+
+    from nbft.evaluate.compare import ComparisonTable
+
+__all__ = [
+    "delta_heatmap",
+    "example_view",
+    "export_csv",
+    "export_html",
+    "export_markdown",
+    "figure_to_png",
+    "forgetting_summary",
+    "loss_curve",
+    "model_card_section",
+    "side_by_side",
+    "table_frame",
+    "to_text",
+    "weight_change",
+    "weight_change_heatmap",
+    "word_diff_html",
+]
+
+GREEN, RED, GREY = "#1a7f37", "#cf222e", "#6e7781"
+
+
+# --------------------------------------------------------------------------------------------------- tables
+def _fmt(x: float, digits: int = 1) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def table_frame(table: ComparisonTable) -> pd.DataFrame:
+    """The side-by-side table as a plain DataFrame: one row per (task, metric) shown, one column per model,
+    then per non-reference model its Δ, the paired 95% CI of Δ, wins/ties/losses and a flag.
+
+    Values are points (0-100). Example::
+
+        df = table_frame(table); df.loc[("sentiment", "accuracy")]
+    """
+    s = table.summary[table.summary["in_table"]]
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for _, r in s.iterrows():
+        key = (r["task"], r["metric"])
+        row = rows.setdefault(key, {"role": r["role"]})
+        row[r["model"]] = r["value"]
+        if r["model"] == table.reference:
+            row["CI (base)"] = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+    for _, d in table.delta.iterrows():
+        key = (d["task"], d["metric"])
+        if key not in rows:
+            continue
+        row = rows[key]
+        col = d["model"]
+        row[f"Δ {col}"] = d["delta"]
+        row[f"Δ CI {col}"] = f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"
+        row[f"W/T/L {col}"] = f"{d['wins']}/{d['ties']}/{d['losses']}"
+        row[f"flag {col}"] = "▼ regression" if d["regression"] else ("▲ gain" if d["significant"] else "")
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["task", "metric"])
+    ordered = ["role", *[c for c in table.columns if c in df.columns]]
+    if "CI (base)" in df.columns:
+        ordered.insert(2, "CI (base)")
+    for col in table.columns[1:]:
+        ordered += [c for c in (f"Δ {col}", f"Δ CI {col}", f"W/T/L {col}", f"flag {col}") if c in df.columns]
+    return df[ordered]
+
+
+def prompt_tokens_frame(table: ComparisonTable) -> pd.DataFrame:
+    """Mean prompt tokens per task and column: what k-shot examples cost in context."""
+    s = table.summary.drop_duplicates(["task", "model"])
+    wide = s.pivot_table(index="task", columns="model", values="prompt_tokens", sort=False)
+    return wide.reindex(columns=[c for c in table.columns if c in wide.columns])
+
+
+def forgetting_summary(table: ComparisonTable) -> str:
+    """One line per tuned model: target gain G with its CI, BWT′, AF, the worst drop and significant regressions.
+
+    Example::
+
+        print(forgetting_summary(table))
+    """
+    lines = []
+    for _, f in table.forgetting.iterrows():
+        parts = [f"{f['model']}:"]
+        if table.target:
+            parts.append(f"G ({table.target}) = {f['G']:+.1f} pts [95% CI {f['G_ci_low']:+.1f}, {f['G_ci_high']:+.1f}]")
+        if f["n_other_tasks"]:
+            parts.append(f"BWT′ = {f['BWT']:+.1f}")
+            parts.append(f"AF = {f['AF']:.1f}")
+            parts.append(f"worst drop = {f['worst_drop']:+.1f} ({f['worst_task']})")
+            parts.append(f"significant regressions = {f['significant_regressions']}/{f['n_other_tasks']}")
+        lines.append("  ".join(parts[:1]) + " " + "; ".join(parts[1:]))
+    return "\n".join(lines)
+
+
+def side_by_side(table: ComparisonTable) -> Styler:
+    """The main table as a pandas Styler: tasks as rows; base, k-shot and tuned columns; Δ green/red;
+    significant regressions flagged; the forgetting summary as the caption.
+
+    Example::
+
+        side_by_side(table)          # displays in a notebook
+    """
+    df = table_frame(table)
+    delta_cols = [c for c in df.columns if c.startswith("Δ ") and not c.startswith("Δ CI")]
+    flag_cols = [c for c in df.columns if c.startswith("flag ")]
+    value_cols = [c for c in table.columns if c in df.columns]
+
+    def colour(v: Any) -> str:
+        if not isinstance(v, (int, float)) or math.isnan(v) or v == 0:
+            return ""
+        return f"color: {GREEN if v > 0 else RED}; font-weight: bold"
+
+    def flag(v: Any) -> str:
+        if isinstance(v, str) and v.startswith("▼"):
+            return f"background-color: #ffebe9; color: {RED}; font-weight: bold"
+        if isinstance(v, str) and v.startswith("▲"):
+            return f"color: {GREEN}"
+        return ""
+
+    caption = "Headline metrics in points (0-100); Δ vs " + table.reference + " with paired bootstrap 95% CI."
+    if table.config.icl_n is not None and any(c.endswith("-shot") for c in table.columns):
+        n_icl = table.config.icl_n
+        caption += f" k-shot columns use the first {n_icl} test examples; their Δ is paired with the base on those."
+    forgetting = forgetting_summary(table)
+    if forgetting:
+        caption += "<br>" + html.escape(forgetting).replace("\n", "<br>")
+    styler = (
+        df.style.format("{:.1f}", subset=value_cols + delta_cols, na_rep="–")
+        .map(colour, subset=delta_cols)
+        .map(flag, subset=flag_cols)
+        .set_caption(caption)
+        .set_table_styles(
+            [
+                {"selector": "caption", "props": "caption-side: bottom; text-align: left; padding-top: 6px"},
+                {"selector": "th, td", "props": "padding: 3px 8px"},
+            ]
+        )
+    )
+    return styler
+
+
+def to_text(table: ComparisonTable) -> str:
+    """A plain-text rendering for terminals and logs: the side-by-side table, prompt tokens and forgetting."""
+    df = table_frame(table).drop(columns=["role"])
+    for c in df.columns:
+        if df[c].dtype.kind == "f":
+            df[c] = df[c].map(lambda x: _fmt(x))
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 40):
+        out = [df.to_string()]
+        tokens = prompt_tokens_frame(table)
+        if len(tokens):
+            out.append("\nMean prompt tokens:\n" + tokens.map(lambda x: _fmt(x, 0)).to_string())
+    if table.config.icl_n is not None and any(c.endswith("-shot") for c in table.columns):
+        out.append(
+            f"(k-shot columns: the first {table.config.icl_n} test examples; their Δ is against the base on those.)"
+        )
+    forgetting = forgetting_summary(table)
+    if forgetting:
+        out.append("\nForgetting: " + forgetting)
+    if table.notes:
+        out.append("\nNotes:\n" + "\n".join(f"- {n}" for n in table.notes))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------- figures
+def _figure(width: float = 6.0, height: float = 4.0) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def figure_to_png(fig: Figure) -> bytes:
+    """PNG bytes of a figure (for saving, embedding, or an ipywidgets Image)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def delta_heatmap(table: ComparisonTable) -> Figure:
+    """seaborn heatmap of headline Δ (points) per task (rows) and model (columns), centred at 0; significant
+    cells are marked with ``*``.
+
+    Example::
+
+        delta_heatmap(table).savefig("delta.png")
+    """
+    import seaborn as sns
+
+    d = table.delta[table.delta["is_headline"]] if len(table.delta) else table.delta
+    fig = _figure(1.8 + 1.3 * max(1, d["model"].nunique() if len(d) else 1), 1.2 + 0.45 * max(1, len(table.tasks)))
+    ax = fig.add_subplot()
+    if not len(d):
+        ax.text(0.5, 0.5, "no Δ: compare needs at least two models", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    cols = [c for c in table.columns if c in set(d["model"])]
+    wide = d.pivot_table(index="task", columns="model", values="delta", sort=False).reindex(
+        index=[t for t in table.tasks if t in set(d["task"])], columns=cols
+    )
+    sig = d.pivot_table(index="task", columns="model", values="significant", aggfunc="max", sort=False).reindex_like(
+        wide
+    )
+    annot = wide.map(lambda v: _fmt(v)) + sig.map(lambda s: "*" if s is True or s == 1 else "")
+    lim = float(np.nanmax(np.abs(wide.to_numpy()))) if np.isfinite(wide.to_numpy()).any() else 1.0
+    sns.heatmap(
+        wide.astype(float), annot=annot, fmt="", cmap="RdYlGn", center=0, vmin=-lim or -1, vmax=lim or 1,
+        cbar_kws={"label": f"Δ vs {table.reference} (points)"}, ax=ax, linewidths=0.5,
+    )  # fmt: skip
+    ax.set_title("Δ headline metric (* = 95% CI excludes 0)")
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    return fig
+
+
+def loss_curve(history: Iterable[Mapping[str, Any]], *, title: str = "Loss") -> Figure:
+    """Train loss (and validation loss, when present) against the optimizer step, from a run's history.
+
+    ``history`` is a list of dicts with ``step`` and ``loss`` and/or ``val_loss`` (other keys are ignored).
+
+    Example::
+
+        loss_curve([{"step": 1, "loss": 2.3}, {"step": 2, "loss": 1.9, "val_loss": 2.0}])
+    """
+    rows = list(history)
+    fig = _figure(6, 3.6)
+    ax = fig.add_subplot()
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None and r.get("step") is not None]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None and r.get("step") is not None]
+    if train:
+        x, y = zip(*train, strict=True)
+        ax.plot(x, y, color="#0969da", lw=1, alpha=0.35 if len(train) > 20 else 1.0, label="train loss")
+        if len(train) > 20:  # a moving average shows the trend through step-to-step noise
+            w = max(5, len(train) // 20)
+            smooth = pd.Series(y).rolling(w, min_periods=1).mean()
+            ax.plot(x, smooth, color="#0969da", lw=2, label=f"train (mean of {w})")
+    if val:
+        x, y = zip(*val, strict=True)
+        ax.plot(x, y, "o-", color="#bf3989", lw=2, ms=4, label="validation loss")
+    if not train and not val:
+        ax.text(0.5, 0.5, "no loss values in the history", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if train or val:
+        ax.legend(frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------- weight change
+_LAYER = re.compile(r"(?:layers|layer|h|block|blocks)\.(\d+)\.")
+
+
+def _module_type(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("embed", "wte", "wpe", "lm_head", "shared")):
+        return "embeddings"
+    if "norm" in n or re.search(r"(^|\.)ln_?\w*\.", n):
+        return "norms"
+    if any(k in n for k in ("attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj")):
+        return "attention"
+    if any(k in n for k in ("mlp", "ffn", "feed_forward", "gate_proj", "up_proj", "down_proj", "fc", "dense")):
+        return "mlp"
+    return "other"
+
+
+def _tensors(source: Any) -> Iterable[tuple[str, Any]]:
+    """(name, tensor) pairs from a model, a state dict, or a folder/file of safetensors (read one at a time)."""
+    if isinstance(source, (str, Path)):
+        from safetensors import safe_open
+
+        path = Path(source)
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors files in {path}")
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    yield key, f.get_tensor(key)
+        return
+    if hasattr(source, "named_parameters"):
+        yield from source.named_parameters()
+        return
+    yield from dict(source).items()
+
+
+def weight_change(base: Any, tuned: Any, *, chunk_rows: int = 4096) -> pd.DataFrame:
+    """Relative L2 change ‖W_tuned − W_base‖ / ‖W_base‖ per layer and module type, computed streaming.
+
+    ``base`` and ``tuned`` are models, state dicts, or folders of safetensors (read one tensor at a time). The
+    difference is formed ``chunk_rows`` rows at a time, so no third copy of the model is ever held in memory.
+    Returns a tidy DataFrame: layer (int, -1 for non-layer parameters), module (attention, mlp, embeddings, norms,
+    other), rel_change, n_params.
+
+    Example::
+
+        wc = weight_change(base_model, run.model)
+        weight_change_heatmap(wc)
+    """
+    import torch
+
+    base_map = dict(_tensors(base)) if not isinstance(base, (str, Path)) else None
+    # named_parameters() lists a tied weight (embeddings = lm_head) once, so it is counted once.
+    acc: dict[tuple[int, str], list[float]] = {}
+
+    def lookup(name: str) -> Any:
+        if base_map is not None:
+            return base_map.get(name)
+        return None
+
+    if base_map is None:  # base on disk: stream base tensors, look tuned ones up by name
+        tuned_map = dict(_tensors(tuned))
+        pairs: Iterable[tuple[str, Any, Any]] = ((n, t, tuned_map.get(n)) for n, t in _tensors(base))
+    else:
+        pairs = ((n, lookup(n), t) for n, t in _tensors(tuned))
+    with torch.no_grad():
+        for name, b, t in pairs:
+            if b is None or t is None or b.shape != t.shape:
+                continue
+            b2 = b.detach().reshape(b.shape[0], -1) if b.dim() > 1 else b.detach().reshape(1, -1)
+            t2 = t.detach().reshape(b2.shape)
+            diff_sq = base_sq = 0.0
+            for i in range(0, b2.shape[0], chunk_rows):
+                bb = b2[i : i + chunk_rows].float()
+                tt = t2[i : i + chunk_rows].to(bb.device).float()
+                diff_sq += float(torch.sum((tt - bb) ** 2))
+                base_sq += float(torch.sum(bb**2))
+            m = _LAYER.search(name)
+            group = (int(m.group(1)) if m else -1, _module_type(name))
+            slot = acc.setdefault(group, [0.0, 0.0, 0])
+            slot[0] += diff_sq
+            slot[1] += base_sq
+            slot[2] += int(b.numel())
+    rows = [
+        {"layer": layer, "module": module, "rel_change": math.sqrt(d) / math.sqrt(bsq) if bsq > 0 else math.nan,
+         "n_params": int(npar)}
+        for (layer, module), (d, bsq, npar) in sorted(acc.items())
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["layer", "module", "rel_change", "n_params"])
+
+
+def weight_change_heatmap(changes: pd.DataFrame, *, title: str = "What the full fine-tune changed") -> Figure:
+    """seaborn heatmap of relative L2 weight change: module type (rows) × layer (columns; "-" = not in a layer)."""
+    import seaborn as sns
+
+    fig = _figure(2 + 0.35 * max(1, changes["layer"].nunique()), 2.6)
+    ax = fig.add_subplot()
+    if changes.empty:
+        ax.text(0.5, 0.5, "no matching parameters", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    wide = changes.pivot_table(index="module", columns="layer", values="rel_change", aggfunc="mean")
+    wide.columns = ["–" if c == -1 else str(c) for c in wide.columns]
+    sns.heatmap(wide, cmap="magma_r", ax=ax, cbar_kws={"label": "‖ΔW‖ / ‖W‖"}, linewidths=0.3)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("")
+    ax.set_title(title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------- examples
+def word_diff_html(before: str, after: str) -> str:
+    """Word-level diff as HTML: removed words struck through in red, added words in green (difflib).
+
+    Example::
+
+        word_diff_html("the cat sat", "the dog sat")
+    """
+    a, b = str(before).split(), str(after).split()
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(html.escape(" ".join(a[i1:i2])))
+            continue
+        if op in ("delete", "replace"):
+            out.append(f'<del style="color:{RED}">{html.escape(" ".join(a[i1:i2]))}</del>')
+        if op in ("insert", "replace"):
+            out.append(f'<ins style="color:{GREEN};text-decoration:none">{html.escape(" ".join(b[j1:j2]))}</ins>')
+    return " ".join(out)
+
+
+def example_view(
+    table: ComparisonTable, *, task: str | None = None, model: str | None = None, n: int = 20, as_html: bool = False
+) -> pd.DataFrame | str:
+    """Per-example view sorted by the worst regression first, with a word-level diff of base vs ``model`` outputs.
+
+    ``model`` defaults to the last (tuned) model. ``as_html=True`` returns an HTML table with the diffs rendered.
+
+    Example::
+
+        example_view(table, task="qa", n=10)
+    """
+    ex = table.examples
+    if task is not None:
+        ex = ex[ex["task"] == task]
+    others = [c for c in table.columns[1:] if f"output:{c}" in ex.columns and not c.endswith("-shot")]
+    model = model or (others[-1] if others else None)
+    base = table.reference
+    cols = ["task", "example", "prompt_hash", "reference", f"output:{base}", f"score:{base}"]
+    if model:
+        ex = ex.sort_values(f"delta:{model}", na_position="last", kind="stable")
+        cols += [f"output:{model}", f"score:{model}", f"delta:{model}"]
+        if "status" in ex.columns:
+            cols.append("status")
+    view = ex[[c for c in cols if c in ex.columns]].head(n).copy()
+    if model:
+        view["diff"] = [
+            word_diff_html(b, t) for b, t in zip(view[f"output:{base}"], view[f"output:{model}"], strict=True)
+        ]
+    if not as_html:
+        return view.reset_index(drop=True)
+    escaped = {c: html.escape for c in view.columns if c.startswith("output:") or c == "reference"}
+    return view.to_html(escape=False, index=False, float_format=lambda x: f"{x:.1f}", na_rep="–", formatters=escaped)
+
+
+# --------------------------------------------------------------------------------------------------- export
+def _img(fig: Figure, alt: str) -> str:
+    data = base64.b64encode(figure_to_png(fig)).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def export_html(
+    table: ComparisonTable,
+    path: str | Path,
+    *,
+    history: Sequence[Mapping[str, Any]] | None = None,
+    weight_changes: pd.DataFrame | None = None,
+    title: str = "nbft comparison",
+    examples_per_task: int = 10,
+) -> Path:
+    """A self-contained HTML report (figures embedded as base64 PNG): the side-by-side table, forgetting, Δ heatmap,
+    loss curve, weight change, prompt-token costs, the task list and the worst regressions per task.
+
+    Example::
+
+        export_html(table, "runs/demo/report.html", history=run.history)
+    """
+    from nbft._utils import atomic_path
+
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+        "font-size:13px}th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}"
+        "img{max-width:100%}caption{font-size:13px}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>Side by side</h2>",
+        side_by_side(table).to_html(),
+        "<h2>Δ heatmap</h2>",
+        _img(delta_heatmap(table), "delta heatmap"),
+    ]
+    if history:
+        parts += ["<h2>Training loss</h2>", _img(loss_curve(history), "loss curve")]
+    if weight_changes is not None and not weight_changes.empty:
+        parts += ["<h2>Weight change</h2>", _img(weight_change_heatmap(weight_changes), "weight change")]
+    parts += [
+        "<h2>Prompt tokens (mean per example)</h2>",
+        prompt_tokens_frame(table).to_html(float_format=lambda x: f"{x:.0f}"),
+        "<h2>Tasks</h2>",
+        table.task_info.to_html(index=False),
+    ]
+    if table.signatures:
+        parts += ["<h3>Metric signatures</h3><ul>"]
+        parts += [f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in table.signatures.items()]
+        parts += ["</ul>"]
+    if table.notes:
+        parts += ["<h3>Notes</h3><ul>", *[f"<li>{html.escape(n)}</li>" for n in table.notes], "</ul>"]
+    if len(table.columns) > 1:
+        parts.append("<h2>Worst regressions per task</h2>")
+        for t in table.tasks:
+            parts += [f"<h3>{html.escape(t)}</h3>", example_view(table, task=t, n=examples_per_task, as_html=True)]
+    parts.append("</body></html>")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(str(p) for p in parts), encoding="utf-8")
+    return path
+
+
+def export_markdown(table: ComparisonTable, path: str | Path | None = None) -> str:
+    """The side-by-side table and forgetting summary as markdown; written to ``path`` when given."""
+    df = table_frame(table).reset_index()
+    for c in df.columns:
+        if df[c].dtype.kind == "f":
+            df[c] = df[c].map(lambda x: _fmt(x))
+    text = df.to_markdown(index=False) if _has_tabulate() else _markdown_table(df)
+    forgetting = forgetting_summary(table)
+    if forgetting:
+        text += "\n\n**Forgetting.** " + forgetting.replace("\n", "  \n")
+    text += "\n\nValues are points (0-100); Δ CIs are paired bootstrap 95% intervals over the same test examples."
+    if path is not None:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def export_csv(table: ComparisonTable, folder: str | Path) -> list[Path]:
+    """Write summary.csv, delta.csv, forgetting.csv and examples.csv into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in ("summary", "delta", "forgetting", "examples"):
+        p = folder / f"{name}.csv"
+        getattr(table, name).to_csv(p, index=False)
+        out.append(p)
+    return out
+
+
+def model_card_section(table: ComparisonTable, *, heading: str | None = None) -> str:
+    """Markdown for a model card: the side-by-side table, forgetting and how it was measured.
+
+    Without ``heading`` it is a section body, for ``nbft.train.update_model_card(model_dir, "Evaluation", body)``.
+
+    Example::
+
+        update_model_card("runs/sentiment-1/model", "Evaluation", model_card_section(table))
+    """
+    cfg = table.config
+    lines = [f"## {heading}", ""] if heading else []
+    lines += [
+        export_markdown(table),
+        "",
+        f"Measured with `nbft.compare`: n ≤ {cfg.n} test examples per task, greedy decoding, batch size "
+        f"{cfg.batch_size}, chat template {'on' if cfg.chat_template else 'off'}, classification scored by "
+        f"{cfg.scoring}, {cfg.n_boot} bootstrap resamples. Tasks: "
+        + "; ".join(f"{r['task']} ({r['description']})" for _, r in table.task_info.iterrows()),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,45 @@
+"""The demo end to end: with a tiny random model (fast, every CI run) and with the real default model (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nbft.evaluate.demo import DemoSettings, run_demo
+
+
+def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
+    lines: list[str] = []
+    result = run_demo(model="tiny", out_dir=tmp_path / "demo", progress=False, echo=lines.append)
+    out = tmp_path / "demo"
+    for name in ("report.html", "metrics.json", "loss.png", "model/config.json", "model/README.md"):
+        assert (out / name).exists(), name
+    assert any(p.suffix == ".safetensors" for p in (out / "model").iterdir())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["target"] == "sentiment"
+    assert set(metrics["tasks"]) == {"sentiment", "qa", "reply", "entities"}
+    assert "base 2-shot" in metrics["columns"] and "tuned" in metrics["columns"]
+    assert metrics["timings"]["total_s"] > 0
+    assert "## Evaluation" in (out / "model" / "README.md").read_text()
+    steps = [line[:5] for line in lines if line.startswith("[")]
+    assert steps == [f"[{i}/6]" for i in range(1, 7)]
+    table = result["table"]
+    assert set(table.forgetting.columns) >= {"G", "BWT", "AF", "worst_drop", "significant_regressions"}
+    assert "sentiment" in result["text"]
+    with pytest.raises(FileExistsError, match="already holds a demo run"):
+        run_demo(model="tiny", out_dir=out, progress=False)
+
+
+@pytest.mark.slow
+def test_real_demo_few_steps_improves_sentiment(default_model, tmp_path):
+    """The real default model, a short run: the target task gains, and the run writes every file."""
+    # the default 40 training steps (fewer can leave the model predicting one label); fewer test examples
+    settings = DemoSettings(steps=40, n=40, n_other=8, icl_shots=(0, 3), icl_n=8, max_new_tokens_other=8)
+    # model=None loads the default model from the session's cache, as `nbft demo` does; fine-tuning happens in
+    # place, so passing the shared fixture object would leave a tuned model behind for other tests.
+    result = run_demo(model=None, out_dir=tmp_path / "demo", settings=settings, progress=False)
+    table = result["table"]
+    g = table.forgetting.iloc[0]
+    assert g["G"] > 0, table.to_text()
+    assert (tmp_path / "demo" / "report.html").exists()

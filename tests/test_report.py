@@ -1,0 +1,135 @@
+"""Rendering: the styled table, figures, weight change (streaming), per-example diffs, exports, model card."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nbft import report
+from nbft.evaluate import Task, compare
+from nbft.models import tiny_random
+
+
+def _spread(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3, generator=g)
+    return model
+
+
+@pytest.fixture(scope="module")
+def table():
+    labels = ["negative", "neutral", "positive"]
+    rows = [{"text": f"text {i}", "label": labels[i % 3]} for i in range(24)]
+    sent = Task("s", datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:12]),
+                                           "test": datasets.Dataset.from_list(rows[12:])}),
+                "sentiment/1", max_new_tokens=3)  # fmt: skip
+    qa_rows = [{"question": f"q {i}?", "answer": f"a {i}"} for i in range(16)]
+    qa = Task("q", datasets.DatasetDict({"train": datasets.Dataset.from_list(qa_rows[:8]),
+                                         "test": datasets.Dataset.from_list(qa_rows[8:])}),
+              "qa/1", max_new_tokens=4)  # fmt: skip
+    base, tok = tiny_random("llama", seed=0)
+    tuned, _ = tiny_random("llama", seed=1)
+    return compare({"base": _spread(base, 0), "tuned": _spread(tuned, 1)}, [sent, qa], target="s", n=8,
+                   icl_shots=(0, 2), tokenizer=tok, progress=False, n_boot=200)  # fmt: skip
+
+
+def test_side_by_side_styler_has_columns_colours_and_forgetting(table):
+    df = report.table_frame(table)
+    assert list(df.index) == [("s", "accuracy"), ("s", "ll_accuracy"), ("q", "token_f1")]
+    for col in ("base", "base 2-shot", "tuned", "Δ tuned", "Δ CI tuned", "W/T/L tuned", "flag tuned"):
+        assert col in df.columns
+    html = report.side_by_side(table).to_html()
+    assert "G (s)" in html and "BWT′" in html
+    d = df["Δ tuned"].dropna()
+    if (d != 0).any():
+        assert "#1a7f37" in html or "#cf222e" in html
+
+
+def test_regression_is_flagged(table):
+    t = table
+    delta = t.delta.copy()
+    delta.loc[delta.index[-1], ["delta", "ci_low", "ci_high", "regression", "significant"]] = [
+        -10.0,
+        -15.0,
+        -5.0,
+        True,
+        True,
+    ]
+    flagged = report.table_frame(type(t)(**{**t.__dict__, "delta": delta}))
+    assert flagged.iloc[-1]["flag tuned"] == "▼ regression"
+    html = report.side_by_side(type(t)(**{**t.__dict__, "delta": delta})).to_html()
+    assert "#ffebe9" in html
+
+
+def test_text_markdown_csv_exports(table, tmp_path):
+    text = report.to_text(table)
+    assert "Mean prompt tokens" in text and "Forgetting" in text
+    md = report.export_markdown(table, tmp_path / "t.md")
+    assert md.startswith("|") and (tmp_path / "t.md").read_text().strip() == md.strip()
+    paths = report.export_csv(table, tmp_path / "csv")
+    assert {p.name for p in paths} == {"summary.csv", "delta.csv", "forgetting.csv", "examples.csv"}
+    assert len(pd.read_csv(tmp_path / "csv" / "summary.csv")) == len(table.summary)
+    card = report.model_card_section(table)
+    assert card.startswith("|") and "paired bootstrap" in card
+    assert report.model_card_section(table, heading="Evaluation").startswith("## Evaluation\n")
+
+
+def test_html_export_is_self_contained(table, tmp_path):
+    history = [{"kind": "train", "step": i, "loss": 2.0 / i} for i in range(1, 30)] + [
+        {"kind": "eval", "step": 29, "val_loss": 0.2}
+    ]
+    path = report.export_html(table, tmp_path / "r.html", history=history)
+    html = path.read_text()
+    srcs = re.findall(r'src="([^"]+)"', html)
+    assert len(srcs) >= 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert base64.b64decode(srcs[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<link" not in html and "<script" not in html
+    assert "Worst regressions" in html
+
+
+def test_figures_render(table):
+    for fig in (report.delta_heatmap(table), report.loss_curve([{"step": 1, "loss": 1.0}]), report.loss_curve([])):
+        assert report.figure_to_png(fig)[:4] == b"\x89PNG"
+
+
+def test_weight_change_zero_for_identical_and_matches_direct(tmp_path):
+    base, _ = tiny_random("llama", seed=0)
+    same = report.weight_change(base, base)
+    assert (same["rel_change"] == 0).all()
+    assert set(same["module"]) == {"attention", "mlp", "embeddings", "norms"}
+    assert set(same["layer"]) == {-1, 0, 1}
+    tuned, _ = tiny_random("llama", seed=0)
+    with torch.no_grad():
+        tuned.model.layers[1].mlp.up_proj.weight.mul_(1.5)
+    wc = report.weight_change(base, tuned, chunk_rows=7)  # tiny chunks: the streaming path is exercised
+    row = wc[(wc.layer == 1) & (wc.module == "mlp")].iloc[0]
+    mlp = [f"model.layers.1.mlp.{m}.weight" for m in ("gate_proj", "up_proj", "down_proj")]
+    sd_b, sd_t = base.state_dict(), tuned.state_dict()
+    num = sum(float(((sd_t[k] - sd_b[k]) ** 2).sum()) for k in mlp)
+    den = sum(float((sd_b[k] ** 2).sum()) for k in mlp)
+    assert row["rel_change"] == pytest.approx(np.sqrt(num / den), rel=1e-5)
+    assert (wc[~((wc.layer == 1) & (wc.module == "mlp"))]["rel_change"] == 0).all()
+    # the base read from disk, one tensor at a time, gives the same numbers
+    base.save_pretrained(tmp_path / "base")
+    from_disk = report.weight_change(tmp_path / "base", tuned)
+    pd.testing.assert_frame_equal(from_disk.reset_index(drop=True), wc.reset_index(drop=True), atol=1e-6)
+    assert report.figure_to_png(report.weight_change_heatmap(wc))[:4] == b"\x89PNG"
+
+
+def test_word_diff_and_example_view(table):
+    html = report.word_diff_html("the cat sat", "the dog sat")
+    assert "<del" in html and "cat" in html and "<ins" in html and "dog" in html
+    view = report.example_view(table, task="q", n=5)
+    assert len(view) == 5 and "diff" in view.columns
+    deltas = view["delta:tuned"].tolist()
+    assert deltas == sorted(deltas)  # worst regression first
+    assert "<table" in report.example_view(table, as_html=True)
