@@ -93,6 +93,11 @@ def table_frame(table: ComparisonTable) -> pd.DataFrame:
         ordered.insert(2, "CI (base)")
     for col in table.columns[1:]:
         ordered += [c for c in (f"Δ {col}", f"Δ CI {col}", f"W/T/L {col}", f"flag {col}") if c in df.columns]
+    # A k-shot column covers only some tasks: its text cells there are "not run", not missing data.
+    text_cols = [c for c in df.columns if c.startswith(("Δ CI ", "W/T/L ", "flag "))]
+    df[text_cols] = df[text_cols].fillna("–")
+    for c in (c for c in text_cols if c.startswith("flag ")):
+        df[c] = df[c].replace("–", "")
     return df[ordered]
 
 
@@ -486,7 +491,7 @@ def export_html(
         parts += ["<h2>Weight change</h2>", _img(weight_change_heatmap(weight_changes), "weight change")]
     parts += [
         "<h2>Prompt tokens (mean per example)</h2>",
-        prompt_tokens_frame(table).to_html(float_format=lambda x: f"{x:.0f}"),
+        prompt_tokens_frame(table).to_html(float_format=lambda x: f"{x:.0f}", na_rep="–"),
         "<h2>Tasks</h2>",
         table.task_info.to_html(index=False),
     ]

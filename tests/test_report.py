@@ -133,3 +133,15 @@ def test_word_diff_and_example_view(table):
     deltas = view["delta:tuned"].tolist()
     assert deltas == sorted(deltas)  # worst regression first
     assert "<table" in report.example_view(table, as_html=True)
+
+
+def test_cells_a_k_shot_column_does_not_cover_read_as_not_run(table):
+    """k-shot columns cover the target task only; the other tasks' cells say "–", never "nan"."""
+    frame = report.table_frame(table)
+    others = frame[frame["role"] == "other"]
+    shot_cols = [c for c in frame.columns if "-shot" in c and c.startswith(("Δ CI", "W/T/L"))]
+    assert len(others) and shot_cols
+    assert (others[shot_cols] == "–").all().all()
+    text = report.to_text(table)
+    assert "nan" not in text.lower()
+    assert "NaN" not in report.side_by_side(table).to_html()
