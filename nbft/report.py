@@ -113,7 +113,7 @@ def forgetting_summary(table: ComparisonTable) -> str:
 
     Example::
 
-        print(forgetting_summary(table))
+        forgetting_summary(table)  # 'tuned: G (sentiment) = +37.0 pts [95% CI +24.0, +50.0]; BWT′ = -3.5; ...'
     """
     lines = []
     for _, f in table.forgetting.iterrows():
