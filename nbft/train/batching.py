@@ -39,9 +39,24 @@ class Examples:
     input_ids: list[torch.Tensor]
     labels: list[torch.Tensor]
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tasks: list[str] | None = None
+    """The task of each example (the data's ``task`` column), or ``None`` when the data has no such column."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def task_index(self) -> tuple[list[str], list[int]] | None:
+        """``(names, index per example)`` when the examples come from more than one task, else ``None``.
+
+        Example:
+            >>> Examples([torch.ones(2)] * 3, [torch.ones(2)] * 3, tasks=["qa", "sentiment", "qa"]).task_index()
+            (['qa', 'sentiment'], [0, 1, 0])
+        """
+        if self.tasks is None or len(set(self.tasks)) < 2:
+            return None
+        names = sorted(set(self.tasks))
+        position = {name: i for i, name in enumerate(names)}
+        return names, [position[t] for t in self.tasks]
 
     @property
     def lengths(self) -> list[int]:
@@ -65,20 +80,26 @@ class Examples:
             "offsets": offsets,
             "label_offsets": label_lens.to(torch.int64),
         }
-        save_file(tensors, str(path), metadata={"summary": json.dumps(self.summary)})
+        metadata = {"summary": json.dumps(self.summary)}
+        if self.tasks is not None:  # per-example task names, so a resumed run still reports the loss per task
+            metadata["tasks"] = json.dumps(self.tasks)
+        save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: Path) -> Examples:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            summary = json.loads(f.metadata().get("summary", "{}"))
+            metadata = f.metadata() or {}
+            summary = json.loads(metadata.get("summary", "{}"))
+            tasks = json.loads(metadata["tasks"]) if "tasks" in metadata else None
             ids, labels = f.get_tensor("input_ids").long(), f.get_tensor("labels").long()
             off, loff = f.get_tensor("offsets").tolist(), f.get_tensor("label_offsets").tolist()
         return cls(
             [ids[a:b] for a, b in itertools.pairwise(off)],
             [labels[a:b] for a, b in itertools.pairwise(loff)],
             summary,
+            tasks,
         )
 
 
@@ -118,7 +139,8 @@ def as_examples(
     longer = sum(len(x) > max_length for x in ids_t)
     if longer:  # already tokenized: the caller chose the lengths, so only say so (tokenize_for_training truncates)
         logger.warning("%s: %d tokenized examples are longer than max_length=%d", name, longer, max_length)
-    examples = Examples(ids_t, lab_t)
+    tasks = [str(t) for t in _column(data, "task")] if "task" in columns else None
+    examples = Examples(ids_t, lab_t, tasks=tasks)
     examples.summary = _summary(data, examples, kind, columns)
     return examples
 
@@ -175,9 +197,11 @@ class StepPlan:
 
     Each epoch shuffles with ``torch.Generator(seed + epoch)``: the plan for any step can be recomputed from the
     seed alone, which is what makes resume exact. A step holds ``batch_size * grad_accum * world`` examples, or
-    examples up to ``tokens_per_step`` real tokens. Inside a step, examples are sorted by length and split into
-    ``grad_accum * world`` micro-batches (the sum over the step is the same whatever the split, so this only
-    saves padding).
+    examples up to ``tokens_per_step`` real tokens. Every example is seen exactly once per epoch; with a token
+    budget, epochs may differ by a step or two, and steps are counted across epochs as they really are. Inside a
+    step, examples are sorted by length and split into ``grad_accum * world`` micro-batches (the sum over the step
+    is the same whatever the split, so this only saves padding); a process whose micro-batch is empty contributes
+    nothing to that step.
     """
 
     def __init__(
@@ -198,9 +222,15 @@ class StepPlan:
         self.micro_batches = grad_accum * world_size
         self.tokens_per_step = tokens_per_step
         self._epochs: dict[int, list[list[int]]] = {}
-        per_epoch = len(self._epoch(0))
-        self.steps_per_epoch = per_epoch
-        self.total_steps = max_steps if max_steps is not None else max(1, round(epochs * per_epoch))
+        self._starts = [0]  # _starts[e] = global index of epoch e's first step (filled as epochs are planned)
+        self.steps_per_epoch = len(self._epoch(0))
+        """Steps in the first epoch (later epochs of a token-budget plan may differ by a step or two)."""
+        if max_steps is not None:
+            self.total_steps = max_steps
+        else:
+            whole, part = int(epochs), epochs - int(epochs)
+            total = self._start(whole) + (round(part * len(self._epoch(whole))) if part else 0)
+            self.total_steps = max(1, total)
 
     def _epoch(self, epoch: int) -> list[list[int]]:
         if epoch not in self._epochs:
@@ -221,25 +251,34 @@ class StepPlan:
                     tokens += self.lengths[i]
                 if current:
                     steps.append(current)
-            # Every process needs a micro-batch, so a last step with too few examples is dropped (only with several).
-            if self.micro_batches > 1 and len(steps) > 1 and len(steps[-1]) < self.micro_batches:
-                steps.pop()
             self._epochs[epoch] = steps
         return self._epochs[epoch]
 
+    def _start(self, epoch: int) -> int:
+        """Global index of the first step of ``epoch``."""
+        while len(self._starts) <= epoch:
+            e = len(self._starts) - 1
+            self._starts.append(self._starts[e] + len(self._epoch(e)))
+        return self._starts[epoch]
+
     def step(self, index: int) -> tuple[float, list[list[int]]]:
         """Epoch progress after this step, and the step's micro-batches (lists of example indices)."""
-        epoch, within = divmod(index, self.steps_per_epoch)
+        epoch = 0
+        while self._start(epoch + 1) <= index:
+            epoch += 1
         steps = self._epoch(epoch)
-        # An epoch may have a different number of token-budget steps; wrap into it (rarely matters, never crashes).
-        chosen = steps[within % len(steps)]
-        ordered = sorted(chosen, key=lambda i: -self.lengths[i])
+        within = index - self._start(epoch)
+        ordered = sorted(steps[within], key=lambda i: -self.lengths[i])
         n = min(self.micro_batches, len(ordered))
         bounds = [round(k * len(ordered) / n) for k in range(n + 1)]
         micro = [ordered[a:b] for a, b in itertools.pairwise(bounds)]
         # Pad the list of micro-batches so every process gets one (an empty one contributes nothing).
         micro += [[] for _ in range(self.micro_batches - len(micro))]
-        return epoch + (within + 1) / self.steps_per_epoch, micro
+        return epoch + (within + 1) / len(steps), micro
+
+    def epoch_at(self, index: int) -> float:
+        """Epoch progress before step ``index`` (0.0 at the start; used when a run resumes)."""
+        return self.step(index - 1)[0] if index > 0 else 0.0
 
 
 def eval_batches(lengths: list[int], tokens_per_batch: int) -> list[list[int]]:
@@ -279,14 +318,24 @@ def _pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def collate_causal(
-    input_ids: list[torch.Tensor], labels: list[torch.Tensor], *, pad_id: int, pack: bool
-) -> dict[str, torch.Tensor]:
-    """Build one causal micro-batch.
+    input_ids: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    *,
+    pad_id: int,
+    pack: bool,
+    mask_dtype: torch.dtype = torch.float32,
+    groups: list[int] | None = None,
+) -> dict[str, Any]:
+    """Build one causal micro-batch in rows (several examples per row when ``pack``, else one per row).
 
     Returns ``input_ids``, ``position_ids`` (restarting at 0 for each example), ``targets`` (the next token's
-    label, already shifted inside each example, so no example predicts its neighbour's first token) and
-    ``attention_mask``: a ``[rows, 1, L, L]`` boolean block-diagonal causal mask, or ``None`` when every row is a
-    single unpadded example (then the kernel's own causal path is used).
+    label, already shifted inside each example, so no example predicts its neighbour's first token),
+    ``attention_mask`` and ``spans`` (``(row, start)`` of each example). The mask is a ``[rows, 1, L, L]``
+    block-diagonal causal mask, **additive** (0 where a token may attend, the dtype's minimum where not) in
+    ``mask_dtype``, the model's compute dtype: every attention implementation adds a float mask to its scores,
+    while eager attention adds a boolean mask as 0/1, which masks nothing. It is ``None`` when every row is a single
+    unpadded example (the kernel's own causal path is then used). ``groups`` (one int per example, e.g. its task)
+    adds a ``groups`` tensor aligned with ``targets`` (-1 elsewhere), for a loss per group.
     """
     lengths = [len(x) for x in input_ids]
     capacity = max(lengths)
@@ -297,6 +346,8 @@ def collate_causal(
     targets = torch.full(shape, IGNORE, dtype=torch.long)
     positions = torch.zeros(shape, dtype=torch.long)
     segments = torch.full(shape, -1, dtype=torch.long)  # -1 = padding
+    group_ids = torch.full(shape, -1, dtype=torch.long)
+    spans: list[tuple[int, int]] = [(0, 0)] * len(lengths)
     for r, row in enumerate(rows):
         start = 0
         for seg, i in enumerate(row):
@@ -305,36 +356,58 @@ def collate_causal(
             targets[r, start : start + n - 1] = labels[i][1:]
             positions[r, start : start + n] = torch.arange(n)
             segments[r, start : start + n] = seg
+            if groups is not None:
+                group_ids[r, start : start + n - 1] = groups[i]
+            spans[i] = (r, start)
             start += n
     mask = None
     if any(len(row) > 1 for row in rows) or bool((segments < 0).any()):
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         # Padding positions form their own block (they attend to earlier padding), so no row is fully masked:
         # a fully masked row gives NaN in SDPA, and NaN * 0 would still poison the weight gradients.
-        mask = (segments[:, :, None] == segments[:, None, :]) & causal
+        allowed = (segments[:, :, None] == segments[:, None, :]) & causal
+        mask = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill_(~allowed, torch.finfo(mask_dtype).min)
         mask = mask[:, None]
-    return {"input_ids": ids, "position_ids": positions, "targets": targets, "attention_mask": mask}
+    batch: dict[str, Any] = {
+        "input_ids": ids,
+        "position_ids": positions,
+        "targets": targets,
+        "attention_mask": mask,
+        "spans": spans,
+    }
+    if groups is not None:
+        batch["groups"] = group_ids
+    return batch
 
 
-def collate_varlen(input_ids: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, Any]:
+def collate_varlen(
+    input_ids: list[torch.Tensor], labels: list[torch.Tensor], groups: list[int] | None = None
+) -> dict[str, Any]:
     """Concatenate a micro-batch into one row with no padding at all; ``bounds`` marks where examples start.
 
     The model then runs attention per example (``nbft.train.loss.varlen_attention``). ``targets`` are shifted
-    inside each example, as in :func:`collate_causal`.
+    inside each example, as in :func:`collate_causal`; ``spans`` and ``groups`` as there.
     """
     targets = [torch.cat([lab[1:], lab.new_full((1,), IGNORE)]) for lab in labels]
     positions = [torch.arange(len(x)) for x in input_ids]
     bounds = [0, *itertools.accumulate(len(x) for x in input_ids)]
-    return {
+    batch: dict[str, Any] = {
         "input_ids": torch.cat(input_ids)[None],
         "position_ids": torch.cat(positions)[None],
         "targets": torch.cat(targets)[None],
         "bounds": bounds,
+        "spans": [(0, b) for b in bounds[:-1]],
     }
+    if groups is not None:
+        parts = [torch.full((len(x),), g, dtype=torch.long) for x, g in zip(input_ids, groups, strict=True)]
+        for part in parts:
+            part[-1] = -1  # the last position has no target
+        batch["groups"] = torch.cat(parts)[None]
+    return batch
 
 
 def collate_seq2seq(
-    input_ids: list[torch.Tensor], labels: list[torch.Tensor], *, pad_id: int
+    input_ids: list[torch.Tensor], labels: list[torch.Tensor], *, pad_id: int, groups: list[int] | None = None
 ) -> dict[str, torch.Tensor]:
     """Pad an encoder-decoder micro-batch: encoder inputs with ``pad_id``, labels with -100."""
     src = max(len(x) for x in input_ids)
@@ -346,4 +419,7 @@ def collate_seq2seq(
         ids[r, : len(x)] = x
         mask[r, : len(x)] = 1
         lab[r, : len(y)] = y
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": lab}
+    if groups is not None:
+        batch["groups"] = torch.tensor(groups, dtype=torch.long)[:, None].expand_as(lab).masked_fill(lab == IGNORE, -1)
+    return batch

@@ -4,10 +4,12 @@ Layout of ``<run_dir>/checkpoints/step-000120/``::
 
     model/            save_pretrained (config.json + model.safetensors)
     optimizer.safetensors   every optimizer state tensor, flattened; param groups in the JSON metadata
-    rng.safetensors   torch CPU/CUDA generator states (and numpy's, when numpy is loaded)
-    state.json        step, epoch, history so far, Python's RNG state
+    rng.safetensors   each process's torch CPU/CUDA generator states (and numpy's, when numpy is loaded)
+    state.json        step, epoch, history so far, each process's Python RNG state
 
-The folder is written under a temporary name and renamed in one step, so a crash never leaves half a checkpoint.
+The main process writes the folder under a temporary name; it is renamed in one step only after every process has
+reached the barrier, so a crash (of any process) never leaves half a checkpoint. Model weights are the fp32 master
+weights, whatever dtype the model computes in.
 The learning-rate schedule is a pure function of the step, and the data order a pure function of seed and epoch,
 so step + these states are everything a resumed run needs to continue exactly.
 
@@ -58,40 +60,79 @@ def save_checkpoint(
     *,
     step: int,
     model: Any,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
     keep_last: int,
     weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    rng_states: list[dict[str, Any]] | None = None,
+    is_main: bool = True,
+    barrier: Any = None,
 ) -> Path:
     """Write a checkpoint for ``step`` atomically, then delete all but the newest ``keep_last``.
 
-    ``weights`` replaces the model's own state dict (the fp32 master weights of a bf16 run).
+    ``weights`` replaces the model's own state dict (the fp32 master weights); ``optimizer_state`` replaces
+    ``optimizer.state_dict()``. With several processes, every process calls this: ``rng_states`` holds each
+    process's :func:`rng_state` (rank order), only ``is_main`` writes, and ``barrier()`` (called by all) decides
+    the moment the checkpoint becomes complete.
     """
     target = checkpoint_dir(run_dir, step)
+    rng_states = rng_states if rng_states is not None else [rng_state()]
+    if not is_main:
+        if barrier is not None:
+            barrier()
+        return target
     with atomic_path(target) as tmp:
         tmp.mkdir()
         model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        opt = optimizer_state if optimizer_state is not None else optimizer.state_dict()  # type: ignore[union-attr]
+        tensors, meta = _flatten_optimizer(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"nbft": json.dumps(meta)})
-        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
-        full_state = {**state, "step": step, "python_rng": _python_rng()}
+        rng = {f"rank{r}/{k}": v for r, s in enumerate(rng_states) for k, v in s["tensors"].items()}
+        save_file(rng, str(tmp / "rng.safetensors"))
+        full_state = {
+            **state,
+            "step": step,
+            "world_size": len(rng_states),
+            "python_rng": rng_states[0]["python"],
+            "python_rng_per_rank": [s["python"] for s in rng_states],
+        }
         (tmp / "state.json").write_text(json.dumps(full_state))
+        if barrier is not None:
+            barrier()  # every process got here: only now may the checkpoint be called complete
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def load_checkpoint(path: Path, *, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore optimizer and RNG states from ``path`` (the model is loaded by the caller) and return state.json."""
+def rng_state() -> dict[str, Any]:
+    """This process's random generator states (torch CPU/CUDA, numpy when loaded, Python's)."""
+    return {"tensors": _rng_tensors(), "python": _python_rng()}
+
+
+def load_checkpoint(
+    path: Path, *, optimizer: torch.optim.Optimizer | None, rank: int = 0, restore_optimizer: bool = True
+) -> dict[str, Any]:
+    """Restore optimizer and this process's RNG states from ``path`` (the caller loads the model); return
+    state.json, whose ``optimizer_state`` key holds the optimizer state when ``restore_optimizer`` is False."""
     with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["nbft"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys(), not iteration
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
+    opt_state = _unflatten_optimizer(tensors, meta)
+    if restore_optimizer and optimizer is not None:
+        optimizer.load_state_dict(opt_state)
     with safe_open(str(path / "rng.safetensors"), framework="pt") as f:
-        _restore_rng({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118
+        rng = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    mine = f"rank{rank}/" if any(k.startswith(f"rank{rank}/") for k in rng) else "rank0/"
+    if any(k.startswith(mine) for k in rng):
+        rng = {k.removeprefix(mine): v for k, v in rng.items() if k.startswith(mine)}
+    _restore_rng(rng)  # a checkpoint from another number of processes: rank 0's states (or the legacy layout)
     state = json.loads((path / "state.json").read_text())
-    version, internal, gauss = state["python_rng"]
+    per_rank = state.get("python_rng_per_rank") or [state["python_rng"]]
+    version, internal, gauss = per_rank[rank] if rank < len(per_rank) else per_rank[0]
     random.setstate((version, tuple(internal), gauss))
+    if not restore_optimizer:
+        state["optimizer_state"] = opt_state
     return state
 
 
@@ -108,12 +149,16 @@ def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dic
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[Any, dict[str, Any]] = {}
+
+    def key_of(pid: str) -> Any:  # integer ids for plain optimizers; parameter names under FSDP
+        return int(pid) if pid.isdigit() else pid
+
     for key, value in tensors.items():
-        pid, name = key.split("/", 1)
-        state.setdefault(int(pid), {})[name] = value
+        pid, name = key.rsplit("/", 1)
+        state.setdefault(key_of(pid), {})[name] = value
     for pid, values in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(values)
+        state.setdefault(key_of(pid), {}).update(values)
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
 

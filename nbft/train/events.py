@@ -1,8 +1,35 @@
 """Events the training loop emits, the Observer protocol, and the two built-in observers.
 
-The loop calls ``on_train_begin(info)``, ``on_step(state)``, ``on_eval(state, metrics)``, ``on_save(path)`` and
-``on_train_end(summary)``. Observers get read-only data (a frozen dataclass or plain dicts) and cannot change the
-loop; they can ask it to stop by raising :class:`StopTraining` (or through ``Run.stop()``).
+The loop calls ``on_train_begin(info)``, ``on_phase(phase)``, ``on_step(state)``, ``on_eval(state, metrics)``,
+``on_monitor(state, record)``, ``on_save(path)`` and ``on_train_end(summary)``. Observers get read-only data (a
+frozen dataclass or plain dicts) and cannot change the loop; they can ask it to stop by raising
+:class:`StopTraining` (or through ``Run.stop()``). With several processes, observers run on the main process only
+(rank 0); a stop they ask for is broadcast, so every process stops after the same step.
+
+**Measuring observers (monitors).** An observer with a ``measure(model, tokenizer, step) -> dict | None`` method
+and an int attribute ``every`` is called by the loop on the main process (the others wait at a barrier), with the
+model in eval mode under ``torch.no_grad()`` (train mode again afterwards):
+
+* once before the first step of a fresh run (``step=0``: the base model; not on a resumed run),
+* after every ``every``-th optimizer step (``every`` missing or 0: only at the start and the end),
+* after the final step of a run that completes (a stopped run does not pay for one more measurement).
+
+A returned dict ``record`` becomes the history row ``{"kind": "monitor", "step": step, **record, "measure_s": t}``
+(in ``run.history`` and ``history.jsonl``) and is emitted as ``on_monitor(state, row)`` to every observer
+(``state`` is the :class:`StepState` of that step, ``None`` at step 0). ``"save_checkpoint": True`` in the record
+writes a checkpoint at that step (once; ignored at step 0, where the base model needs none). Raising
+``StopTraining("reason")`` from ``measure`` stops the run after this step, with a checkpoint and status
+``"stopped"``; the reason is kept in ``run.stop_reason`` and the summary's ``stop_reason``. Other exceptions are
+logged and switch that observer off. Time spent measuring is accounted apart: ``measure_s`` per row,
+``monitor_s`` in the summary (next to ``train_time_s`` and ``wall_s``); it never counts in tokens/s.
+
+**Refusing a bad setup.** ``on_train_begin`` may raise ``ValueError`` (or ``LookupError``, e.g. an unknown task
+name): the run then fails before any step, with status ``"failed"``, the error raised from ``finetune()`` /
+``run.wait()``, and no run files written.
+
+**Phases.** ``on_phase({"phase": name, "step": step})`` announces long work that is not a training step:
+``"setup"``, ``"monitor"``, ``"eval"`` (validation), ``"final_eval"``, ``"checkpoint"``, ``"saving"`` (the final
+model) and ``"done"``, so a progress display can say what is happening instead of "ETA 0:00".
 
 Example:
     >>> class PrintLoss:
@@ -50,9 +77,15 @@ class StepState:
     eta_s: float
     peak_memory_mb: float
     """Peak CUDA memory allocated, or the process's peak resident memory on CPU."""
+    task_losses: dict[str, float] | None = None
+    """When the training data mixes several tasks (its ``task`` column): mean CE per labelled token of each task's
+    examples in this step (tasks absent from the step are left out); ``None`` for single-task data."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["task_losses"] is None:  # single-task runs keep the history rows they always had
+            del out["task_losses"]
+        return out
 
 
 @runtime_checkable
@@ -73,6 +106,31 @@ class Observer(Protocol):
 
     def on_train_end(self, summary: dict[str, Any]) -> None: ...
 
+    def on_monitor(self, state: StepState | None, record: dict[str, Any]) -> None: ...
+
+    def on_phase(self, phase: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class Monitor(Protocol):
+    """A measuring observer (see the module docstring): ``measure`` every ``every`` optimizer steps.
+
+    Example:
+        >>> class WeightNorm:
+        ...     every = 10
+        ...     def measure(self, model, tokenizer, step):
+        ...         return {"weight_norm": float(sum(p.norm() ** 2 for p in model.parameters()) ** 0.5)}
+    """
+
+    every: int
+
+    def measure(self, model: Any, tokenizer: Any, step: int) -> dict[str, Any] | None: ...
+
+
+PROCESS_OBSERVERS: list[Any] = []
+"""Observers added to every run started in this process (``nbft.launch`` uses it to feed a notebook's live plot
+from the main worker process). Not for everyday use: pass ``observers=`` to ``finetune``."""
+
 
 class Events:
     """Calls observers in order; turns StopTraining into a stop request and isolates observer bugs."""
@@ -88,11 +146,21 @@ class Events:
                 continue
             try:
                 method(*args)
-            except StopTraining:
-                self._request_stop()
-            except Exception:
+            except StopTraining as stop:
+                self._request_stop(str(stop) or None)
+            except Exception as exc:
+                if name == "on_train_begin" and isinstance(exc, ValueError | LookupError):
+                    raise  # an observer refuses this setup (e.g. a misspelt task name): the run must fail
                 logger.exception("observer %r failed in %s; it is switched off for this run", observer, name)
                 self.observers.remove(observer)
+
+    def monitors(self) -> list[Any]:
+        """The observers that measure (have ``measure``), in order."""
+        return [o for o in self.observers if callable(getattr(o, "measure", None))]
+
+    def drop(self, observer: Any) -> None:
+        if observer in self.observers:
+            self.observers.remove(observer)
 
 
 class HistoryWriter:
@@ -124,6 +192,9 @@ class HistoryWriter:
 
     def on_eval(self, state: StepState, metrics: dict[str, float]) -> None:
         self._append({"kind": "eval", "step": state.step, "epoch": state.epoch, **metrics})
+
+    def on_monitor(self, state: StepState | None, record: dict[str, Any]) -> None:
+        self._append(record)
 
 
 class ProgressObserver:

@@ -33,7 +33,7 @@ class TrainerObserverCallback(TrainerCallback):
         self._last: StepState | None = None
         self._last_tokens = (0.0, 0)
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
         """Ask the Trainer to stop after the current step."""
         self._stop_requested = True
 

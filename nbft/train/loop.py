@@ -1,12 +1,28 @@
 """``finetune()`` and ``resume()``: nbft's full fine-tuning loop on ``accelerate.Accelerator``.
 
-The loop is :func:`train_loop`, one function that reads top to bottom: setup, the step loop, cleanup. It is two
-hops from ``finetune()`` (``finetune -> Run.start -> train_loop``). What a step does:
+The loop has torchtune's shape and reads top to bottom in :func:`train_loop`, two hops from ``finetune()``
+(``finetune -> Run.start -> train_loop``)::
 
-1. take the step's micro-batches from the :class:`~nbft.train.batching.StepPlan` (a pure function of seed and step);
-2. for each micro-batch: pack it (no padding compute), run the base model, apply the LM head only on labelled
-   positions (chunked), and backpropagate ``sum(CE) / labelled tokens in the whole step``;
-3. clip, check the loss is finite, update AdamW, emit ``on_step``; evaluate and checkpoint when due.
+    state = setup(run)                        # devices, precision, attention layout, optimizer, data plan, resume
+    while not stopped and steps remain:
+        result = train_step(state, micro_batches)     # one optimizer step, never split
+        record it; validate / measure / checkpoint when due; agree on stop and save across processes
+    cleanup(run, state)                       # final checkpoint or evaluation, model back in its dtype, save
+
+What one :func:`train_step` does:
+
+1. take the step's micro-batches from the :class:`~nbft.train.batching.StepPlan` (a pure function of seed and
+   step); each process takes every ``world``-th one;
+2. for each micro-batch: collate it with the run's :mod:`attention layout <nbft.train.layout>` (packed, no padding
+   compute), run the base model, apply the LM head only on labelled positions (chunked), and backpropagate
+   ``sum(CE) / labelled tokens in the whole step`` into the fp32 master gradients (:class:`~nbft.train.sync.GradSync`);
+3. all-reduce the master gradients once, clip, check the loss is finite, update AdamW.
+
+Several processes (``accelerate launch``, ``nbft.launch``): every process runs this same loop on its share of each
+step. Only the main process runs observers and writes files (run files, ``history.jsonl``, checkpoints, the model
+and its card); a stop (``run.stop()``, an observer's ``StopTraining``, Ctrl-C on any process) is agreed on after each
+step, so all processes stop after the same one; a checkpoint is complete only once every process reached its
+barrier. Ctrl-C only asks for a stop: the current step finishes and a checkpoint is written (a second Ctrl-C aborts).
 
 Example:
     >>> from nbft.models import tiny_random
@@ -25,11 +41,13 @@ import gc
 import json
 import logging
 import math
+import os
 import random
+import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +55,28 @@ import torch
 
 from nbft._utils import atomic_path
 from nbft.config import TrainConfig
-from nbft.train.batching import (
-    Examples,
-    StepPlan,
-    as_examples,
-    collate_causal,
-    collate_seq2seq,
-    collate_varlen,
-    eval_batches,
-)
+from nbft.train.batching import Examples, StepPlan, as_examples, eval_batches
 from nbft.train.card import render_model_card
-from nbft.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from nbft.train.events import Events, HistoryWriter, Observer, StepState
+from nbft.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
+from nbft.train.events import PROCESS_OBSERVERS, Events, HistoryWriter, Observer, StepState, StopTraining
+from nbft.train.layout import AttentionLayout, choose_layout
 from nbft.train.loss import CausalLMLoss, Seq2SeqLoss, check_fused_head
+from nbft.train.sync import (
+    GradSync,
+    MasterWeights,
+    agree,
+    all_reduce_sum,
+    broadcast_from_main,
+    broadcast_from_main_object,
+    distributed,
+    gather_to_all,
+)
 
 logger = logging.getLogger("nbft.train")
 
@@ -63,12 +90,18 @@ class TrainingError(RuntimeError):
     """Training ended early for a reason the message explains (non-finite loss, out of memory)."""
 
 
+def is_main_process() -> bool:
+    """True in a single process, and on rank 0 when several processes train together."""
+    return not distributed() or torch.distributed.get_rank() == 0
+
+
 class Run:
     """Handle of one training run: ``status``, ``history``, ``model``; ``stop()``, ``wait()``, ``save()``.
 
     ``status`` is ``"pending"``, ``"running"``, ``"completed"``, ``"stopped"`` or ``"failed"`` (then ``error``
-    holds the exception, which ``wait()`` raises). ``history`` is a list of plain dicts (``kind`` ``"train"`` or
-    ``"eval"``), e.g. ``pandas.DataFrame(run.history)``.
+    holds the exception, which ``wait()`` raises). ``history`` is a list of plain dicts (``kind`` ``"train"``,
+    ``"eval"`` or ``"monitor"``), e.g. ``pandas.DataFrame(run.history)``. ``stop_reason`` says why a stopped run
+    stopped, when something said (a monitor's ``StopTraining("...")``, an interrupt).
 
     Example:
         >>> run = finetune(model, tok, data, background=True)  # doctest: +SKIP
@@ -88,6 +121,7 @@ class Run:
         run_dir: Path,
         base_model: str | None,
         resume_from: Path | None = None,
+        restore_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -100,33 +134,60 @@ class Run:
         self.error: BaseException | None = None
         self.history: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
+        self.stop_reason: str | None = None
         self.card_sections: dict[str, str] = {}
         """Extra model-card sections (title -> markdown) that :meth:`save` writes, e.g. an evaluation table."""
         self.resume_from = resume_from
+        self.restore_dtype = restore_dtype
+        """The dtype the model is given back in when training ends (default: its dtype when training starts)."""
+        self.events = Events(
+            [*observers, *PROCESS_OBSERVERS, HistoryWriter(run_dir / "history.jsonl")], request_stop=self.stop
+        )
+        """The run's observers (on the main process; other processes get none when training starts)."""
         self._stop = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        self._events = Events([*observers, HistoryWriter(run_dir / "history.jsonl")], request_stop=self.stop)
 
     def start(self, background: bool) -> Run:
         """Run :func:`train_loop` here, or in a worker thread when ``background`` (then return at once)."""
         if background:
-            self._thread = threading.Thread(target=train_loop, args=(self,), name="nbft-train", daemon=True)
+            self._thread = threading.Thread(target=self._work, name="nbft-train", daemon=True)
             self._thread.start()
             return self
-        train_loop(self)
+        self._work()
         if self.error is not None:
             raise self.error
         return self
 
-    def stop(self) -> None:
+    def _work(self) -> None:
+        try:
+            train_loop(self)
+        finally:
+            self._done.set()
+
+    def stop(self, reason: str | None = None) -> None:
         """Ask the loop to finish the current step, write a checkpoint and end with status ``"stopped"``."""
+        if reason and self.stop_reason is None:
+            self.stop_reason = reason
         self._stop.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
     def wait(self, timeout: float | None = None) -> Run:
-        """Block until the run ends (or ``timeout`` seconds pass); re-raise the worker's exception if it failed."""
+        """Block until the run ends (or ``timeout`` seconds pass); re-raise the worker's exception if it failed.
+
+        Interrupting the wait (Ctrl-C, "interrupt kernel") stops the run: the step finishes, a checkpoint is
+        written, and the wait goes on until that is done.
+        """
         if self._thread is not None:
-            self._thread.join(timeout)
+            try:
+                self._thread.join(timeout)
+            except KeyboardInterrupt:
+                logger.warning("interrupted: stopping after the current step (with a checkpoint)")
+                self.stop("interrupted")
+                self._thread.join()
         if self.error is not None:
             raise self.error
         return self
@@ -144,16 +205,19 @@ class Run:
     def checkpoints(self) -> list[Path]:
         return list_checkpoints(self.run_dir)
 
-    def save(self, path: str | Path | None = None) -> Path:
+    def save(self, path: str | Path | None = None, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the model (safetensors), tokenizer and a model card (``README.md``) to ``path``, atomically.
 
-        Defaults to ``<run_dir>/model``; a completed run saves there by itself.
+        Defaults to ``<run_dir>/model``; a completed run saves there by itself. With several processes only the
+        main process writes (the others return the path). ``state_dict`` replaces the model's own (FSDP).
         """
         if self.status == "running" and threading.current_thread() is not self._thread:
             raise RuntimeError("the run is still training: call run.stop() and run.wait() before run.save()")
         path = Path(path) if path is not None else self.run_dir / "model"
+        if not is_main_process():
+            return path
         with atomic_path(path) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             (tmp / "README.md").write_text(render_model_card(self.card_info(), self.card_sections))
@@ -195,7 +259,8 @@ def finetune(
     ``train``/``val``: a ``datasets.Dataset`` (or list of dicts) with ``prompt``/``completion`` text, or already
     tokenized ``input_ids``/``labels`` (``nbft.data.tokenize_for_training``). The loss covers completion tokens only.
     ``run_dir`` (default ``runs/run-<time>``) receives ``history.jsonl``, checkpoints and the final ``model/``.
-    With ``background=True`` the call returns at once; use ``run.wait()`` / ``run.stop()``.
+    With ``background=True`` the call returns at once; use ``run.wait()`` / ``run.stop()``. Under ``accelerate
+    launch`` (or ``nbft.launch``) every process calls ``finetune`` with the same arguments: they train together.
 
     Example:
         >>> run = finetune(model, tok, data["train"], val=data["validation"],
@@ -209,13 +274,14 @@ def finetune(
     val_ex = None
     if val is not None:
         val_ex = as_examples(val, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="validation")
+    _join_processes()
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir = broadcast_from_main_object(run_dir)  # a default name from the clock: every process takes rank 0's
     if list_checkpoints(run_dir) or (run_dir / "model").exists():
         raise FileExistsError(
             f"{run_dir} already holds a run: continue it with nbft.resume({str(run_dir)!r}), or choose a new run_dir"
         )
     base_model = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
-    _write_run_files(run_dir, model, tokenizer, train_ex, val_ex, config, kind, base_model)
     run = Run(
         model=model,
         tokenizer=tokenizer,
@@ -232,6 +298,9 @@ def finetune(
 def resume(run_dir: str | Path, *, observers: Sequence[Observer] = (), background: bool = False) -> Run:
     """Continue a stopped or interrupted run from its newest checkpoint; the rest of the loss curve is the same.
 
+    The fp32 master weights are reloaded in fp32 whatever dtype the model trains in, and the model is given back
+    in the dtype it had when the run began. Under ``accelerate launch`` every process calls ``resume``.
+
     Example:
         >>> run = resume("runs/sentiment-1", observers=[ProgressObserver()])  # doctest: +SKIP
     """
@@ -247,10 +316,12 @@ def resume(run_dir: str | Path, *, observers: Sequence[Observer] = (), backgroun
             f"{run_dir} has no checkpoint to resume from: checkpoints are written on stop and every "
             "TrainConfig.save_every steps"
         )
+    _join_processes()
     meta = json.loads(meta_path.read_text())
     auto = AutoModelForSeq2SeqLM if meta["kind"] == "seq2seq" else AutoModelForCausalLM
+    # Checkpoints hold fp32 master weights: load them in fp32, or a bf16 model would resume from rounded masters.
     model = auto.from_pretrained(
-        checkpoint / "model", dtype=getattr(torch, meta["dtype"]), attn_implementation=meta["attn_implementation"]
+        checkpoint / "model", dtype=torch.float32, attn_implementation=meta["attn_implementation"]
     )
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer") if (run_dir / "tokenizer").exists() else None
     val_path = run_dir / "data" / "validation.safetensors"
@@ -264,256 +335,654 @@ def resume(run_dir: str | Path, *, observers: Sequence[Observer] = (), backgroun
         run_dir=run_dir,
         base_model=meta.get("base_model"),
         resume_from=checkpoint,
+        restore_dtype=getattr(torch, meta["dtype"]),
     )
     return run.start(background)
 
 
+def _join_processes() -> None:
+    """Start (or join) accelerate's process group now, when launched with several processes, so that processes
+    can agree on names and decisions before training starts."""
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available())
+    _warn_single_cpu_launch()
+
+
+def _warn_single_cpu_launch() -> None:
+    # `accelerate launch --cpu --num_processes N` starts ONE process unless given an MPI hostfile: say so.
+    asked_several = "MASTER_ADDR" in os.environ and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+    if asked_several and "WORLD_SIZE" not in os.environ and not distributed():
+        logger.warning(
+            "accelerate launch --cpu ran a single process (several CPU processes need mpirun there); for several "
+            "CPU processes use `accelerate launch --multi_gpu --num_processes N` (gloo on CPU) or torchrun"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ the loop
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything the step loop needs, built once by :func:`setup`; the counters move as steps are done."""
+
+    config: TrainConfig
+    data: Examples
+    """The training examples."""
+    run_dir: Path
+    accelerator: Any
+    device: torch.device
+    model: Any
+    """The user's model, trained in place (in its compute dtype while training)."""
+    module: Any
+    """The loss module around the model (``CausalLMLoss``/``Seq2SeqLoss``; FSDP-wrapped under FSDP)."""
+    optimizer: torch.optim.Optimizer
+    sync: GradSync
+    layout: AttentionLayout
+    plan: StepPlan
+    kind: str
+    precision: str
+    total_steps: int
+    warmup_steps: int
+    label_counts: list[int]
+    task_names: list[str]
+    task_of: list[int] | None
+    """Index into ``task_names`` per training example, when the data mixes several tasks."""
+    fsdp: bool = False
+    step: int = 0
+    start_step: int = 0
+    elapsed_before: float = 0.0
+    train_time: float = 0.0
+    monitor_time: float = 0.0
+    eval_time: float = 0.0
+    checkpoint_time: float = 0.0
+    wall_start: float = 0.0
+    tokens_seen: int = 0
+    last_saved: int = -1
+    last_state: StepState | None = None
+    restored: bool = False
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step measured (the same on every process)."""
+
+    loss: float
+    grad_norm: float
+    learning_rate: float
+    tokens: int
+    label_tokens: int
+    seconds: float
+    task_losses: dict[str, float] | None
+
+
 def train_loop(run: Run) -> None:
-    """Setup, then one optimizer step per iteration until done or stopped; records the outcome on ``run``."""
-    from accelerate import Accelerator
+    """Setup, then one optimizer step per iteration until done or stopped, then cleanup; the outcome is on ``run``.
 
-    cfg, model = run.config, run.model
+    Reads only ``run``'s public fields and writes ``status``, ``error``, ``history``, ``summary``, ``stop_reason``.
+    """
     run.status = "running"
-    events = run._events
-    masters: MasterWeights | None = None
+    state: TrainState | None = None
     try:
-        # ---------------------------------------------------------------------------------------------- setup
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        device = accelerator.device
-        if device.type == "cuda":
-            if device.index is None:  # a single-GPU Accelerator says "cuda"; set_device needs an index
-                device = torch.device("cuda", torch.cuda.current_device())
-            torch.cuda.set_device(device)  # this may be a worker thread: the current device is per thread
-            torch.cuda.reset_peak_memory_stats(device)
-        amp_dtype = resolve_precision(cfg.precision, device)
-        kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal"
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        model.to(device)
-        model.train()
-        model.requires_grad_(True)  # a full fine-tune: a loaded model may come with frozen parts
-        pack = _packing_mode(model, device) if cfg.packing and kind == "causal" else None
-        module = CausalLMLoss(model, fused=check_fused_head(model)) if kind == "causal" else Seq2SeqLoss(model)
-        # bf16: the model computes in bf16 and the optimizer keeps fp32 master weights (see MasterWeights).
-        masters = MasterWeights(model, amp_dtype) if amp_dtype is not None else None
-        trained = masters.master if masters is not None else list(model.parameters())
-        optimizer = make_optimizer(trained, cfg.learning_rate, cfg.weight_decay, device)
-        module, optimizer = accelerator.prepare(module, optimizer)
-        world, rank = accelerator.num_processes, accelerator.process_index
-        plan = StepPlan(
-            run.train.lengths,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            grad_accum=cfg.grad_accum,
-            world_size=world,
-            tokens_per_step=cfg.tokens_per_step,
-            epochs=cfg.epochs,
-            max_steps=cfg.max_steps,
-        )
-        total = plan.total_steps
-        warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total)
-        lengths, label_counts = run.train.lengths, run.train.label_counts(kind)
-        pad_id = _pad_id(run.tokenizer, model)
-        start_step, elapsed_before = 0, 0.0
-        if run.resume_from is not None:
-            saved = load_checkpoint(run.resume_from, optimizer=optimizer)  # also restores every RNG
-            start_step, elapsed_before = saved["step"], saved["elapsed_s"]
-            run.history[:] = saved["history"]
-        events.emit(
-            "on_train_begin",
-            {
-                "total_steps": total,
-                "start_step": start_step,
-                "steps_per_epoch": plan.steps_per_epoch,
-                "examples": len(run.train),
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "precision": "bf16" if amp_dtype is not None else "fp32",
-                "device": str(device),
-                "packing": pack,
-                "fused_loss": getattr(accelerator.unwrap_model(module), "fused", False),
-                "run_dir": str(run.run_dir),
-                "base_model": run.base_model,
-                "config": dataclasses.asdict(cfg),
-            },
-        )
-
-        def checkpoint(step: int, epoch: float) -> None:
-            state = {"epoch": epoch, "history": run.history, "elapsed_s": elapsed_before + train_time}
-            if accelerator.is_main_process:
-                weights = masters.state_dict() if masters is not None else None
-                path = save_checkpoint(
-                    run.run_dir,
-                    step=step,
-                    model=model,
-                    weights=weights,
-                    optimizer=optimizer,
-                    state=state,
-                    keep_last=cfg.keep_last,
-                )
-                events.emit("on_save", path)
-            accelerator.wait_for_everyone()
-
-        # ------------------------------------------------------------------------------------------ the loop
-        step, epoch, last_saved = start_step, float(start_step) / plan.steps_per_epoch, -1
-        train_time, tokens_seen, oom = 0.0, 0, False
-        state: StepState | None = None
+        state = setup(run)
+        cfg, oom = run.config, False
         try:
-            while step < total:
-                if run._stop.is_set():
-                    break
-                t0 = time.perf_counter()
-                epoch, micro_batches = plan.step(step)
-                lr = lr_at(step, total, warmup, cfg.learning_rate, cfg.schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                # The loss is a sum over the step's labelled tokens divided by their count: the same number however
-                # the step is split into micro-batches or processes (DDP averages over processes: undo with * world).
-                n_labels = sum(label_counts[i] for mb in micro_batches for i in mb)
-                scale = world / max(n_labels, 1)
-                loss_sum = torch.zeros((), device=device)
-                mine = micro_batches[rank::world]
-                for k, indices in enumerate(mine):
-                    if not indices:
-                        continue
-                    batch = _collate(run.train, indices, kind, pad_id, pack, device)
-                    sync = k == len(mine) - 1  # gradients are exchanged between processes once per step
-                    with contextlib.nullcontext() if sync else accelerator.no_sync(module):
-                        loss = module(**batch)
-                        accelerator.backward(loss * scale)
-                    loss_sum += loss.detach()
-                    del batch, loss
-                    if masters is not None:
-                        masters.grads_to_master()
-                max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-                grad_norm = float(accelerator.clip_grad_norm_(trained, max_norm))
-                step_loss = float(accelerator.reduce(loss_sum, "sum")) / max(n_labels, 1)
-                if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-                    optimizer.zero_grad(set_to_none=True)
-                    model.zero_grad(set_to_none=True)
-                    kept = latest_checkpoint(run.run_dir)
-                    raise TrainingError(
-                        f"the loss became {step_loss} (gradient norm {grad_norm}) at step {step + 1}; the weights "
-                        f"were not updated. Last good checkpoint: {kept or 'none'}. Try a lower learning_rate, "
-                        "warmup_steps, max_grad_norm=1.0, or precision='fp32'"
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if masters is not None:
-                    masters.master_to_model()
-                step += 1
-
-                dt = time.perf_counter() - t0
-                train_time += dt
-                tokens = sum(lengths[i] for mb in micro_batches for i in mb)
-                tokens_seen += tokens
-                state = StepState(
-                    step=step,
-                    total_steps=total,
-                    epoch=epoch,
-                    loss=step_loss,
-                    learning_rate=lr,
-                    grad_norm=grad_norm,
-                    tokens=tokens,
-                    label_tokens=n_labels,
-                    tokens_per_second=tokens / dt,
-                    elapsed_s=elapsed_before + train_time,
-                    eta_s=train_time / (step - start_step) * (total - step),
-                    peak_memory_mb=peak_memory_mb(device),
-                )
-                run.history.append({"kind": "train", **state.to_dict()})
-                events.emit("on_step", state)
-                if run.val is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                    _eval_and_emit(run, module, accelerator, kind, pad_id, pack, state)
-                if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                    checkpoint(step, epoch)
-                    last_saved = step
+            with _stop_on_interrupt(run):
+                if state.step == 0:
+                    _measure(run, state, None)  # the monitors' point for the base model
+                (stop,) = agree(state.device, run.stop_requested)
+                while not stop and state.step < state.total_steps:
+                    epoch, micro_batches = state.plan.step(state.step)
+                    result = train_step(state, micro_batches)
+                    state.step += 1  # the update and the counter move together: a step is never split
+                    step_state = _record_step(run, state, result, epoch)
+                    eval_due = bool(cfg.eval_every) and state.step % cfg.eval_every == 0
+                    if run.val is not None and eval_due and state.step < state.total_steps:
+                        _validate(run, state, step_state, "eval")
+                    save = _measure(run, state, step_state)  # the main process measures; the others wait below
+                    due = bool(cfg.save_every) and state.step % cfg.save_every == 0 and state.step < state.total_steps
+                    # One small all-reduce per step: every process stops (and saves) after the same step.
+                    stop, save = agree(state.device, run.stop_requested, save or due)
+                    if save or (stop and state.step < state.total_steps):
+                        _checkpoint(run, state)
         except _OOM_ERRORS:
             oom = True  # handled below, outside the except block, so the traceback's tensors can be freed
-        except KeyboardInterrupt:
-            # In a notebook, "interrupt kernel" is a stop: the last finished step is checkpointed below.
-            optimizer.zero_grad(set_to_none=True)
-            run._stop.set()
         if oom:
-            optimizer.zero_grad(set_to_none=True)
-            model.zero_grad(set_to_none=True)
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            _free_memory(state)
             raise TrainingError(
-                f"out of memory at step {step + 1} on {device}. Lower TrainConfig.batch_size (or tokens_per_step), "
-                "raise grad_accum (same maths, less memory), or lower max_length. The memory has been freed."
+                f"out of memory at step {state.step + 1} on {state.device}. Lower TrainConfig.batch_size (or "
+                "tokens_per_step), raise grad_accum (same maths, less memory), or lower max_length. The memory has "
+                "been freed."
             )
-
-        # --------------------------------------------------------------------------------------- cleanup
-        if step < total:  # stopped early: checkpoint so that resume() can continue exactly here
-            if last_saved != step:
-                checkpoint(step, epoch)
-            run.status = "stopped"
-        else:
-            if run.val is not None and state is not None:
-                _eval_and_emit(run, module, accelerator, kind, pad_id, pack, state)
-            run.status = "completed"
-        run.summary = _summary(run, step, total, train_time, tokens_seen, device)
-        if masters is not None:
-            masters.restore()
-            masters = None
-        if run.status == "completed" and accelerator.is_main_process:
-            events.emit("on_save", run.save(run.run_dir / "model"))
+        cleanup(run, state)
     except BaseException as exc:
-        if masters is not None:  # leave the model usable: original dtype, last good (master) weights
-            masters.restore()
+        if state is not None and not state.restored:  # leave the model usable: original dtype, last good weights
+            _free_memory(state)
+            _restore_model(state)
+        if isinstance(exc, KeyboardInterrupt):
+            kept = latest_checkpoint(run.run_dir)
+            exc = KeyboardInterrupt(f"aborted by a second interrupt; resume() continues from {kept or 'the start'}")
         run.status, run.error = "failed", exc
         run.summary = {**run.summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         logger.error("training failed: %s", exc)
     finally:
         run.summary.setdefault("status", run.status)
-        run._events.emit("on_train_end", dict(run.summary))
-        run._done.set()
+        run.events.emit("on_train_end", dict(run.summary))
+
+
+def setup(run: Run) -> TrainState:
+    """Devices, precision, attention layout, optimizer and data plan; restore a checkpoint; tell the observers.
+
+    Observers may refuse the setup in ``on_train_begin`` (``ValueError``): the run then fails here, before any
+    step and before any run file is written.
+    """
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType
+
+    cfg, model = run.config, run.model
+    t_start = time.perf_counter()
+    cpu = not torch.cuda.is_available()
+    device = PartialState(cpu=cpu).device
+    amp_dtype = resolve_precision(cfg.precision, device)
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    # Under FSDP its own mixed precision computes in bf16; elsewhere the model computes in bf16 (MasterWeights).
+    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if fsdp and amp_dtype is not None else None)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if not accelerator.is_main_process:
+        run.events = Events([], request_stop=run.stop)  # observers and run files belong to the main process
+    events = run.events
+    start_step = json.loads((run.resume_from / "state.json").read_text())["step"] if run.resume_from else 0
+    events.emit("on_phase", {"phase": "setup", "step": start_step})
+    if device.type == "cuda":
+        if device.index is None:  # a single-GPU Accelerator says "cuda"; set_device needs an index
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)  # this may be a worker thread: the current device is per thread
+        torch.cuda.reset_peak_memory_stats(device)
+    kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal"
+    model_dtype = next(model.parameters()).dtype
+    attn_implementation = getattr(model.config, "_attn_implementation", None)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model.to(device)
+    model.train()
+    model.requires_grad_(True)  # a full fine-tune: a loaded model may come with frozen parts
+
+    # bf16: the model computes in bf16 and the optimizer keeps fp32 master weights (MasterWeights).
+    masters = MasterWeights(model, amp_dtype if amp_dtype is not None and not fsdp else torch.float32)
+    masters.restore_dtype = run.restore_dtype or model_dtype
+    tasks = run.train.task_index()
+    task_names, task_of = tasks if tasks is not None else ([], None)
+    if kind == "causal":
+        module: Any = CausalLMLoss(model, fused=check_fused_head(model), n_groups=len(task_names))
+    else:
+        module = Seq2SeqLoss(model, n_groups=len(task_names))
+    pad_id = _pad_id(run.tokenizer, model)
+    mask_dtype = amp_dtype if amp_dtype is not None else torch.float32
+    layout = choose_layout(module, packing=cfg.packing, pad_id=pad_id, device=device, mask_dtype=mask_dtype)
+    optimizer = make_optimizer(masters.master, cfg.learning_rate, cfg.weight_decay, device, fused=not fsdp)
+    if fsdp:
+        module, optimizer = accelerator.prepare(module, optimizer)
+        if events.monitors():
+            logger.warning("measuring observers are skipped under FSDP: the main process does not hold the model")
+            for monitor in events.monitors():
+                events.drop(monitor)
+    elif accelerator.num_processes > 1:
+        broadcast_from_main([*model.parameters(), *model.buffers(), *(masters.master if masters.separate else [])])
+    plan = StepPlan(
+        run.train.lengths,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        world_size=accelerator.num_processes,
+        tokens_per_step=cfg.tokens_per_step,
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+    )
+    state = TrainState(
+        config=cfg,
+        data=run.train,
+        run_dir=run.run_dir,
+        accelerator=accelerator,
+        device=device,
+        model=model,
+        module=module,
+        optimizer=optimizer,
+        sync=GradSync(masters, accelerator, module, fsdp=fsdp),
+        layout=layout,
+        plan=plan,
+        kind=kind,
+        precision="bf16" if amp_dtype is not None else "fp32",
+        total_steps=plan.total_steps,
+        warmup_steps=cfg.warmup_steps or round(cfg.warmup_ratio * plan.total_steps),
+        label_counts=run.train.label_counts(kind),
+        task_names=task_names,
+        task_of=task_of,
+        fsdp=fsdp,
+        wall_start=t_start,
+    )
+    if run.resume_from is not None:
+        _restore_checkpoint(run, state)
+    info = {
+        "total_steps": state.total_steps,
+        "start_step": state.start_step,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "examples": len(run.train),
+        "parameters": sum(p.numel() for p in masters.master),
+        "precision": state.precision,
+        "device": str(device),
+        "world_size": accelerator.num_processes,
+        "packing": layout.name if layout.name in ("varlen", "mask") else None,
+        "layout": layout.name,
+        "fused_loss": getattr(accelerator.unwrap_model(module), "fused", False),
+        "tasks": task_names or None,
+        "run_dir": str(run.run_dir),
+        "base_model": run.base_model,
+        "config": dataclasses.asdict(cfg),
+    }
+    refusal: BaseException | None = None
+    try:
+        events.emit("on_train_begin", info)
+    except (ValueError, LookupError) as exc:
+        refusal = exc
+    # Every process must fail alike when the main process's observers refuse the setup.
+    message = broadcast_from_main_object(None if refusal is None else f"{type(refusal).__name__}: {refusal}")
+    if refusal is not None:
+        raise refusal
+    if message is not None:
+        raise ValueError(message)
+    if run.resume_from is None and state.is_main:
+        _write_run_files(run.run_dir, run, state.kind, model_dtype, attn_implementation)
+    return state
+
+
+def train_step(state: TrainState, micro_batches: list[list[int]]) -> StepResult:
+    """One optimizer step over ``micro_batches`` (this process takes every ``world``-th): forward and backward
+    each, all-reduce the fp32 master gradients once, clip, check the loss is finite, update."""
+    cfg = state.config
+    t0 = time.perf_counter()
+    lr = lr_at(state.step, state.total_steps, state.warmup_steps, cfg.learning_rate, cfg.schedule)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    # The loss is a sum over the step's labelled tokens divided by their count: the same number however the step
+    # is split into micro-batches or processes.
+    n_labels = sum(state.label_counts[i] for mb in micro_batches for i in mb)
+    scale = 1.0 / max(n_labels, 1)
+    mine = micro_batches[state.rank :: state.world]
+    sums = torch.zeros(1 + len(state.task_names), device=state.device)  # [loss, loss per task...]
+    for k, indices in enumerate(mine):
+        pieces = _micro_batch(state, indices, micro_batches)
+        for j, batch in enumerate(pieces):
+            out = state.module(**batch)
+            loss, per_task = out if state.task_of is not None else (out, None)
+            state.sync.backward(loss, scale, last=k == len(mine) - 1 and j == len(pieces) - 1)
+            sums[0] += loss.detach().float()
+            if per_task is not None:
+                sums[1:] += per_task
+            del batch, out, loss
+    grad_norm = state.sync.reduce_and_clip(cfg.max_grad_norm)
+    if state.world > 1:
+        all_reduce_sum([sums])
+    step_loss = float(sums[0]) / max(n_labels, 1)
+    if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+        state.sync.zero_grad()
+        kept = latest_checkpoint(state.run_dir)
+        raise TrainingError(
+            f"the loss became {step_loss} (gradient norm {grad_norm}) at step {state.step + 1}; the weights were not "
+            f"updated. Last good checkpoint: {kept or 'none'}. Try a lower learning_rate, warmup_steps, "
+            "max_grad_norm=1.0, or precision='fp32'"
+        )
+    state.optimizer.step()
+    state.sync.zero_grad()
+    state.sync.masters.master_to_model()
+    return StepResult(
+        loss=step_loss,
+        grad_norm=grad_norm,
+        learning_rate=lr,
+        tokens=sum(state.plan.lengths[i] for mb in micro_batches for i in mb),
+        label_tokens=n_labels,
+        seconds=time.perf_counter() - t0,
+        task_losses=_task_losses(state, micro_batches, sums),
+    )
+
+
+def cleanup(run: Run, state: TrainState) -> None:
+    """After the last step: checkpoint a stopped run, or validate and save a completed one; model back in its
+    dtype; the summary."""
+    if state.step < state.total_steps:  # stopped early: checkpoint so that resume() can continue exactly here
+        if state.last_saved != state.step:
+            _checkpoint(run, state)
+        run.status = "stopped"
+    else:
+        if run.val is not None and state.last_state is not None:
+            _validate(run, state, state.last_state, "final_eval")
+        run.status = "completed"
+    weights = _full_state_dict(state) if state.fsdp else None
+    _restore_model(state)
+    run.summary = _summary(run, state)
+    if run.status == "completed":
+        run.events.emit("on_phase", {"phase": "saving", "step": state.step})
+        path = run.save(run.run_dir / "model", state_dict=weights)
+        if state.is_main:
+            run.events.emit("on_save", path)
+        state.accelerator.wait_for_everyone()
+    run.summary["wall_s"] = time.perf_counter() - state.wall_start
+    run.events.emit("on_phase", {"phase": "done", "step": state.step})
+
+
+# ------------------------------------------------------------------------------------------------ step helpers
+
+
+def _micro_batch(state: TrainState, indices: list[int], step: list[list[int]]) -> list[dict[str, Any]]:
+    """The loss module's input batches for one micro-batch (usually one; an empty micro-batch gives none)."""
+    if not indices:
+        if not state.fsdp:
+            return []  # nothing to add: this process's gradient for it is zero
+        # FSDP runs collectives inside forward and backward: every process must run them, here on an example
+        # whose labels are all ignored (zero loss, zero gradient).
+        any_example = next(i for mb in step for i in mb)
+        ids = [state.data.input_ids[any_example]]
+        return state.layout.batches(ids, [torch.full_like(ids[0], -100)], [0] if state.task_of is not None else None)
+    ids = [state.data.input_ids[i] for i in indices]
+    labels = [state.data.labels[i] for i in indices]
+    groups = [state.task_of[i] for i in indices] if state.task_of is not None else None
+    return state.layout.batches(ids, labels, groups)
+
+
+def _task_losses(state: TrainState, micro_batches: list[list[int]], sums: torch.Tensor) -> dict[str, float] | None:
+    if state.task_of is None:
+        return None
+    counts = [0] * len(state.task_names)
+    for i in (i for mb in micro_batches for i in mb):
+        counts[state.task_of[i]] += state.label_counts[i]
+    return {name: float(sums[1 + t]) / counts[t] for t, name in enumerate(state.task_names) if counts[t]}
+
+
+def _record_step(run: Run, state: TrainState, result: StepResult, epoch: float) -> StepState:
+    state.train_time += result.seconds
+    state.tokens_seen += result.tokens
+    done = state.step - state.start_step
+    step_state = StepState(
+        step=state.step,
+        total_steps=state.total_steps,
+        epoch=epoch,
+        loss=result.loss,
+        learning_rate=result.learning_rate,
+        grad_norm=result.grad_norm,
+        tokens=result.tokens,
+        label_tokens=result.label_tokens,
+        tokens_per_second=result.tokens / result.seconds if result.seconds else 0.0,
+        elapsed_s=state.elapsed_before + state.train_time,
+        eta_s=state.train_time / done * (state.total_steps - state.step),
+        peak_memory_mb=peak_memory_mb(state.device),
+        task_losses=result.task_losses,
+    )
+    state.last_state = step_state
+    run.history.append({"kind": "train", **step_state.to_dict()})
+    run.events.emit("on_step", step_state)
+    return step_state
+
+
+def _validate(run: Run, state: TrainState, step_state: StepState, phase: str) -> None:
+    run.events.emit("on_phase", {"phase": phase, "step": state.step})
+    t0 = time.perf_counter()
+    metrics = {"val_loss": evaluate_loss(state, run.val)}  # type: ignore[arg-type]
+    state.eval_time += time.perf_counter() - t0
+    run.history.append({"kind": "eval", "step": state.step, "epoch": step_state.epoch, **metrics})
+    run.events.emit("on_eval", step_state, metrics)
+
+
+def _measure(run: Run, state: TrainState, step_state: StepState | None) -> bool:
+    """Call the measuring observers due at this step (main process only); True if one asks for a checkpoint.
+
+    The other processes do not wait here: they wait at the next agreement, which the main process reaches after
+    measuring (the all-reduce is the barrier).
+    """
+    step = state.step
+
+    def due(monitor: Any) -> bool:
+        every = int(getattr(monitor, "every", 0) or 0)
+        return step == 0 or step == state.total_steps or (every > 0 and step % every == 0)
+
+    monitors = [m for m in run.events.monitors() if due(m)]
+    if not monitors:
+        return False
+    run.events.emit("on_phase", {"phase": "monitor", "step": step})
+    want_checkpoint = False
+    model = state.model
+    for monitor in monitors:
+        t0 = time.perf_counter()
+        record = None
+        model.eval()
+        try:
+            with torch.no_grad():
+                record = monitor.measure(model, run.tokenizer, step)
+        except StopTraining as stop:
+            run.stop(str(stop) or f"{type(monitor).__name__} asked to stop at step {step}")
+        except Exception:
+            logger.exception("monitor %r failed at step %d; it is switched off for this run", monitor, step)
+            run.events.drop(monitor)
+        finally:
+            model.train()
+            seconds = time.perf_counter() - t0
+            state.monitor_time += seconds
+        if record:
+            row = {"kind": "monitor", "step": step, **record, "measure_s": seconds}
+            run.history.append(row)
+            run.events.emit("on_monitor", step_state, row)
+            want_checkpoint = want_checkpoint or (bool(record.get("save_checkpoint")) and step > 0)
+    return want_checkpoint
+
+
+def _checkpoint(run: Run, state: TrainState) -> None:
+    """Every process calls this; the main process writes; complete once all reached the barrier."""
+    run.events.emit("on_phase", {"phase": "checkpoint", "step": state.step})
+    t0 = time.perf_counter()
+    if state.fsdp:
+        weights = _full_state_dict(state)
+        optimizer_state = _full_optimizer_state(state)
+    else:
+        weights, optimizer_state = state.sync.masters.state_dict(), None
+    extra = {
+        "epoch": state.plan.epoch_at(state.step),
+        "history": run.history,
+        "elapsed_s": state.elapsed_before + state.train_time,
+    }
+    path = save_checkpoint(
+        run.run_dir,
+        step=state.step,
+        model=state.model,
+        weights=weights,
+        optimizer=state.optimizer,
+        optimizer_state=optimizer_state,
+        state=extra,
+        keep_last=run.config.keep_last,
+        rng_states=gather_to_all(rng_state()),
+        is_main=state.is_main,
+        barrier=state.accelerator.wait_for_everyone,
+    )
+    state.last_saved = state.step
+    state.checkpoint_time += time.perf_counter() - t0
+    if state.is_main:
+        run.events.emit("on_save", path)
+
+
+def _restore_checkpoint(run: Run, state: TrainState) -> None:
+    """Optimizer, RNG states, step and history of ``run.resume_from`` (its weights are already in the model)."""
+    path = run.resume_from
+    assert path is not None
+    saved = load_checkpoint(path, optimizer=state.optimizer, rank=state.rank, restore_optimizer=not state.fsdp)
+    if state.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(state.module, state.optimizer, saved["optimizer_state"], options=options)
+    state.step = state.start_step = saved["step"]
+    state.elapsed_before = saved["elapsed_s"]
+    state.last_saved = saved["step"]
+    run.history[:] = saved["history"]
+    world = saved.get("world_size", 1)
+    if world != state.world and run.config.tokens_per_step is None:
+        logger.warning(
+            "the checkpoint was written by %d processes and %d resume it: a step now holds a different number of "
+            "examples, so the loss curve will not continue exactly",
+            world,
+            state.world,
+        )
+
+
+def _full_state_dict(state: TrainState) -> dict[str, torch.Tensor]:
+    """FSDP: the whole model's state dict on the main process (every process must call this)."""
+    full = state.accelerator.get_state_dict(state.module)
+    return {k.removeprefix("model."): v for k, v in full.items()}
+
+
+def _full_optimizer_state(state: TrainState) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(state.module, state.optimizer, options=options)
+
+
+def _restore_model(state: TrainState) -> None:
+    if not state.restored and not state.fsdp:
+        state.sync.masters.restore()
+    state.restored = True
+
+
+def _free_memory(state: TrainState | None) -> None:
+    if state is None:
+        return
+    state.optimizer.zero_grad(set_to_none=True)
+    state.sync.zero_grad()
+    gc.collect()
+    if state.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(run: Run) -> Iterator[None]:
+    """Ctrl-C (SIGINT) asks for a stop: the current step finishes and a checkpoint is written. A second one aborts.
+
+    Only the main thread can own a signal handler; a background run is stopped through ``run.stop()`` (which
+    ``Run.wait()`` calls when interrupted).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    count = [0]
+
+    def handler(signum: int, frame: Any) -> None:
+        count[0] += 1
+        if count[0] > 1:
+            raise KeyboardInterrupt
+        logger.warning("interrupted: finishing this step, then stopping with a checkpoint (interrupt again to abort)")
+        run.stop("interrupted")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+@torch.no_grad()
+def evaluate_loss(state: TrainState, data: Examples) -> float:
+    """Mean cross-entropy per labelled token over ``data`` (dropout off), shared out over the processes."""
+    cfg = state.config
+    module = state.module if state.fsdp else state.accelerator.unwrap_model(state.module)
+    lengths = data.lengths
+    budget = (cfg.tokens_per_step // cfg.grad_accum) if cfg.tokens_per_step else cfg.batch_size * max(lengths)
+    batches = eval_batches(lengths, max(budget, max(lengths)))
+    mine = batches[state.rank :: state.world]
+    if state.fsdp:  # every process must run as many forward passes (FSDP gathers weights inside them)
+        mine += [[]] * (math.ceil(len(batches) / state.world) - len(mine))
+    total = torch.zeros((), device=state.device)
+    module.eval()
+    try:
+        for indices in mine:
+            if not indices:
+                ids = [data.input_ids[0]]
+                pieces = state.layout.batches(ids, [torch.full_like(ids[0], -100)])
+            else:
+                pieces = state.layout.batches([data.input_ids[i] for i in indices], [data.labels[i] for i in indices])
+            for batch in pieces:
+                total += module(**batch).float()
+    finally:
+        module.train()
+    if state.world > 1:
+        all_reduce_sum([total])
+    n = sum(data.label_counts(state.kind))
+    return float(total) / max(n, 1)
+
+
+def _summary(run: Run, state: TrainState) -> dict[str, Any]:
+    evals = [h for h in run.history if h["kind"] == "eval"]
+    return {
+        "status": run.status,
+        "steps": state.step,
+        "total_steps": state.total_steps,
+        "train_loss": run.final_loss,
+        "val_loss": evals[-1]["val_loss"] if evals else None,
+        "train_time_s": state.train_time,
+        "tokens_per_second": state.tokens_seen / state.train_time if state.train_time else None,
+        "monitor_s": state.monitor_time,
+        "eval_s": state.eval_time,
+        "checkpoint_s": state.checkpoint_time,
+        "wall_s": time.perf_counter() - state.wall_start,
+        "peak_memory_mb": peak_memory_mb(state.device),
+        "world_size": state.world,
+        "layout": state.layout.name,
+        "stop_reason": run.stop_reason if run.status == "stopped" else None,
+        "run_dir": str(run.run_dir),
+        "error": None,
+    }
+
+
+def _write_run_files(run_dir: Path, run: Run, kind: str, dtype: torch.dtype, attn_implementation: str | None) -> None:
+    """What resume() needs besides a checkpoint: config, tokenized data, tokenizer (data is small, written once)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data").mkdir(exist_ok=True)
+    run.train.save(run_dir / "data" / "train.safetensors")
+    if run.val is not None:
+        run.val.save(run_dir / "data" / "validation.safetensors")
+    if run.tokenizer is not None:
+        try:
+            run.tokenizer.save_pretrained(run_dir / "tokenizer")
+        except Exception as exc:  # a custom tokenizer that cannot be saved only costs resume() its tokenizer
+            logger.warning("could not save the tokenizer to the run directory (%s)", exc)
+    meta = {
+        "config": dataclasses.asdict(run.config),
+        "kind": kind,
+        "base_model": run.base_model,
+        "dtype": str(dtype).removeprefix("torch."),
+        "attn_implementation": attn_implementation,
+    }
+    with atomic_path(run_dir / "run.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+
+
+def _pad_id(tokenizer: Any, model: Any) -> int:
+    for source in (tokenizer, model.config):
+        pad = getattr(source, "pad_token_id", None)
+        if pad is not None:
+            return int(pad)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-
-
-class MasterWeights:
-    """bf16 weights in the model for speed, fp32 master copies for the optimizer (mixed precision).
-
-    Forward and backward then run entirely in bf16: no per-op casts as under autocast, and half the memory
-    traffic in the elementwise ops, which dominate on CPUs. The optimizer updates the fp32 masters, so small
-    updates are not lost to bf16 rounding; the masters are copied back into the model after every step and
-    restored as the model's weights when training ends. Memory per parameter: 2 (bf16) + 2 (bf16 grad) + 4 (fp32
-    master) + 4 (fp32 grad) + 8 (AdamW) bytes, close to autocast's 16 + bf16 weight copies.
-    """
-
-    def __init__(self, model: Any, dtype: torch.dtype) -> None:
-        self.model = model
-        self.params = list(model.parameters())
-        self.original_dtype = self.params[0].dtype
-        with torch.no_grad():
-            self.master = [torch.nn.Parameter(p.detach().float().clone()) for p in self.params]
-        model.to(dtype)  # in place: the same Parameter objects (ties kept), now bf16
-
-    def grads_to_master(self) -> None:
-        """Move the bf16 gradients into fp32 master gradients (summing across micro-batches in fp32)."""
-        for p, m in zip(self.params, self.master, strict=True):
-            if p.grad is not None:
-                m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
-                p.grad = None
-
-    @torch.no_grad()
-    def master_to_model(self) -> None:
-        torch._foreach_copy_(self.params, self.master)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state dict with fp32 master values in place of the bf16 parameters (for checkpoints)."""
-        by_id = {id(p): m for p, m in zip(self.params, self.master, strict=True)}
-        named = dict(self.model.named_parameters(remove_duplicate=False))
-        return {k: by_id[id(named[k])].detach() if k in named else v for k, v in self.model.state_dict().items()}
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Training is over: the model gets its original dtype back, holding the trained master values."""
-        self.model.to(self.original_dtype)
-        torch._foreach_copy_(self.params, self.master)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -568,129 +1037,13 @@ def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> flo
     return peak * max(0.0, 1.0 - progress)
 
 
-def make_optimizer(params: list[Any], lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(
+    params: list[Any], lr: float, weight_decay: float, device: torch.device, fused: bool = True
+) -> torch.optim.AdamW:
     """AdamW over every parameter; no weight decay on norms and biases (1-D); fused kernel on CPU and CUDA."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel exists for CUDA and (since torch 2.4) CPU; it is what transformers.Trainer uses by default.
-    fused = device.type in ("cuda", "cpu")
+    fused = fused and device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
-
-
-def _packing_mode(model: Any, device: torch.device) -> str | None:
-    """How packed examples are kept apart: ``"varlen"``, ``"mask"`` or ``None`` (no packing).
-
-    * ``varlen`` (CPU): the micro-batch is one row without padding, and attention runs per example through the
-      attention interface. Cheapest on CPU, where a block mask would cost ``total²`` score work.
-    * ``mask`` (GPU): rows no longer than the longest example, with a 4D block-diagonal mask in SDPA; one kernel
-      call per layer, which suits GPUs. SDPA honours the mask exactly; eager attention does not, so switch.
-    """
-    if device.type == "cpu" and getattr(model, "_can_set_attn_implementation", lambda: False)():
-        return "varlen"
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl == "sdpa":
-        return "mask"
-    try:
-        model.set_attn_implementation("sdpa")
-        logger.info("switched attention from %s to sdpa so packed examples stay isolated", impl)
-        return "mask"
-    except Exception as exc:
-        logger.warning("packing turned off: %s cannot use sdpa attention (%s)", type(model).__name__, exc)
-        return None
-
-
-def _pad_id(tokenizer: Any, model: Any) -> int:
-    for source in (tokenizer, model.config):
-        pad = getattr(source, "pad_token_id", None)
-        if pad is not None:
-            return int(pad)
-    return 0
-
-
-def _collate(data: Examples, indices: list[int], kind: str, pad_id: int, pack: str | None, device: torch.device):
-    ids = [data.input_ids[i] for i in indices]
-    labels = [data.labels[i] for i in indices]
-    if kind == "seq2seq":
-        batch = collate_seq2seq(ids, labels, pad_id=pad_id)
-    elif pack == "varlen":
-        batch = collate_varlen(ids, labels)
-    else:
-        batch = collate_causal(ids, labels, pad_id=pad_id, pack=pack == "mask")
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _eval_and_emit(run: Run, module: Any, accelerator: Any, kind: str, pad_id: int, pack, state: StepState):
-    metrics = {"val_loss": evaluate_loss(run, module, accelerator, kind, pad_id, pack)}
-    run.history.append({"kind": "eval", "step": state.step, "epoch": state.epoch, **metrics})
-    run._events.emit("on_eval", state, metrics)
-
-
-@torch.no_grad()
-def evaluate_loss(run: Run, module: Any, accelerator: Any, kind: str, pad_id: int, pack: str | None) -> float:
-    """Mean cross-entropy per labelled token over the validation set (dropout off, no packing needed)."""
-    assert run.val is not None
-    cfg, device = run.config, accelerator.device
-    inner = accelerator.unwrap_model(module)  # no gradients, so no DDP wrapper needed
-    lengths = run.val.lengths
-    budget = (cfg.tokens_per_step // cfg.grad_accum) if cfg.tokens_per_step else cfg.batch_size * max(lengths)
-    batches = eval_batches(lengths, max(budget, max(lengths)))[accelerator.process_index :: accelerator.num_processes]
-    total = torch.zeros((), device=device)
-    inner.eval()
-    try:
-        for indices in batches:
-            batch = _collate(run.val, indices, kind, pad_id, pack, device)
-            total += inner(**batch).float()
-    finally:
-        inner.train()
-    n = sum(run.val.label_counts(kind))
-    return float(accelerator.reduce(total, "sum")) / max(n, 1)
-
-
-def _summary(run: Run, step: int, total: int, train_time: float, tokens: int, device: torch.device) -> dict[str, Any]:
-    evals = [h for h in run.history if h["kind"] == "eval"]
-    return {
-        "status": run.status,
-        "steps": step,
-        "total_steps": total,
-        "train_loss": run.final_loss,
-        "val_loss": evals[-1]["val_loss"] if evals else None,
-        "train_time_s": train_time,
-        "tokens_per_second": tokens / train_time if train_time else None,
-        "peak_memory_mb": peak_memory_mb(device),
-        "run_dir": str(run.run_dir),
-        "error": None,
-    }
-
-
-def _write_run_files(
-    run_dir: Path,
-    model: Any,
-    tokenizer: Any,
-    train: Examples,
-    val: Examples | None,
-    config: TrainConfig,
-    kind: str,
-    base_model: str | None,
-) -> None:
-    """What resume() needs besides a checkpoint: config, tokenized data, tokenizer (data is small, written once)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "data").mkdir(exist_ok=True)
-    train.save(run_dir / "data" / "train.safetensors")
-    if val is not None:
-        val.save(run_dir / "data" / "validation.safetensors")
-    if tokenizer is not None:
-        try:
-            tokenizer.save_pretrained(run_dir / "tokenizer")
-        except Exception as exc:  # a custom tokenizer that cannot be saved only costs resume() its tokenizer
-            logger.warning("could not save the tokenizer to the run directory (%s)", exc)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    meta = {
-        "config": dataclasses.asdict(config),
-        "kind": kind,
-        "base_model": base_model,
-        "dtype": dtype,
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-    }
-    with atomic_path(run_dir / "run.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))

@@ -41,6 +41,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            rows = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden) if need_h else None
             grad_w = None  # fp32 accumulator, created by the first chunk
             for start in range(0, hidden.shape[0], chunk_rows):
@@ -48,7 +49,9 @@ class LinearCrossEntropy(torch.autograd.Function):
                 t = targets[start : start + chunk_rows]
                 logits = (h @ w.T).float()
                 lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                row = lse - logits.gather(1, t[:, None]).squeeze(1)
+                rows[start : start + chunk_rows] = row
+                total += row.sum()
                 if need_h or need_w:
                     # d(sum CE)/d(logits) = softmax - onehot, computed in place over the chunk's logits.
                     grad = logits.sub_(lse[:, None]).exp_()
@@ -64,10 +67,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
         ctx.has = (grad_h is not None, grad_w is not None)
         ctx.weight_dtype = weight.dtype
-        return total
+        ctx.mark_non_differentiable(rows)
+        return total, rows
 
     @staticmethod
-    def backward(ctx: Any, grad_output):  # type: ignore[override]
+    def backward(ctx: Any, grad_output, grad_rows):  # type: ignore[override]
         # The stored gradients are ours alone, so scale them in place instead of allocating copies.
         saved = list(ctx.saved_tensors)
         grad_h = saved.pop(0).mul_(grad_output) if ctx.has[0] else None
@@ -82,13 +86,18 @@ def linear_cross_entropy(
     *,
     compute_dtype: torch.dtype | None = None,
     chunk_rows: int | None = None,
-) -> torch.Tensor:
-    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, one chunk of rows at a time."""
+    return_rows: bool = False,
+) -> Any:
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, one chunk of rows at a time.
+
+    With ``return_rows=True`` also returns each row's cross-entropy (fp32, no gradient), e.g. for a loss per task.
+    """
     if compute_dtype is None:
         compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled() else weight.dtype
     if chunk_rows is None:
         chunk_rows = chunk_rows_for(weight.shape[0], hidden.device)
-    return LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, compute_dtype, torch.is_grad_enabled())
+    total, rows = LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, compute_dtype, torch.is_grad_enabled())
+    return (total, rows) if return_rows else total
 
 
 def chunk_rows_for(vocab_size: int, device: torch.device) -> int:
@@ -141,51 +150,81 @@ def _attention(config: Any, implementation: str):
 class CausalLMLoss(nn.Module):
     """Wraps a causal LM: ``forward(batch) -> summed CE over labelled positions``.
 
-    Wrapping (instead of calling ``model.model`` from the loop) keeps DDP/FSDP hooks working when accelerate wraps
+    Wrapping (instead of calling ``model.model`` from the loop) keeps FSDP hooks working when accelerate wraps
     this module. ``fused`` is decided once by :func:`check_fused_head`: models whose logits are not a plain linear
-    map of the final hidden state (soft-capping, scaling) fall back to the model's own forward.
+    map of the final hidden state (soft-capping, scaling) fall back to the model's own forward. When the batch has
+    ``groups`` (a group id per target, e.g. the example's task; -1 for none), ``forward`` returns
+    ``(summed CE, summed CE per group)``, the latter a detached fp32 vector of length ``n_groups``.
     """
 
-    def __init__(self, model: nn.Module, fused: bool) -> None:
+    def __init__(self, model: nn.Module, fused: bool, n_groups: int = 0) -> None:
         super().__init__()
         self.model = model
         self.fused = fused
+        self.n_groups = n_groups
         _register_varlen()
 
-    def forward(self, input_ids, position_ids, targets, attention_mask=None, bounds=None):  # type: ignore[override]
-        flat_targets = targets.reshape(-1)
-        keep = flat_targets.ne(-100).nonzero().squeeze(1)
+    def _run(self, fused: bool, input_ids, position_ids, attention_mask, bounds):
         kwargs: dict[str, Any] = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
         switch = contextlib.nullcontext()
         if bounds is not None:  # one packed row: attention runs per example (varlen_attention)
             kwargs["nbft_bounds"] = bounds
             switch = _attention(self.model.config, VARLEN)
         with switch:
-            if self.fused:
-                hidden = self.model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
-            else:
-                logits = self.model(input_ids=input_ids, **kwargs).logits
+            if fused:
+                return self.model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
+            return self.model(input_ids=input_ids, **kwargs).logits
+
+    def forward(  # type: ignore[override]
+        self, input_ids, position_ids, targets, attention_mask=None, bounds=None, spans=None, groups=None
+    ):
+        """``spans`` (where each example sits) is accepted and ignored: the loss needs only ``targets``."""
+        flat_targets = targets.reshape(-1)
+        keep = flat_targets.ne(-100).nonzero().squeeze(1)
+        out = self._run(self.fused, input_ids, position_ids, attention_mask, bounds)
+        out = out.reshape(-1, out.shape[-1]).index_select(0, keep)
+        kept_targets = flat_targets.index_select(0, keep)
         if self.fused:
-            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
             weight = self.model.get_output_embeddings().weight  # tied or not: autograd routes the gradient
-            return linear_cross_entropy(hidden, weight, flat_targets.index_select(0, keep))
-        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, keep).float()
-        return F.cross_entropy(logits, flat_targets.index_select(0, keep), reduction="sum")
+            total, rows = linear_cross_entropy(out, weight, kept_targets, return_rows=True)
+        else:
+            rows = F.cross_entropy(out.float(), kept_targets, reduction="none")
+            total = rows.sum()
+        if groups is None:
+            return total
+        return total, _group_sums(rows.detach(), groups.reshape(-1).index_select(0, keep), self.n_groups)
+
+    @torch.no_grad()
+    def logits(self, input_ids, position_ids, attention_mask=None, bounds=None, **_: Any) -> torch.Tensor:
+        """Full logits ``[rows, width, vocab]`` of a collated batch, through the same attention path as the loss."""
+        return self._run(False, input_ids, position_ids, attention_mask, bounds)
+
+
+def _group_sums(rows: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    sums = torch.zeros(n_groups + 1, dtype=torch.float32, device=rows.device)
+    sums.index_add_(0, torch.where(groups < 0, n_groups, groups), rows.float())  # slot n_groups: no group
+    return sums[:n_groups]
 
 
 class Seq2SeqLoss(nn.Module):
-    """Wraps an encoder-decoder model: summed CE over the target tokens (computed in fp32)."""
+    """Wraps an encoder-decoder model: summed CE over the target tokens (computed in fp32); per group with
+    ``groups`` as :class:`CausalLMLoss` does."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, n_groups: int = 0) -> None:
         super().__init__()
         self.model = model
+        self.n_groups = n_groups
 
-    def forward(self, input_ids, attention_mask, labels):  # type: ignore[override]
+    def forward(self, input_ids, attention_mask, labels, groups=None):  # type: ignore[override]
         decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
         logits = self.model(
             input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
         ).logits
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="sum")
+        rows = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none")
+        total = rows.sum()  # ignored positions give 0
+        if groups is None:
+            return total
+        return total, _group_sums(rows.detach(), groups.reshape(-1), self.n_groups)
 
 
 def check_fused_head(model: nn.Module) -> bool:

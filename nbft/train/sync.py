@@ -1,0 +1,194 @@
+"""Precision and agreement between processes: fp32 master weights, the gradient synchroniser, shared decisions.
+
+* :class:`MasterWeights` keeps the optimizer's fp32 copy of every weight, whatever dtype the model computes in.
+* :class:`GradSync` owns gradient synchronisation for an optimizer step: it accumulates each micro-batch's gradient
+  into the fp32 master gradients, all-reduces them **once** per optimizer step, then clips. (Exchanging gradients
+  during backward, as DDP does, and clearing the bf16 gradients after copying them to the masters, as this engine
+  once did, only ever sent the last micro-batch's gradient: replicas drifted apart.)
+* :func:`agree` turns each process's flags (stop, save) into one decision that every process takes, so all ranks
+  stop after the same step.
+
+In one process nothing is communicated. Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(3, 2)
+    >>> masters = MasterWeights(model, torch.bfloat16)
+    >>> model.weight.dtype, masters.master[0].dtype
+    (torch.bfloat16, torch.float32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+
+_BUCKET_BYTES = 2**26  # gradients travel in flat buffers of at most 64 MiB: few messages, bounded extra memory
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class MasterWeights:
+    """The model computes in ``compute_dtype``; the optimizer updates fp32 master weights (mixed precision).
+
+    With bf16 compute, forward and backward run entirely in bf16 (no per-op casts as under autocast), and the fp32
+    masters are copied back into the model after every update, so small updates are not lost to bf16 rounding.
+    With fp32 compute, the model's own parameters (upcast to fp32 if it came in bf16) are the masters. At the end,
+    :meth:`restore` gives the model back in ``restore_dtype`` (its dtype when training began) with the trained
+    values. Checkpoints hold the fp32 masters, whatever the model's dtype, so a resumed run continues exactly.
+    """
+
+    def __init__(self, model: Any, compute_dtype: torch.dtype, restore_dtype: torch.dtype | None = None) -> None:
+        self.model = model
+        self.params = list(model.parameters())
+        self.restore_dtype = restore_dtype or self.params[0].dtype
+        self.separate = compute_dtype != torch.float32
+        if self.separate:
+            with torch.no_grad():
+                self.master = [torch.nn.Parameter(p.detach().float().clone()) for p in self.params]
+            model.to(compute_dtype)  # in place: the same Parameter objects (ties kept), now bf16
+        else:
+            model.to(torch.float32)
+            self.master = self.params
+
+    def accumulate(self) -> None:
+        """After a micro-batch's backward: add the model's (bf16) gradients to the fp32 master gradients."""
+        if not self.separate:
+            return  # fp32: autograd already accumulates into the masters' .grad
+        for p, m in zip(self.params, self.master, strict=True):
+            if p.grad is not None:
+                m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
+                p.grad = None
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+        for m in self.master:
+            m.grad = None
+
+    @torch.no_grad()
+    def master_to_model(self) -> None:
+        if self.separate:
+            torch._foreach_copy_(self.params, self.master)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state dict with the fp32 master values for every parameter (what checkpoints hold)."""
+        by_id = {id(p): m for p, m in zip(self.params, self.master, strict=True)}
+        named = dict(self.model.named_parameters(remove_duplicate=False))
+        return {
+            k: by_id[id(named[k])].detach().float() if k in named else v for k, v in self.model.state_dict().items()
+        }
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Training is over: the model gets ``restore_dtype`` back, holding the trained master values."""
+        self.model.to(self.restore_dtype)  # first: copying fp32 masters into bf16 weights would round them
+        if self.separate:
+            torch._foreach_copy_(self.params, self.master)
+
+
+class GradSync:
+    """Accumulate over a step's micro-batches, all-reduce the fp32 master gradients once, then clip.
+
+    ``backward(loss, scale)`` runs one micro-batch's backward of ``loss * scale`` and folds its gradient into the
+    masters; :meth:`reduce_and_clip` sums the masters' gradients over processes (one bucketed all-reduce per
+    step) and clips their global norm. Every process then holds the same gradients and takes the same update.
+    Under FSDP (``fsdp=True``) FSDP itself reduces: micro-batches before the last run under ``no_sync``, and the
+    loss is scaled by the number of processes because FSDP averages.
+    """
+
+    def __init__(self, masters: MasterWeights, accelerator: Any, module: Any, fsdp: bool = False) -> None:
+        self.masters = masters
+        self.accelerator = accelerator
+        self.module = module
+        self.fsdp = fsdp
+        self.world = accelerator.num_processes
+
+    def backward(self, loss: torch.Tensor, scale: float, last: bool) -> None:
+        if self.fsdp:
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.module)
+            with sync:
+                self.accelerator.backward(loss * (scale * self.world))
+            return
+        (loss * scale).backward()
+        self.masters.accumulate()
+
+    def reduce_and_clip(self, max_norm: float | None) -> float:
+        """Sum gradients over processes (once per step), clip to ``max_norm``; return the norm before clipping."""
+        limit = max_norm if max_norm is not None else math.inf
+        if self.fsdp:
+            return float(self.accelerator.clip_grad_norm_(self.module.parameters(), limit))
+        masters = self.masters.master
+        if self.world > 1 and distributed():
+            for m in masters:  # a process whose micro-batches were empty still takes part, with zeros
+                if m.grad is None:
+                    m.grad = torch.zeros_like(m)
+            all_reduce_sum([m.grad for m in masters])
+        with_grad = [m for m in masters if m.grad is not None]
+        if not with_grad:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(with_grad, limit))
+
+    def zero_grad(self) -> None:
+        self.masters.zero_grad()
+
+
+def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
+    """Sum each tensor over all processes, in place, through flat buckets (few messages, bounded memory)."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+
+    def flush() -> None:
+        flat = torch.cat([b.reshape(-1) for b in bucket])
+        torch.distributed.all_reduce(flat)
+        parts = flat.split([b.numel() for b in bucket])
+        torch._foreach_copy_(bucket, [v.view_as(b) for v, b in zip(parts, bucket, strict=True)])
+
+    for t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if bucket and (size + nbytes > _BUCKET_BYTES or t.dtype != bucket[0].dtype):
+            flush()
+            bucket, size = [], 0
+        bucket.append(t)
+        size += nbytes
+    if bucket:
+        flush()
+
+
+@torch.no_grad()
+def broadcast_from_main(tensors: list[torch.Tensor]) -> None:
+    """Give every process rank 0's values (the initial weights), so all replicas start identical."""
+    if not distributed():
+        return
+    for t in tensors:
+        torch.distributed.broadcast(t.data, src=0)
+
+
+def agree(device: torch.device, *flags: bool) -> tuple[bool, ...]:
+    """Each flag becomes True on every process if it is True on any (one tiny all-reduce of the maximum)."""
+    if not distributed() or torch.distributed.get_world_size() == 1:
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
+def gather_to_all(obj: Any) -> list[Any]:
+    """Every process's ``obj``, in rank order (pickled; for small things such as RNG states)."""
+    if not distributed():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_from_main_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (e.g. an error message that all must raise)."""
+    if not distributed():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
