@@ -8,13 +8,13 @@ from collections import Counter
 
 import pytest
 import torch
+from _train_data import losses, records
 
 from nbft.config import TrainConfig
 from nbft.models import tiny_random
 from nbft.train import StopTraining, finetune, resume
 from nbft.train.batching import StepPlan
 from nbft.train.checkpoint import list_checkpoints
-from _train_data import losses, records
 
 
 class StopAt:

@@ -1,0 +1,53 @@
+"""Worker for tests/test_train_distributed.py: run with 2 processes (``torchrun --nproc_per_node 2``).
+
+Each process trains the same tiny runs (fp32, bf16, and one stopped by an observer on rank 0 only) and writes what
+it saw to ``OUT/rank<r>.json`` plus its final weights to ``OUT/<run>-rank<r>.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch  # the script's folder (tests/) is on sys.path: _train_data imports
+from _train_data import losses, records
+from safetensors.torch import save_file
+
+from nbft.config import TrainConfig
+from nbft.models import tiny_random
+from nbft.train import StopTraining, finetune
+
+CONFIG = {"max_steps": 4, "batch_size": 2, "grad_accum": 2, "learning_rate": 1e-3, "warmup_steps": 1}
+
+
+class StopAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, state):
+        if state.step >= self.step:
+            raise StopTraining("asked by the test")
+
+
+def main(out: Path) -> None:
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else -1
+    seen: dict[str, dict] = {}
+    for precision in ("fp32", "bf16"):
+        model, tok = tiny_random("llama", seed=5)
+        cfg = TrainConfig(**CONFIG, precision=precision)
+        run = finetune(model, tok, records(24), config=cfg, run_dir=out / precision)
+        rank = torch.distributed.get_rank()
+        seen[precision] = {"status": run.status, "losses": losses(run), "world": torch.distributed.get_world_size()}
+        weights = {n: p.detach().float().contiguous() for n, p in model.named_parameters()}
+        save_file(weights, str(out / f"{precision}-rank{rank}.safetensors"))
+    model, tok = tiny_random("llama", seed=5)
+    observers = [StopAt(2)] if rank == 0 else []  # only rank 0 asks: the stop must reach rank 1
+    cfg = TrainConfig(**{**CONFIG, "max_steps": 6}, precision="fp32")
+    run = finetune(model, tok, records(24), config=cfg, run_dir=out / "stop", observers=observers)
+    seen["stop"] = {"status": run.status, "steps": len(losses(run)), "reason": getattr(run, "stop_reason", None)}
+    (out / f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
