@@ -522,89 +522,90 @@ def setup(run: Run) -> TrainState:
     # bf16: the model computes in bf16 and the optimizer keeps fp32 master weights (MasterWeights).
     masters = MasterWeights(model, amp_dtype if amp_dtype is not None and not fsdp else torch.float32)
     masters.restore_dtype = run.restore_dtype or model_dtype
-    tasks = run.train.task_index()
-    task_names, task_of = tasks if tasks is not None else ([], None)
-    if kind == "causal":
-        module: Any = CausalLMLoss(model, fused=check_fused_head(model), n_groups=len(task_names))
-    else:
-        module = Seq2SeqLoss(model, n_groups=len(task_names))
-    pad_id = _pad_id(run.tokenizer, model)
-    mask_dtype = amp_dtype if amp_dtype is not None else torch.float32
-    layout = choose_layout(module, packing=cfg.packing, pad_id=pad_id, device=device, mask_dtype=mask_dtype)
-    optimizer = make_optimizer(masters.master, cfg.learning_rate, cfg.weight_decay, device, fused=not fsdp)
-    if fsdp:
-        module, optimizer = accelerator.prepare(module, optimizer)
-        if events.monitors():
-            logger.warning("measuring observers are skipped under FSDP: the main process does not hold the model")
-            for monitor in events.monitors():
-                events.drop(monitor)
-    elif accelerator.num_processes > 1:
-        broadcast_from_main([*model.parameters(), *model.buffers(), *(masters.master if masters.separate else [])])
-    plan = StepPlan(
-        run.train.lengths,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        world_size=accelerator.num_processes,
-        tokens_per_step=cfg.tokens_per_step,
-        epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-    )
-    state = TrainState(
-        config=cfg,
-        data=run.train,
-        run_dir=run.run_dir,
-        accelerator=accelerator,
-        device=device,
-        model=model,
-        module=module,
-        optimizer=optimizer,
-        sync=GradSync(masters, accelerator, module, fsdp=fsdp),
-        layout=layout,
-        plan=plan,
-        kind=kind,
-        precision="bf16" if amp_dtype is not None else "fp32",
-        total_steps=plan.total_steps,
-        warmup_steps=cfg.warmup_steps or round(cfg.warmup_ratio * plan.total_steps),
-        label_counts=run.train.label_counts(kind),
-        task_names=task_names,
-        task_of=task_of,
-        fsdp=fsdp,
-        wall_start=t_start,
-    )
-    if run.resume_from is not None:
-        _restore_checkpoint(run, state)
-    info = {
-        "total_steps": state.total_steps,
-        "start_step": state.start_step,
-        "steps_per_epoch": plan.steps_per_epoch,
-        "examples": len(run.train),
-        "parameters": sum(p.numel() for p in masters.master),
-        "precision": state.precision,
-        "device": str(device),
-        "world_size": accelerator.num_processes,
-        "packing": layout.name if layout.name in ("varlen", "mask") else None,
-        "layout": layout.name,
-        "fused_loss": getattr(accelerator.unwrap_model(module), "fused", False),
-        "tasks": task_names or None,
-        "run_dir": str(run.run_dir),
-        "base_model": run.base_model,
-        "config": dataclasses.asdict(cfg),
-    }
-    refusal: BaseException | None = None
-    try:
-        events.emit("on_train_begin", info)
-    except (ValueError, LookupError) as exc:
-        refusal = exc
-    # Every process must fail alike when the main process's observers refuse the setup.
-    message = broadcast_from_main_object(None if refusal is None else f"{type(refusal).__name__}: {refusal}")
-    if refusal is not None:
-        raise refusal
-    if message is not None:
-        raise ValueError(message)
-    if run.resume_from is None and state.is_main:
-        _write_run_files(run.run_dir, run, state.kind, model_dtype, attn_implementation)
-    return state
+    with _restore_on_error(masters):  # a failed setup gives the model back as it came
+        tasks = run.train.task_index()
+        task_names, task_of = tasks if tasks is not None else ([], None)
+        if kind == "causal":
+            module: Any = CausalLMLoss(model, fused=check_fused_head(model), n_groups=len(task_names))
+        else:
+            module = Seq2SeqLoss(model, n_groups=len(task_names))
+        pad_id = _pad_id(run.tokenizer, model)
+        mask_dtype = amp_dtype if amp_dtype is not None else torch.float32
+        layout = choose_layout(module, packing=cfg.packing, pad_id=pad_id, device=device, mask_dtype=mask_dtype)
+        optimizer = make_optimizer(masters.master, cfg.learning_rate, cfg.weight_decay, device, fused=not fsdp)
+        if fsdp:
+            module, optimizer = accelerator.prepare(module, optimizer)
+            if events.monitors():
+                logger.warning("measuring observers are skipped under FSDP: the main process does not hold the model")
+                for monitor in events.monitors():
+                    events.drop(monitor)
+        elif accelerator.num_processes > 1:
+            broadcast_from_main([*model.parameters(), *model.buffers(), *(masters.master if masters.separate else [])])
+        plan = StepPlan(
+            run.train.lengths,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            world_size=accelerator.num_processes,
+            tokens_per_step=cfg.tokens_per_step,
+            epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+        )
+        state = TrainState(
+            config=cfg,
+            data=run.train,
+            run_dir=run.run_dir,
+            accelerator=accelerator,
+            device=device,
+            model=model,
+            module=module,
+            optimizer=optimizer,
+            sync=GradSync(masters, accelerator, module, fsdp=fsdp),
+            layout=layout,
+            plan=plan,
+            kind=kind,
+            precision="bf16" if amp_dtype is not None else "fp32",
+            total_steps=plan.total_steps,
+            warmup_steps=cfg.warmup_steps or round(cfg.warmup_ratio * plan.total_steps),
+            label_counts=run.train.label_counts(kind),
+            task_names=task_names,
+            task_of=task_of,
+            fsdp=fsdp,
+            wall_start=t_start,
+        )
+        if run.resume_from is not None:
+            _restore_checkpoint(run, state)
+        info = {
+            "total_steps": state.total_steps,
+            "start_step": state.start_step,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "examples": len(run.train),
+            "parameters": sum(p.numel() for p in masters.master),
+            "precision": state.precision,
+            "device": str(device),
+            "world_size": accelerator.num_processes,
+            "packing": layout.name if layout.name in ("varlen", "mask") else None,
+            "layout": layout.name,
+            "fused_loss": getattr(accelerator.unwrap_model(module), "fused", False),
+            "tasks": task_names or None,
+            "run_dir": str(run.run_dir),
+            "base_model": run.base_model,
+            "config": dataclasses.asdict(cfg),
+        }
+        refusal: BaseException | None = None
+        try:
+            events.emit("on_train_begin", info)
+        except (ValueError, LookupError) as exc:
+            refusal = exc
+        # Every process must fail alike when the main process's observers refuse the setup.
+        message = broadcast_from_main_object(None if refusal is None else f"{type(refusal).__name__}: {refusal}")
+        if refusal is not None:
+            raise refusal
+        if message is not None:
+            raise ValueError(message)
+        if run.resume_from is None and state.is_main:
+            _write_run_files(run.run_dir, run, state.kind, model_dtype, attn_implementation)
+        return state
 
 
 def train_step(state: TrainState, micro_batches: list[list[int]]) -> StepResult:
@@ -869,6 +870,15 @@ def _free_memory(state: TrainState | None) -> None:
     gc.collect()
     if state.device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _restore_on_error(masters: MasterWeights) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        masters.restore()
+        raise
 
 
 @contextlib.contextmanager
