@@ -44,6 +44,7 @@ _EXPORTS = {
     "Observer": "nbft.train",
     "ProgressObserver": "nbft.train",
     "HistoryWriter": "nbft.train",
+    "launch": "nbft.launcher",
     # evaluation
     "compare": "nbft.evaluate",
     "get_task": "nbft.evaluate",
@@ -71,6 +72,7 @@ __all__ = [
     "finetune",
     "get_task",
     "get_template",
+    "launch",
     "list_tasks",
     "list_templates",
     "load_ipython_extension",
@@ -108,6 +110,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.data import build_instruction_dataset, mix, tokenize_for_training
     from nbft.evaluate import ComparisonTable, Task, compare, get_task, list_tasks
     from nbft.evaluate.demo import run_demo
+    from nbft.launcher import launch
     from nbft.models import load_model, tiny_random
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (

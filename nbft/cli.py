@@ -38,10 +38,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from nbft.train.cli import train_from_config
+    from nbft.job import EXAMPLE, load_job, run_job
 
-    train_from_config(args.config)
-    return 0
+    if args.print_config:
+        print(EXAMPLE, end="")
+        return 0
+    if args.config is None:
+        raise ValueError("give a config file (nbft train CONFIG), or write an example with nbft train --print-config")
+    job = load_job(args.config, overrides=args.set)  # every field is checked before anything is loaded or written
+    result = run_job(job, resume=args.resume, echo=print)
+    return 0 if result["status"] in ("completed", "stopped") else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="evaluation examples per task (default: the demo's default)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="full fine-tune from a JSON/YAML config (see nbft.train)")
-    p.add_argument("config", help="path to the config file")
+    p = sub.add_parser(
+        "train",
+        help="full fine-tune from a YAML/JSON config (also under accelerate launch -m nbft train CONFIG)",
+        description="Full fine-tune from a YAML/JSON config. The same file runs in one process, under "
+        "`accelerate launch -m nbft train CONFIG` (DDP or FSDP) and with nbft.launch in a notebook.",
+    )
+    p.add_argument("config", nargs="?", help="path to the config file (YAML or JSON)")
+    p.add_argument("--print-config", action="store_true", help="print a commented example config and exit")
+    p.add_argument("--resume", action="store_true", help="continue the stopped run in the config's output_dir")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field, e.g. train.max_steps=10"
+    )
     p.set_defaults(func=_cmd_train)
     return parser
 

@@ -534,6 +534,8 @@ def setup(run: Run) -> TrainState:
         layout = choose_layout(module, packing=cfg.packing, pad_id=pad_id, device=device, mask_dtype=mask_dtype)
         optimizer = make_optimizer(masters.master, cfg.learning_rate, cfg.weight_decay, device, fused=not fsdp)
         if fsdp:
+            if layout.name == "single":  # FSDP needs the same number of forward passes on every process
+                raise ValueError(f"{type(model).__name__} passes no batched attention layout check; FSDP needs one")
             module, optimizer = accelerator.prepare(module, optimizer)
             if events.monitors():
                 logger.warning("measuring observers are skipped under FSDP: the main process does not hold the model")
@@ -645,6 +647,7 @@ def train_step(state: TrainState, micro_batches: list[list[int]]) -> StepResult:
             "max_grad_norm=1.0, or precision='fp32'"
         )
     state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
     state.sync.zero_grad()
     state.sync.masters.master_to_model()
     return StepResult(
