@@ -2,7 +2,10 @@
 
 Public names (also exported from ``nbft``): :func:`finetune`, :func:`resume`, :class:`Run`, :class:`StopTraining`,
 :class:`Observer`, :class:`StepState`, :class:`ProgressObserver`, :class:`HistoryWriter`,
-:class:`TrainerObserverCallback`, :class:`~nbft.config.TrainConfig`.
+:class:`TrainerObserverCallback`, :class:`~nbft.config.TrainConfig`. Also here: :class:`Monitor` (the measuring
+observer protocol, see :mod:`nbft.train.events`). The loop itself (``setup`` / ``train_step`` / ``cleanup``) is in
+:mod:`nbft.train.loop`; gradient synchronisation in :mod:`nbft.train.sync`; the attention layout in
+:mod:`nbft.train.layout`. Several processes: ``accelerate launch`` or :func:`nbft.launch`.
 
 Names are imported on first use, so ``import nbft`` stays light (torch loads when training starts).
 
@@ -23,6 +26,7 @@ _EXPORTS = {
     "StopTraining": "nbft.train.events",
     "Observer": "nbft.train.events",
     "StepState": "nbft.train.events",
+    "Monitor": "nbft.train.events",
     "ProgressObserver": "nbft.train.events",
     "HistoryWriter": "nbft.train.events",
     "TrainerObserverCallback": "nbft.train.hf_callback",

@@ -180,7 +180,7 @@ class HistoryWriter:
         start = info.get("start_step", 0)
         kept: list[str] = []
         if start and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= start]
         self.path.write_text("".join(ln + "\n" for ln in kept))
 
     def _append(self, record: dict[str, Any]) -> None:
@@ -195,6 +195,14 @@ class HistoryWriter:
 
     def on_monitor(self, state: StepState | None, record: dict[str, Any]) -> None:
         self._append(record)
+
+
+def _step_of(line: str) -> float:
+    """The step of a history line; a torn line (a crash mid-write) counts as after every checkpoint."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class ProgressObserver:

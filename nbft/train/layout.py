@@ -154,10 +154,10 @@ def choose_layout(
 def layout_problem(module: Any, layout: _Layout) -> str | None:
     """``None`` when ``layout`` gives each example the logits it has alone, and no example sees another's tokens.
 
-    Three synthetic examples (24, 12 and 8 tokens) are used, so the ``mask`` layout packs two of them into one
+    Three synthetic examples (24, 12 and 8 tokens) are used, so the ``mask`` layout packs the last two into one
     padded row. Checks: (1) logits equal those of each example run alone, within the dtype's tolerance; (2) after
-    changing the first example's last token, every other position's logits are unchanged (masked positions
-    contribute exact zeros, so this holds in any dtype).
+    changing the middle example's last token, the logits of its earlier tokens and of the other examples are
+    unchanged (masked positions contribute exact zeros, so this holds in any dtype).
     """
     model = module.model
     was_training = model.training
@@ -176,14 +176,15 @@ def layout_problem(module: Any, layout: _Layout) -> str | None:
             err = float((got.float() - alone).abs().max()) / scale
             if not err <= tol:  # also catches NaN
                 return f"an example's logits differ from its logits alone by {err:.2g} (relative)"
+        # Change the middle example's last token: it shares a packed row with the next example (any layout).
         changed = [x.clone() for x in ids]
-        changed[0][-1] = (changed[0][-1] + 1) % vocab
+        changed[1][-1] = (changed[1][-1] + 1) % vocab
         second = _per_example_logits(module, layout, changed, labels)
         for k, (a, b) in enumerate(zip(first, second, strict=True)):
-            a, b = (a[:-1], b[:-1]) if k == 0 else (a, b)
+            a, b = (a[:-1], b[:-1]) if k == 1 else (a, b)
             err = float((a.float() - b.float()).abs().max()) / max(1.0, float(a.float().abs().max()))
             if err > 1e-6:
-                where = "earlier tokens of the same example" if k == 0 else "another example"
+                where = "earlier tokens of the same example" if k == 1 else "another example"
                 return f"changing one token changed the logits of {where} by {err:.2g}: attention leaks"
         return None
     except Exception as exc:  # a model this layout cannot run at all

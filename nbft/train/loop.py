@@ -520,8 +520,8 @@ def setup(run: Run) -> TrainState:
     model.requires_grad_(True)  # a full fine-tune: a loaded model may come with frozen parts
 
     # bf16: the model computes in bf16 and the optimizer keeps fp32 master weights (MasterWeights).
-    masters = MasterWeights(model, amp_dtype if amp_dtype is not None and not fsdp else torch.float32)
-    masters.restore_dtype = run.restore_dtype or model_dtype
+    compute_dtype = amp_dtype if amp_dtype is not None and not fsdp else torch.float32
+    masters = MasterWeights(model, compute_dtype, restore_dtype=run.restore_dtype or model_dtype)
     with _restore_on_error(masters):  # a failed setup gives the model back as it came
         tasks = run.train.task_index()
         task_names, task_of = tasks if tasks is not None else ([], None)
