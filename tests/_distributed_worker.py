@@ -30,6 +30,15 @@ class StopAt:
             raise StopTraining("asked by the test")
 
 
+class Floor:
+    every = 1
+
+    def measure(self, model, tokenizer, step):
+        if step == 2:
+            raise StopTraining("below the floor")
+        return {"score": step, "save_checkpoint": step == 1}
+
+
 def main(out: Path) -> None:
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else -1
     seen: dict[str, dict] = {}
@@ -46,6 +55,16 @@ def main(out: Path) -> None:
     cfg = TrainConfig(**{**CONFIG, "max_steps": 6}, precision="fp32")
     run = finetune(model, tok, records(24), config=cfg, run_dir=out / "stop", observers=observers)
     seen["stop"] = {"status": run.status, "steps": len(losses(run)), "reason": getattr(run, "stop_reason", None)}
+    # A monitor on rank 0 asks for a checkpoint at step 1 and a stop at step 2; the data mixes two tasks.
+    model, tok = tiny_random("llama", seed=5)
+    data = [{**r, "task": "odd" if i % 2 else "even"} for i, r in enumerate(records(24))]
+    run = finetune(model, tok, data, config=cfg, run_dir=out / "monitor", observers=[Floor()] if rank == 0 else [])
+    seen["monitor"] = {
+        "status": run.status,
+        "steps": len(losses(run)),
+        "task_losses": [h.get("task_losses") for h in run.history if h["kind"] == "train"],
+        "monitor_rows": [h["step"] for h in run.history if h["kind"] == "monitor"],
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
 
 

@@ -96,3 +96,13 @@ def test_stop_on_rank_zero_stops_both_at_the_same_step(two_processes):
     assert checkpoints == ["step-000002"], "one complete checkpoint, and no temporary folder left"
     lines = (two_processes / "stop" / "history.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in lines] == [1, 2]
+
+
+def test_monitor_on_rank_zero_checkpoints_and_stops_both(two_processes):
+    ranks = [json.loads((two_processes / f"rank{r}.json").read_text())["monitor"] for r in (0, 1)]
+    assert [r["status"] for r in ranks] == ["stopped", "stopped"] and [r["steps"] for r in ranks] == [2, 2]
+    assert ranks[0]["monitor_rows"] == [0, 1] and ranks[1]["monitor_rows"] == []  # measured on rank 0 only
+    assert ranks[0]["task_losses"] == ranks[1]["task_losses"]  # reduced over both processes
+    assert all(set(t) == {"odd", "even"} for t in ranks[0]["task_losses"])
+    checkpoints = sorted(p.name for p in (two_processes / "monitor" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000001", "step-000002"]
