@@ -64,3 +64,11 @@ def test_launch_reports_a_worker_error(tmp_path):
         nbft.launch(broken, num_processes=2)
     with pytest.raises(ValueError, match="num_processes"):
         nbft.launch(broken, num_processes=0)
+
+
+def test_launch_checks_a_config_before_starting_processes(tmp_path):
+    from nbft.job import ConfigError
+
+    with pytest.raises(ConfigError, match="Did you mean 'sentiment'"):
+        nbft.launch({"model": "tiny", "data": "sentimnt", "output_dir": str(tmp_path / "r")}, num_processes=2)
+    assert not (tmp_path / "r").exists()

@@ -519,6 +519,8 @@ def setup(run: Run) -> TrainState:
     model.train()
     model.requires_grad_(True)  # a full fine-tune: a loaded model may come with frozen parts
 
+    # Decided on the weights as they came (fp32, as a rule): bf16 rounding would fail the fused head's check.
+    fused = check_fused_head(model) if kind == "causal" else False
     # bf16: the model computes in bf16 and the optimizer keeps fp32 master weights (MasterWeights).
     compute_dtype = amp_dtype if amp_dtype is not None and not fsdp else torch.float32
     masters = MasterWeights(model, compute_dtype, restore_dtype=run.restore_dtype or model_dtype)
@@ -526,7 +528,7 @@ def setup(run: Run) -> TrainState:
         tasks = run.train.task_index()
         task_names, task_of = tasks if tasks is not None else ([], None)
         if kind == "causal":
-            module: Any = CausalLMLoss(model, fused=check_fused_head(model), n_groups=len(task_names))
+            module: Any = CausalLMLoss(model, fused=fused, n_groups=len(task_names))
         else:
             module = Seq2SeqLoss(model, n_groups=len(task_names))
         pad_id = _pad_id(run.tokenizer, model)
