@@ -1,7 +1,9 @@
 """Worker for tests/test_train_distributed.py: run with 2 processes (``torchrun --nproc_per_node 2``).
 
-Each process trains the same tiny runs (fp32, bf16, and one stopped by an observer on rank 0 only) and writes what
-it saw to ``OUT/rank<r>.json`` plus its final weights to ``OUT/<run>-rank<r>.safetensors``.
+``worker.py OUT``: each process trains the same tiny runs (fp32, bf16, one stopped by an observer on rank 0 only,
+one with a monitor on rank 0) and writes what it saw to ``OUT/rank<r>.json`` plus its final weights to
+``OUT/<run>-rank<r>.safetensors``. ``worker.py OUT fsdp`` (with ``ACCELERATE_USE_FSDP=true``): a run under FSDP2 on
+CPU, stopped at step 2 and resumed.
 """
 
 from __future__ import annotations
@@ -68,5 +70,45 @@ def main(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
 
 
+def fsdp_on_cpu() -> None:
+    """accelerate builds FSDP only for GPU-type launches; treat this CPU (gloo) launch as one, so that nbft's FSDP
+    path (FSDP2 on gloo) runs in CI. Only this test does this."""
+    import accelerate.state
+    from accelerate.utils import DistributedType
+
+    original = accelerate.state.PartialState.__init__
+
+    def init(self, cpu: bool = False, **kwargs):
+        original(self, cpu=cpu, **kwargs)
+        if self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.MULTI_GPU
+
+    accelerate.state.PartialState.__init__ = init
+
+
+def main_fsdp(out: Path) -> None:
+    from accelerate.state import AcceleratorState
+
+    from nbft.models import load_model
+    from nbft.train import resume
+
+    fsdp_on_cpu()
+    model, tok = tiny_random("llama", seed=5)
+    cfg = TrainConfig(**CONFIG, precision="fp32")
+    first = finetune(model, tok, records(24), config=cfg, run_dir=out / "fsdp", observers=[StopAt(2)])
+    kind = str(AcceleratorState().distributed_type)
+    rest = resume(out / "fsdp")
+    rank = torch.distributed.get_rank()
+    seen = {"kind": kind, "first": first.status, "status": rest.status, "losses": losses(rest)}
+    if rank == 0:
+        tuned, _ = load_model(out / "fsdp" / "model")
+        weights = {n: p.detach().float().contiguous() for n, p in tuned.named_parameters()}
+        save_file(weights, str(out / "fsdp-rank0.safetensors"))
+    (out / f"fsdp-rank{rank}.json").write_text(json.dumps(seen))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[2:] == ["fsdp"]:
+        main_fsdp(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]))

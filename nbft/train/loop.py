@@ -497,8 +497,11 @@ def setup(run: Run) -> TrainState:
     device = PartialState(cpu=cpu).device
     amp_dtype = resolve_precision(cfg.precision, device)
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    # Under FSDP its own mixed precision computes in bf16; elsewhere the model computes in bf16 (MasterWeights).
-    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if fsdp and amp_dtype is not None else None)
+    if fsdp:  # FSDP's own mixed precision computes in bf16; elsewhere the model does (MasterWeights)
+        mixed = "bf16" if amp_dtype is not None else "no"
+        accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, fsdp_plugin=_fsdp_plugin(amp_dtype))
+    else:
+        accelerator = Accelerator(cpu=cpu)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     if not accelerator.is_main_process:
         run.events = Events([], request_stop=run.stop)  # observers and run files belong to the main process
@@ -846,6 +849,27 @@ def _restore_checkpoint(run: Run, state: TrainState) -> None:
             world,
             state.world,
         )
+
+
+def _fsdp_plugin(amp_dtype: torch.dtype | None) -> Any:
+    """The accelerate config's FSDP settings; with bf16, gradients are reduced and outputs returned in fp32 (as
+    nbft's own all-reduce of fp32 master gradients does), unless the config sets a mixed-precision policy."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if amp_dtype is not None and plugin.mixed_precision_policy is None:
+        if plugin.fsdp_version == 2:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            policy: Any = MixedPrecisionPolicy(
+                param_dtype=amp_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32
+            )
+        else:
+            from torch.distributed.fsdp import MixedPrecision
+
+            policy = MixedPrecision(param_dtype=amp_dtype, reduce_dtype=torch.float32, buffer_dtype=amp_dtype)
+        plugin.mixed_precision_policy = policy
+    return plugin
 
 
 def _full_state_dict(state: TrainState) -> dict[str, torch.Tensor]:
