@@ -4,7 +4,7 @@ The same file runs in one process (``nbft train cfg.yaml``), in several (``accel
 cfg.yaml``: DDP on GPUs or on CPU with gloo, FSDP through an accelerate config), and from a notebook
 (``nbft.launch("cfg.yaml", num_processes=2)``). ``nbft train --print-config`` writes the commented example below.
 
-The file is checked completely before anything is loaded or written: an unknown field (with "did you mean"), a
+The file is checked before the model loads and before anything is written: an unknown field ("did you mean"), a
 value of the wrong type, a missing file or an unknown task each give one line naming the field and the fix.
 
 Example:

@@ -5,8 +5,10 @@
   is a Dataset, so a benchmark can feed plain lists.
 * :class:`StepPlan` decides which examples form each optimizer step and micro-batch. It is a pure function of the
   seed and the epoch, so a resumed run sees exactly the batches the uninterrupted run would have seen.
-* :func:`collate_causal` packs a micro-batch into rows and builds a block-diagonal causal mask, so examples that
-  share a row never attend to each other (``position_ids`` alone do not isolate them with SDPA on CPU).
+* :func:`collate_causal` packs a micro-batch into rows and builds an additive float block-diagonal causal mask, so
+  examples that share a row never attend to each other, with any attention implementation; :func:`collate_varlen`
+  makes one unpadded row for per-example attention. Which one a run uses is decided once, in
+  :mod:`nbft.train.layout`. Examples keep their task name (the data's ``task`` column) for a loss per task.
 
 Example:
     >>> ex = as_examples([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}], kind="causal")

@@ -8,7 +8,9 @@ frozen dataclass or plain dicts) and cannot change the loop; they can ask it to 
 
 **Measuring observers (monitors).** An observer with a ``measure(model, tokenizer, step) -> dict | None`` method
 and an int attribute ``every`` is called by the loop on the main process (the others wait at a barrier), with the
-model in eval mode under ``torch.no_grad()`` (train mode again afterwards):
+model in eval mode under ``torch.no_grad()`` (train mode again afterwards). The model is the one being trained, in
+its compute dtype (bf16 in a bf16 run, holding the fp32 master weights rounded); a monitor must not change it.
+It is called:
 
 * once before the first step of a fresh run (``step=0``: the base model; not on a resumed run),
 * after every ``every``-th optimizer step (``every`` missing or 0: only at the start and the end),
