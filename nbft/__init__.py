@@ -51,6 +51,8 @@ _EXPORTS = {
     "Task": "nbft.evaluate",
     "ComparisonTable": "nbft.evaluate",
     "run_demo": "nbft.evaluate.demo",
+    # runs on disk
+    "runs": "nbft.run_dirs",
 }
 
 __all__ = [
@@ -78,6 +80,7 @@ __all__ = [
     "mix",
     "resume",
     "run_demo",
+    "runs",
     "tiny_random",
     "tokenize_for_training",
 ]
@@ -109,6 +112,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.evaluate import ComparisonTable, Task, compare, get_task, list_tasks
     from nbft.evaluate.demo import run_demo
     from nbft.models import load_model, tiny_random
+    from nbft.run_dirs import runs
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (
         HistoryWriter,
