@@ -76,8 +76,13 @@ def _wait_for(predicate, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def test_ipywidgets_version_is_reported():
+def test_ipywidgets_version_is_the_one_asked_for():
+    import os
+
     assert IPYWIDGETS.split(".")[0] in {"7", "8"}
+    expected = os.environ.get("NBFT_EXPECT_IPYWIDGETS")  # set by test_widgets_ipywidgets7.py
+    if expected:
+        assert IPYWIDGETS.startswith(expected + "."), f"expected ipywidgets {expected}, imported {IPYWIDGETS}"
 
 
 # --------------------------------------------------------------------------------------------------- figures
