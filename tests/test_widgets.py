@@ -112,7 +112,7 @@ def test_training_figure_is_small_multiples_with_markers_and_monitor():
     history += [{"kind": "eval", "step": 5, "val_loss": 0.9}]
     fig = training_figure(history, markers=[(5, "stopped · resumed")])
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-    assert titles == ["loss per completion token", "learning rate", "tokens / s", "peak memory (GiB)"]
+    assert titles == ["loss per completion token", "learning rate (×1e-4)", "tokens / s", "peak memory (GiB)"]
     assert any("resumed" in t.get_text() for t in fig.axes[0].texts)
     monitor = [{"kind": "monitor", "step": s, "task": "qa", "value": 40.0 + s, "base": 40.0} for s in (0, 5, 10)]
     fig = training_figure(history + monitor, yscale="log")

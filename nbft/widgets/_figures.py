@@ -214,10 +214,15 @@ def training_figure(
         loss_ax.legend(fontsize=7, loc="upper right", frameon=False)
 
     lx, lr = _series(history, "train", "learning_rate")
+    lr_title = "learning rate"
     if lx:
-        lr_ax.plot(lx, lr, color="#2ca02c", lw=1.2)
-        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    lr_ax.set_title("learning rate", fontsize=9)
+        peak = max(abs(v) for v in lr) or 1.0
+        exponent = math.floor(math.log10(peak))
+        # the scale goes into the title: matplotlib's offset text would sit on top of it
+        lr_ax.plot(lx, [v / 10**exponent for v in lr], color="#2ca02c", lw=1.2)
+        if exponent:
+            lr_title += f" (×1e{exponent})"
+    lr_ax.set_title(lr_title, fontsize=9)
 
     tx, tps = _series(history, "train", "tokens_per_second")
     if tx:

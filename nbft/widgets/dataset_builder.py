@@ -619,8 +619,8 @@ class DatasetBuilder(widgets.VBox):
 
                 self._show_truncation(data, sample=False)
                 self.stats = length_stats(data, self.tokenizer, chat_template=self.chat_template.value)
-                self.stats_html.value = "<b>Token lengths</b>" + stats_table(self.stats).round(1).to_html(
-                    classes="nbft-length-stats"
+                self.stats_html.value = "<b>Token lengths</b>" + stats_table(self.stats).to_html(
+                    classes="nbft-length-stats", float_format=_number
                 )
                 hist_png = png(length_histogram(data, self.tokenizer, chat_template=self.chat_template.value))
                 set_image(self.histogram, hist_png)
@@ -692,6 +692,10 @@ class DatasetBuilder(widgets.VBox):
 
     def _ipython_display_(self, **kwargs: Any) -> None:
         display_with_static(self, self.static, lambda: super(DatasetBuilder, self)._ipython_display_(**kwargs))
+
+
+def _number(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
 
 
 def _columns_of(data: Any) -> list[str]:

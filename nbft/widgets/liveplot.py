@@ -132,9 +132,9 @@ class LivePlot:
             continuous_update=False, style={"description_width": "70px"}, layout=widgets.Layout(width="260px"),
         )  # fmt: skip
         self.yscale_toggle = widgets.ToggleButtons(
-            options=[("auto y", "auto"), ("log y", "log"), ("all y", "linear")], value=yscale,
+            options=[("auto y", "auto"), ("log y", "log"), ("full y", "linear")], value=yscale,
             tooltips=["ignore the warm-up spike", "logarithmic loss axis", "show every point"],
-            style={"button_width": "58px"},
+            style={"button_width": "64px"},
         )  # fmt: skip
         self.smoothing_slider.observe(lambda _: self._redraw_if_any(), names="value")
         self.yscale_toggle.observe(lambda _: self._redraw_if_any(), names="value")

@@ -212,7 +212,9 @@ class TrainPanel(widgets.VBox):
         self.disk_runs = widgets.Dropdown(
             options=[], description="on disk", style={"description_width": "56px"}, layout=widgets.Layout(width="420px")
         )
-        self.disk_button = widgets.Button(description="Resume from disk", icon="folder-open")
+        self.disk_button = widgets.Button(
+            description="Resume from disk", icon="folder-open", layout=widgets.Layout(width="170px")
+        )
         self.disk_button.tooltip = "Continue a stopped or interrupted run of this folder, with its whole curve"
         self.refresh_button = widgets.Button(icon="refresh", layout=widgets.Layout(width="36px"))
         self.refresh_button.tooltip = f"Look for runs in {self.runs_folder}/ again"
