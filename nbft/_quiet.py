@@ -9,7 +9,9 @@ gone anyway (``warnings.showwarning`` or the logger's handlers), so scripts bene
 
 Scopes nest and may overlap across threads: the bars go off when the first scope starts and come back when the
 last one ends. A warning is delivered to the scope that claimed the thread it was raised in, else to the most
-recently started scope (library threads belong to whoever started the work). The core never imports IPython.
+recently started scope (library threads belong to whoever started the work); the main thread only counts when a
+scope claims it, so a notebook's other cells keep their warnings while a panel trains. The core never imports
+IPython.
 
 Example:
     >>> from nbft._quiet import quiet
@@ -92,6 +94,10 @@ class Quiet:
         """Deliver warnings raised in the calling thread to this scope (e.g. a training worker thread)."""
         self._threads.add(threading.get_ident())
 
+    def release_thread(self) -> None:
+        """Stop claiming the calling thread (e.g. the notebook's main thread once a background run has started)."""
+        self._threads.discard(threading.get_ident())
+
     @property
     def active(self) -> bool:
         return self._started
@@ -138,6 +144,9 @@ def _scope_for_current_thread() -> Quiet | None:
         for scope in reversed(_ACTIVE):
             if ident in scope._threads:
                 return scope
+        if ident == threading.main_thread().ident:
+            return None  # the notebook's own cells: not nbft's work unless a scope claimed them
+        # an unclaimed helper thread (e.g. a run's worker before it claims itself) belongs to the newest work
         return _ACTIVE[-1] if _ACTIVE else None
 
 

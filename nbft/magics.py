@@ -130,7 +130,7 @@ def _gpu(args: list[str], shell: Any) -> _Report:
     before, after = pd.DataFrame(freed["before"]), pd.DataFrame(freed["after"])
     memory = before.merge(after, on="device", suffixes=(" before", " after"))
     hint = (
-        "To free a model: `del` every name in held_by (and any run or panel holding it), then run %nbft gpu again."
+        "To free a model: panel.close() for a panel holding it, `del` every name in held_by, then %nbft gpu again."
         if len(models)
         else "No model is in memory."
     )

@@ -378,7 +378,8 @@ def live_runs() -> list[Any]:
         for obj in gc.get_objects():
             if type(obj) is run_type:  # type(), not isinstance: some objects warn when asked for __class__
                 found.setdefault(id(obj), obj)
-    return [r for r in found.values() if not getattr(r, "done", True) and getattr(r, "status", "") != "pending"]
+    # "running", not "not done": a run that is reporting its end (on_train_end) is no longer training
+    return [r for r in found.values() if getattr(r, "status", "") == "running"]
 
 
 def stop_run(which: str | os.PathLike[str] | None = None) -> Any:

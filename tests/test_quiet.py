@@ -145,3 +145,22 @@ def test_records_below_warning_pass_unchanged(caplog, level):
         logging.getLogger("nbft.data").log(level, "detail")
     assert seen == []
     assert [r.getMessage() for r in caplog.records if r.name == "nbft.data"] == ["detail", "detail"]
+
+
+def test_the_main_thread_keeps_its_warnings_unless_claimed():
+    seen: list[str] = []
+    scope = quiet(sink=lambda level, text: seen.append(text))
+    started = threading.Thread(target=scope.start)  # a panel's scope whose work runs in another thread
+    started.start()
+    started.join()
+    try:
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter("always")
+            warnings.warn("from a notebook cell", UserWarning, stacklevel=1)
+        assert [str(w.message) for w in recorded] == ["from a notebook cell"] and seen == []
+        helper = threading.Thread(target=lambda: warnings.warn("from a library thread", UserWarning, stacklevel=1))
+        helper.start()
+        helper.join()
+        assert seen == ["from a library thread"], "unclaimed helper threads belong to the newest work"
+    finally:
+        scope.stop()

@@ -283,8 +283,23 @@ def test_train_panel_warnings_go_once_to_its_log_area(tmp_path, capfd):
         model, tok, _pairs(8), config=TrainConfig(max_steps=3, batch_size=4), run_dir=tmp_path / "r",
         observers=[Noisy()],
     )  # fmt: skip
+    hold, go = threading.Event(), threading.Event()
+
+    class Hold:
+        def on_step(self, state) -> None:
+            if state.step == 1:
+                hold.set()
+                go.wait(30)
+
+    panel.observers.append(Hold())
     panel.train()
+    assert hold.wait(60)
+    with warnings.catch_warnings(record=True) as recorded:  # another cell, while the panel trains
+        warnings.simplefilter("always")
+        warnings.warn("the user's own warning", UserWarning, stacklevel=1)
+    go.set()
     panel.wait(120)
+    assert [str(w.message) for w in recorded] == ["the user's own warning"], "not swallowed by the panel"
     assert panel.log_area.lines == [("warning", "a library complains at every step")]
     assert "a library complains" in panel.log_area.widget.value and panel.log_area.widget.layout.display != "none"
     assert "a library complains" not in capfd.readouterr().err, "never in a random cell"
@@ -429,6 +444,25 @@ def test_train_panel_drives_an_hf_trainer_with_stop_and_resume(tmp_path):
     assert resumed.status == "completed"
     assert [h["step"] for h in panel.plot.history if h["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert all(math.isfinite(h["loss"]) for h in panel.plot.history if h["kind"] == "train")
+
+
+def test_closing_a_panel_releases_the_model(tmp_path):
+    import gc
+    import weakref
+
+    model, tok = tiny_random("llama")
+    panel = TrainPanel(model, tok, _pairs(8), config=TrainConfig(max_steps=2, batch_size=4), run_dir=tmp_path / "r")
+    panel.train()
+    panel.wait(120)
+    compare = ComparePanel({"base": (model, tok)}, _toy_tasks(), tokenizer=tok)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is not None, "the panels still hold it (the premise)"
+    panel.close()
+    compare.close()
+    gc.collect()
+    assert alive() is None, "closed panels must not keep the model in memory"
 
 
 def test_compare_runs_overlays_curves_and_diffs_configs(tmp_path):

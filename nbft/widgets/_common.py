@@ -162,6 +162,24 @@ class StaticResult:
             update_display(self.bundle(), raw=True, display_id=self.display_id)
 
 
+def close_tree(widget: Any) -> None:
+    """Close a widget and every widget inside it.
+
+    ipywidgets keeps every open widget in a registry, and a button keeps its click handler, which keeps the panel,
+    which keeps the model: without closing them all, ``del panel`` frees no memory.
+    """
+    seen: set[int] = set()
+    stack = [widget]
+    while stack:
+        w = stack.pop()
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        stack.extend(getattr(w, "children", ()) or ())
+        if w is not widget:
+            w.close()
+
+
 def display_with_static(widget: widgets.DOMWidget, static: StaticResult, parent_display: Callable[..., Any]) -> None:
     """``_ipython_display_`` of a panel: the widget view, then its static companion output."""
     from IPython.display import display

@@ -28,6 +28,7 @@ import ipywidgets as widgets
 from nbft.widgets._common import (
     LogArea,
     StaticResult,
+    close_tree,
     display_with_static,
     image_html,
     natural_image,
@@ -164,6 +165,13 @@ class ComparePanel(widgets.VBox):
         if self.error is not None:
             raise self.error
         return self.table
+
+    def close(self) -> None:
+        """Close the panel and let go of the models it compares (and the last table)."""
+        close_tree(self)
+        self.models = {}
+        self.table = None
+        super().close()
 
     def static_html(self) -> str:
         """The HTML that the saved notebook keeps for this panel (table, notes, heatmap)."""

@@ -30,6 +30,7 @@ import ipywidgets as widgets
 from nbft.widgets._common import (
     LogArea,
     StaticResult,
+    close_tree,
     display_with_static,
     image_html,
     natural_image,
@@ -646,6 +647,15 @@ class DatasetBuilder(widgets.VBox):
 
         n = self.n.value or None
         return build_instruction_dataset(self._task_data(task, n), task, seed=self.seed.value)
+
+    def close(self) -> None:
+        """Close the builder and let go of its data (the built dataset, the loaded sources)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        close_tree(self)
+        self.dataset = self._preview_data = self.source = None
+        self._cache.clear()
+        super().close()
 
     def static_html(self) -> str:
         """The HTML that the saved notebook keeps for this panel (preview, label mask, statistics, histogram)."""

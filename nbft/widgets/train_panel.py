@@ -33,7 +33,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbft.widgets._common import LogArea, StaticResult, display_with_static, image_html, status_html
+from nbft.widgets._common import LogArea, StaticResult, close_tree, display_with_static, image_html, status_html
 from nbft.widgets.liveplot import LivePlot, Throttle
 
 __all__ = ["TrainPanel"]
@@ -148,7 +148,8 @@ class TrainPanel(widgets.VBox):
             is clicked. Resume continues the run in this folder.
         observers: more observers for every run (e.g. ``ProgressObserver()``).
         plot: the :class:`LivePlot` to use (default: a new one).
-        runs_folder: where the *Resume from disk* control looks for runs (default ``runs``).
+        runs_folder: where the *Resume from disk* control looks for runs (default: the folder of ``run_dir``, else
+            ``runs``).
 
     Attributes:
         run: the current :class:`nbft.train.Run` (``None`` before the first click).
@@ -172,7 +173,7 @@ class TrainPanel(widgets.VBox):
         *,
         observers: Sequence[Any] = (),
         plot: LivePlot | None = None,
-        runs_folder: str | Path = "runs",
+        runs_folder: str | Path | None = None,
     ) -> None:
         self._model = model
         self.tokenizer = tokenizer
@@ -180,6 +181,8 @@ class TrainPanel(widgets.VBox):
         self.val_data = val
         self.config = config
         self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
+        if runs_folder is None:  # where this panel's runs go is where earlier ones are
+            runs_folder = Path(run_dir).parent if run_dir is not None else Path("runs")
         self.runs_folder = Path(runs_folder)
         self._fresh_dirs = run_dir is None  # no folder given: every Train click gets a new runs/run-<time>
         self.observers = list(observers)
@@ -351,8 +354,13 @@ class TrainPanel(widgets.VBox):
         from nbft.run_dirs import read_run
         from nbft.train import resume
 
+        info = read_run(self.run_dir)
+        if info.status == "running":
+            raise RuntimeError(f"{self.run_dir} is still training (here or in another process): stop it there first")
+        if info.status == "completed":
+            raise RuntimeError(f"{self.run_dir} has completed: its model is in {self.run_dir}/model")
         if not any(h.get("kind") == "train" for h in self.plot.history):
-            self._show_disk_run(read_run(self.run_dir))  # a new kernel: the curve so far comes from the disk
+            self._show_disk_run(info)  # a new kernel: the curve so far comes from the disk
         self._begin("starting", f"loading the checkpoint from {self.run_dir}")
         try:
             self.run = resume(self.run_dir, observers=self._observers(), background=True)
@@ -410,6 +418,19 @@ class TrainPanel(widgets.VBox):
         """The HTML that the saved notebook keeps for this panel (final figure, summary, messages)."""
         return self.static.html
 
+    def close(self) -> None:
+        """Close the panel and let go of the model, the run and the data, so their memory can be freed.
+
+        A running run is asked to stop first (it writes a checkpoint). Then ``del`` your own names for the model and
+        ``%nbft gpu`` shows what is left.
+        """
+        if self.running:
+            self.run.stop()
+        close_tree(self)
+        self.run = self._model = self.train_data = self.val_data = self._driver = None
+        self.observers = []
+        super().close()
+
     # ------------------------------------------------------------------------------------------- helpers
     def _observers(self) -> list[Any]:
         return [self.plot, _ProgressView(self), *self.observers]
@@ -431,6 +452,8 @@ class TrainPanel(widgets.VBox):
     def _settle(self) -> None:
         from nbft.run_dirs import register_run
 
+        if self._scope is not None:
+            self._scope.release_thread()  # the work goes on in the worker; the notebook's cells are theirs again
         register_run(self.run)
         # A run can end before finetune() returns (e.g. it fails at once): its end event saw no self.run yet.
         if self.run.done:
