@@ -101,7 +101,7 @@ class LivePlot:
         self,
         *,
         min_interval: float = 1.0,
-        budget: float = 0.025,
+        budget: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         draw: DrawFn | None = None,
         width: str | None = None,
