@@ -304,9 +304,11 @@ def test_train_compare_then_save_shut_down_reopen_keeps_the_results(lab, page):
     curve = page.locator(".nbft-static img[alt='training curve']")
     curve.wait_for(state="visible", timeout=60_000)
     table = page.locator(".nbft-static .nbft-table table").first
-    table.scroll_into_view_if_needed()  # JupyterLab renders cells far off screen lazily
-    table.wait_for(state="visible")
-    assert "sentiment" in table.inner_text()
+    table.scroll_into_view_if_needed()  # JupyterLab renders cells far off screen lazily (and may redraw them)
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.nbft-static .nbft-table table'))"
+        ".some(t => t.offsetParent && t.innerText.includes('sentiment'))"
+    )
     _check_images(page, "notebook 2 reopened")
     assert page.eval_on_selector("img[alt='training curve']", "img => img.naturalWidth") > 0
     page.screenshot(path=str(ARTIFACTS / "reopened.png"), full_page=True)

@@ -112,6 +112,11 @@ def test_notebook_runs_with_tiny_parameters(path, executed):
         # the panels' results stay in the saved notebook: the training curve and the comparison table
         assert any("training curve" in s and "data:image/png;base64," in s for s in statics), statics
         assert any("<table" in s and "Δ heatmap" in s for s in statics), statics
+        # nbviewer renders with nbconvert: the static copies are in its HTML, with no kernel and no widget manager
+        from nbconvert import HTMLExporter
+
+        page, _ = HTMLExporter().from_notebook_node(nb)
+        assert 'alt="training curve"' in page and 'alt="Δ heatmap"' in page and "nbft-table" in page
     if path.name.startswith("03"):
         assert (workdir / "report.html").exists()
 
