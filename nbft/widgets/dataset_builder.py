@@ -620,7 +620,7 @@ class DatasetBuilder(widgets.VBox):
 
                 self._show_truncation(data, sample=False)
                 self.stats = length_stats(data, self.tokenizer, chat_template=self.chat_template.value)
-                self.stats_html.value = "<b>Token lengths</b>" + stats_table(self.stats).to_html(
+                self.stats_html.value = "<b>Token lengths</b>" + stats_table(self.stats).astype(float).to_html(
                     classes="nbft-length-stats", float_format=_number
                 )
                 hist_png = png(length_histogram(data, self.tokenizer, chat_template=self.chat_template.value))
