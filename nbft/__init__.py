@@ -52,6 +52,8 @@ _EXPORTS = {
     "Task": "nbft.evaluate",
     "ComparisonTable": "nbft.evaluate",
     "run_demo": "nbft.evaluate.demo",
+    # runs on disk
+    "runs": "nbft.run_dirs",
 }
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "mix",
     "resume",
     "run_demo",
+    "runs",
     "tiny_random",
     "tokenize_for_training",
 ]
@@ -112,6 +115,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.evaluate.demo import run_demo
     from nbft.launcher import launch
     from nbft.models import load_model, tiny_random
+    from nbft.run_dirs import runs
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (
         HistoryWriter,

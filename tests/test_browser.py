@@ -1,7 +1,13 @@
 """A real browser: JupyterLab on localhost, Debian's chromium driven by Playwright.
 
-It opens ``notebooks/02_finetune_live.ipynb`` (tiny parameters through the environment), runs all cells, clicks
-**Train**, sees the live plot image change and the run complete, clicks **Compare** and sees the table appear.
+1. ``notebooks/01_build_dataset.ipynb``: the DatasetBuilder's label mask renders coloured tokens.
+2. ``notebooks/02_finetune_live.ipynb`` (tiny parameters through the environment): Run All, click **Train**, see the
+   live plot change and the run complete, click **Compare** and see the table. Every image is shown at most at its
+   natural size and none is broken (a placeholder stands in before the first picture). Then **save, shut the
+   kernel down and reopen**: the loss curve and the comparison table are still there, as plain outputs. No cell
+   holds library progress-bar text or a warning twice.
+
+Screenshots are kept in ``test-artifacts/browser/`` (ignored by git); the path is printed.
 
 Needs: ``apt-get install chromium`` (``/usr/bin/chromium``; Playwright cannot download browsers here) and
 ``pip install playwright jupyterlab``. Skipped, with the reason, only when chromium or playwright is missing.
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -24,8 +31,10 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
+ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "02_finetune_live.ipynb"
+NOTEBOOKS = ["01_build_dataset.ipynb", "02_finetune_live.ipynb"]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--headless",
@@ -35,6 +44,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# What the libraries print when nobody silences them (tqdm bars and their usual descriptions).
+LIBRARY_NOISE = re.compile(r"\d+%\||it/s\]|examples/s\]|Loading weights|Writing model shards|Creating json|^Map")
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)", allow_module_level=True)
@@ -50,12 +61,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """A JupyterLab server on 127.0.0.1, a random port and token, in a folder holding the notebook."""
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1, a random port and token, in a folder holding the notebooks."""
+    tmp_path = tmp_path_factory.mktemp("lab")
     root = tmp_path / "root"
     root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    for name in NOTEBOOKS:
+        shutil.copy(ROOT / "notebooks" / name, root / name)
     config = tmp_path / "config"
     (config / "labconfig").mkdir(parents=True)
     # No "receive Jupyter news?" toast over the page, and no request to the internet for it.
@@ -68,6 +81,7 @@ def lab(tmp_path):
         "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "NBFT_CACHE": str(tmp_path / "cache"),
         "NBFT_NOTEBOOK_MODEL": "tiny",
         "NBFT_NOTEBOOK_N": "120",
         "NBFT_NOTEBOOK_STEPS": "8",
@@ -96,7 +110,9 @@ def lab(tmp_path):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()) from None
                 time.sleep(0.3)
-        yield {"url": f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", "root": root, "log": tmp_path / "lab.log"}
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        print(f"\nbrowser screenshots: {ARTIFACTS}")
+        yield {"base": base, "token": token, "root": root, "log": tmp_path / "lab.log"}
     finally:
         proc.terminate()
         try:
@@ -106,59 +122,196 @@ def lab(tmp_path):
         log.close()
 
 
-def _image_src(page, selector: str) -> str:
-    return page.eval_on_selector(selector, "img => img.currentSrc || img.src || ''")
-
-
-def test_jupyterlab_train_click_updates_the_plot_and_compare_shows_a_table(lab):
+@pytest.fixture
+def page(lab, request):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=2)
+        page.set_default_timeout(60_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(lab["url"])
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="attached")
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget")
-            # the kernel must be up before Run All, or the command is dropped
-            page.wait_for_function(
-                "() => { const w = window.jupyterapp.shell.currentWidget;"
-                " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
-                " return k && k.status === 'idle'; }",
-                timeout=90_000,
-            )
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-
-            train = page.locator(".nbft-train-panel button", has_text="Train")
-            train.wait_for(state="visible", timeout=90_000)
-            plot = ".nbft-train-panel img"
-            before = _image_src(page, plot)
-            train.click()
-            # The plot's PNG changes while training runs (a new blob URL for each new image).
-            page.wait_for_function(
-                "([sel, before]) => { const img = document.querySelector(sel);"
-                " return img && img.src && img.src !== before && img.naturalWidth > 0; }",
-                arg=[plot, before],
-            )
-            first = _image_src(page, plot)
-            page.wait_for_selector('.nbft-train-panel .nbft-status[data-status="completed"]', timeout=120_000)
-            assert _image_src(page, plot) != first, "the final redraw must replace the first live image"
-
-            page.locator(".nbft-compare-panel button", has_text="Compare").click()
-            page.wait_for_selector(
-                '.nbft-compare-panel .nbft-status[data-status="done"], '
-                '.nbft-compare-panel .nbft-status[data-status="failed"]',
-                timeout=120_000,
-            )
-            status = page.inner_text(".nbft-compare-panel .nbft-status")
-            assert status == "done", page.inner_text(".nbft-compare-panel")
-            table = page.locator(".nbft-compare-panel table").first
-            assert "sentiment" in table.inner_text()
-            for name in ("train", "compare"):  # kept in the test's tmp folder, for a look by hand
-                panel = page.locator(f".nbft-{name}-panel")
-                panel.screenshot(path=str(lab["root"].parent / f"{name}_panel.png"))
-        except Exception:
-            page.screenshot(path=str(lab["root"].parent / "failure.png"))
-            print(lab["log"].read_text()[-5000:])
-            raise
+            yield page
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
+                page.screenshot(path=str(ARTIFACTS / f"failure-{request.node.name}.png"), full_page=True)
+                print(lab["log"].read_text()[-5000:])
         finally:
             browser.close()
+
+
+def _open(page, lab, name: str) -> None:
+    page.goto(f"{lab['base']}/lab/tree/{name}?token={lab['token']}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="attached")
+    page.wait_for_function(
+        "name => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+        " && window.jupyterapp.shell.currentWidget.context.path === name",
+        arg=name,
+    )
+
+
+def _wait_idle_kernel(page) -> None:
+    # the kernel must be up before Run All, or the command is dropped
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
+        " return k && k.status === 'idle'; }",
+        timeout=90_000,
+    )
+
+
+def _run_all(page) -> None:
+    _wait_idle_kernel(page)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def _wait_run_all_done(page, timeout: int = 180_000) -> None:
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " const cells = w.content.widgets.filter(c => c.model.type === 'code');"
+        " return cells.every(c => c.model.executionCount !== null)"
+        " && w.sessionContext.session.kernel.status === 'idle'; }",
+        timeout=timeout,
+    )
+
+
+def _image_report(page) -> list[dict]:
+    """Every <img> in the notebook: shown size, natural size, whether it loaded, and whether it is visible."""
+    return page.evaluate(
+        """() => Array.from(document.querySelectorAll('.jp-NotebookPanel img')).map(img => {
+            const r = img.getBoundingClientRect();
+            return {src: (img.currentSrc || img.src || '').slice(0, 60), width: r.width, height: r.height,
+                    natural: img.naturalWidth, complete: img.complete,
+                    visible: !!img.offsetParent && getComputedStyle(img).display !== 'none',
+                    external: /^https?:/.test(img.getAttribute('src') || ''),
+                    cls: img.className, static: !!img.closest('.nbft-static')};
+        })"""
+    )
+
+
+def _check_images(page, where: str) -> list[dict]:
+    images = [i for i in _image_report(page) if i["visible"]]
+    # The Colab/Binder badges are images on the internet, which this machine cannot reach: they are links that work
+    # for a reader online, and their loading is not nbft's (everything nbft draws is embedded).
+    local = [i for i in images if not i["external"]]
+    broken = [i for i in local if not (i["complete"] and i["natural"] > 0)]
+    assert not broken, f"{where}: broken images {broken}"
+    larger = [i for i in local if i["width"] > i["natural"] + 0.5]
+    assert not larger, f"{where}: images shown larger than their natural size (stretched, blurry) {larger}"
+    return local
+
+
+def _outputs_text(page) -> list[str]:
+    return page.evaluate(
+        "() => Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(o => o.innerText || '')"
+    )
+
+
+def _check_cells_quiet(page, where: str) -> None:
+    stderr = page.evaluate(
+        "() => Array.from(document.querySelectorAll("
+        "'.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.stderr\"]')).map(o => o.innerText)"
+    )
+    noisy = [t[:200] for t in stderr if LIBRARY_NOISE.search(t)]
+    assert not noisy, f"{where}: library progress bars in cells: {noisy}"
+    for text in stderr:
+        lines = [" ".join(ln.split()) for ln in text.splitlines() if ln.strip() and not ln.startswith("  ")]
+        messages = [ln.split("Warning: ", 1)[-1] for ln in lines]
+        assert len(messages) == len(set(messages)), f"{where}: a warning shown twice: {messages}"
+    assert not any(LIBRARY_NOISE.search(t) for t in _outputs_text(page)), f"{where}: progress-bar text in a cell"
+
+
+def test_dataset_builder_label_mask_renders_coloured_tokens(lab, page):
+    _open(page, lab, NOTEBOOKS[0])
+    _run_all(page)
+    mask = page.locator(".nbft-dataset-builder .nbft-label-mask")
+    mask.wait_for(state="visible", timeout=180_000)
+    colours = page.evaluate(
+        """() => { const m = document.querySelector('.nbft-dataset-builder .nbft-label-mask');
+            const first = cls => m.querySelector(cls);
+            return {prompt: getComputedStyle(first('.nbft-tok-prompt')).backgroundColor,
+                    completion: getComputedStyle(first('.nbft-tok-completion')).backgroundColor,
+                    n_prompt: m.querySelectorAll('.nbft-tok-prompt').length,
+                    n_completion: m.querySelectorAll('.nbft-tok-completion').length}; }"""
+    )
+    assert colours["prompt"] == "rgb(234, 238, 242)" and colours["completion"] == "rgb(218, 251, 225)", colours
+    assert colours["n_prompt"] > 5 and colours["n_completion"] >= 2
+    _wait_run_all_done(page)
+    mask.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "dataset_builder_label_mask.png"))
+    _check_images(page, "notebook 1")
+    _check_cells_quiet(page, "notebook 1")
+
+
+def test_train_compare_then_save_shut_down_reopen_keeps_the_results(lab, page):
+    name = NOTEBOOKS[1]
+    _open(page, lab, name)
+    _run_all(page)
+    train = page.locator(".nbft-train-panel button", has_text="Train")
+    train.wait_for(state="visible", timeout=120_000)
+    compare = page.locator(".nbft-compare-panel button", has_text="Compare")
+    compare.wait_for(state="visible", timeout=120_000)
+    _wait_run_all_done(page)
+    # Before any run: placeholders, no broken-image icons under the status or under the Compare button
+    assert page.locator(".nbft-train-panel .nbft-placeholder").is_visible()
+    _check_images(page, "notebook 2 before training")
+    page.locator(".nbft-train-panel").screenshot(path=str(ARTIFACTS / "train_panel_before.png"))
+
+    plot = ".nbft-train-panel img.nbft-liveplot"
+    train.click()
+    page.wait_for_function(
+        "sel => { const img = document.querySelector(sel); return img && img.offsetParent && img.naturalWidth > 0; }",
+        arg=plot,
+    )
+    first = page.eval_on_selector(plot, "img => img.currentSrc || img.src")
+    page.wait_for_selector('.nbft-train-panel .nbft-status[data-status="completed"]', timeout=180_000)
+    assert page.eval_on_selector(plot, "img => img.currentSrc || img.src") != first, "the final redraw replaces it"
+
+    compare.click()
+    page.wait_for_selector(
+        '.nbft-compare-panel .nbft-status[data-status="done"], .nbft-compare-panel .nbft-status[data-status="failed"]',
+        timeout=180_000,
+    )
+    assert page.inner_text(".nbft-compare-panel .nbft-status") == "done", page.inner_text(".nbft-compare-panel")
+    assert "sentiment" in page.locator(".nbft-compare-panel table").first.inner_text()
+    page.wait_for_function("() => document.querySelectorAll('.nbft-static img').length >= 2", timeout=30_000)
+    images = _check_images(page, "notebook 2 after Train and Compare")
+    assert any("nbft-liveplot" in i["cls"] for i in images)
+    assert all(abs(i["width"] * 2 - i["natural"]) <= 2 for i in images if "nbft-liveplot" in i["cls"]), (
+        "the live plot is a 2x PNG shown at half its pixel width (sharp on HiDPI screens)"
+    )
+    hidden = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.nbft-static')).map(e => getComputedStyle(e).display)"
+    )
+    assert hidden and set(hidden) == {"none"}, "while the panels are live, their static copies stay hidden"
+    _check_cells_quiet(page, "notebook 2")
+    for panel in ("train", "compare"):
+        page.locator(f".nbft-{panel}-panel").screenshot(path=str(ARTIFACTS / f"{panel}_panel.png"))
+
+    # save, shut the kernel down, reopen: the results are plain outputs of the notebook now
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.sessionContext.session")
+    saved = json.loads((lab["root"] / name).read_text())
+    statics = [
+        "".join(o["data"]["text/html"])
+        for c in saved["cells"]
+        for o in c.get("outputs", [])
+        if "nbft-static" in "".join(o.get("data", {}).get("text/html", ""))
+    ]
+    assert any("training curve" in s for s in statics) and any("<table" in s for s in statics), "saved in the file"
+
+    _open(page, lab, name)
+    curve = page.locator(".nbft-static img[alt='training curve']")
+    curve.wait_for(state="visible", timeout=60_000)
+    table = page.locator(".nbft-static .nbft-table table").first
+    table.scroll_into_view_if_needed()  # JupyterLab renders cells far off screen lazily (and may redraw them)
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.nbft-static .nbft-table table'))"
+        ".some(t => t.offsetParent && t.innerText.includes('sentiment'))"
+    )
+    _check_images(page, "notebook 2 reopened")
+    assert page.eval_on_selector("img[alt='training curve']", "img => img.naturalWidth") > 0
+    page.screenshot(path=str(ARTIFACTS / "reopened.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "reopened_table.png"))
+    curve.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "reopened_curve.png"))

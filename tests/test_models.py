@@ -128,3 +128,30 @@ def test_default_model_resolves_through_registry_fallback(default_model, nbft_ca
     )
     out = again.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert "Paris" in tok.decode(out[0, prompt["input_ids"].shape[1] :])
+
+
+def test_notebook_model_picks_tiny_on_small_machines(monkeypatch):
+    from nbft import models
+
+    monkeypatch.setattr(models, "memory_gb", lambda: 2.0)
+    name, why = models.notebook_model("auto")
+    assert name == "tiny" and "2.0 GB" in why and "override" in why
+    monkeypatch.setattr(models, "memory_gb", lambda: 16.0)
+    assert models.notebook_model("auto")[0] == models.DEFAULT_MODEL
+    assert models.notebook_model("HuggingFaceTB/SmolLM2-135M-Instruct")[0] == models.DEFAULT_MODEL
+    monkeypatch.setattr(models, "memory_gb", lambda: 2.0)
+    assert models.notebook_model("my/model")[0] == "my/model", "an explicit choice is kept"
+
+
+def test_memory_gb_honours_container_limits(tmp_path, monkeypatch):
+    from nbft import models
+
+    (tmp_path / "memory.max").write_text("2147483648\n")
+    assert models._cgroup_limit_bytes(tmp_path) == 2147483648
+    (tmp_path / "memory.max").write_text("max\n")
+    assert models._cgroup_limit_bytes(tmp_path) is None
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))
+    assert models._cgroup_limit_bytes(tmp_path) is None, "cgroup v1 says 'no limit' with a huge number"
+    monkeypatch.setenv("MEM_LIMIT", str(2 * 10**9))  # what Binder sets
+    assert models.memory_gb() == pytest.approx(2.0, rel=0.01)

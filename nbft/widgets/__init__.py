@@ -2,10 +2,15 @@
 
 Each panel calls the same function a script calls ("one way in"):
 
-- :class:`DatasetBuilder` → :func:`nbft.data.build_instruction_dataset` and :func:`nbft.data.length_stats`
-- :class:`TrainPanel` → :func:`nbft.train.finetune` (``background=True``), ``Run.stop()``, :func:`nbft.train.resume`
-- :class:`LivePlot` → a training observer that draws :func:`nbft.report.loss_curve` as a PNG, at most once a second
+- :class:`DatasetBuilder` → :func:`nbft.data.build_instruction_dataset`, :func:`nbft.data.tokenize_for_training`
+  (label mask, truncation report), :func:`nbft.data.mix`, :func:`nbft.data.length_stats`, :func:`nbft.data.save_dataset`
+- :class:`TrainPanel` → :func:`nbft.train.finetune` (``background=True``), ``Run.stop()``, :func:`nbft.train.resume`;
+  :meth:`TrainPanel.from_run_dir` after a restart; :meth:`TrainPanel.for_trainer` for a ``transformers.Trainer``
+- :class:`LivePlot` → a training observer that draws the history as small multiples (PNG), rationed in time
 - :class:`ComparePanel` → :func:`nbft.evaluate.compare` and :func:`nbft.report.side_by_side`
+- :func:`compare_runs` → loss curves of several runs overlaid, and the settings that differ
+
+Every panel leaves a static copy of its result (figure and tables as HTML) in the saved notebook when its work ends.
 
 Example::
 
@@ -15,8 +20,9 @@ Example::
 """
 
 from nbft.widgets.compare_panel import ComparePanel
+from nbft.widgets.compare_runs import RunComparison, compare_runs
 from nbft.widgets.dataset_builder import DatasetBuilder
 from nbft.widgets.liveplot import LivePlot, Throttle
 from nbft.widgets.train_panel import TrainPanel
 
-__all__ = ["ComparePanel", "DatasetBuilder", "LivePlot", "Throttle", "TrainPanel"]
+__all__ = ["ComparePanel", "DatasetBuilder", "LivePlot", "RunComparison", "Throttle", "TrainPanel", "compare_runs"]

@@ -1,7 +1,11 @@
 """ComparePanel: run :func:`nbft.evaluate.compare` on a button and show the side-by-side table and the Δ heatmap.
 
 The comparison runs in a worker thread, like training, so the notebook stays responsive; the worker only sets
-widget values. The table is :func:`nbft.report.side_by_side` (a pandas Styler) rendered to HTML.
+widget values. The table is :func:`nbft.report.side_by_side` (a pandas Styler) rendered to HTML. The heatmap is
+shown at its natural size (sharp, never stretched); until there is one, the panel shows a line of text instead of
+an empty image. Library progress bars and repeated warnings are silenced during the comparison and each distinct
+warning appears once in the panel's log area. When the comparison ends, the table and heatmap also go into an
+ordinary output below the panel, so the saved notebook shows them without a kernel.
 
 Example::
 
@@ -20,6 +24,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
+
+from nbft.widgets._common import (
+    LogArea,
+    StaticResult,
+    close_tree,
+    display_with_static,
+    image_html,
+    natural_image,
+    placeholder_html,
+    set_image,
+    status_html,
+)
 
 __all__ = ["ComparePanel"]
 
@@ -53,6 +69,7 @@ class ComparePanel(widgets.VBox):
     Attributes:
         table: the last :class:`~nbft.evaluate.ComparisonTable` (``None`` before the first run).
         error: the exception of the last run, if it failed.
+        log_area: the distinct warnings of the last run, each once.
 
     Example::
 
@@ -79,7 +96,13 @@ class ComparePanel(widgets.VBox):
         self.compare_kwargs = {"progress": False, **compare_kwargs}  # tqdm from a worker would land in any cell
         self.table: Any = None
         self.error: BaseException | None = None
+        self.log_area = LogArea()
+        self.static = StaticResult()
         self._thread: threading.Thread | None = None
+        self._started = 0.0
+        self._what = ""
+        self._finished = threading.Event()
+        self._status_lock = threading.Lock()
 
         names = list(self.tasks)
         self.task_select = widgets.SelectMultiple(
@@ -90,9 +113,12 @@ class ComparePanel(widgets.VBox):
         for w in (self.task_select, self.n, self.shots):
             w.style = _WIDE
         self.compare_button = widgets.Button(description="Compare", icon="balance-scale", button_style="primary")
-        self.status_label = widgets.HTML("")
-        self.result = widgets.HTML("")
-        self.heatmap = widgets.Image(format="png")  # natural size: scaling a PNG up only blurs it
+        self.status_label = widgets.HTML(status_html("ready", "click Compare"))
+        self.result = widgets.HTML(
+            placeholder_html("The comparison table and the Δ heatmap appear here after Compare."),
+            layout=widgets.Layout(overflow="auto", max_width="100%"),
+        )
+        self.heatmap = natural_image()  # natural size: scaling a PNG up only blurs it
         self.compare_button.on_click(lambda _: self._safely(self.compare))
         super().__init__(
             [
@@ -100,6 +126,8 @@ class ComparePanel(widgets.VBox):
                 widgets.HBox([self.compare_button, self.status_label]),
                 self.result,
                 self.heatmap,
+                self.log_area.widget,
+                self.static.style_widget,
             ]
         )
         self.add_class("nbft-compare-panel")
@@ -118,11 +146,16 @@ class ComparePanel(widgets.VBox):
         kwargs = dict(self.compare_kwargs, n=self.n.value or None, icl_shots=_parse_shots(self.shots.value))
         target = self.target if self.target in self.task_select.value else None
         self.error = None
+        self.log_area.clear()
         self.compare_button.disabled = True
-        self._set_status("running", f"{len(selected)} task(s), n={kwargs['n']}, in-context k={kwargs['icl_shots']}")
+        self._started = time.monotonic()
+        self._finished.clear()
+        self._what = f"{len(selected)} task(s), n={kwargs['n']}, in-context k={kwargs['icl_shots']}"
+        self._set_status("running", self._what)
         self._thread = threading.Thread(target=self._work, args=(selected, target, kwargs), daemon=True)
         self._thread.name = "nbft-compare"
         self._thread.start()
+        threading.Thread(target=self._tick, name="nbft-compare-clock", daemon=True).start()
         return self._thread
 
     def wait(self, timeout: float | None = None) -> Any:
@@ -133,26 +166,60 @@ class ComparePanel(widgets.VBox):
             raise self.error
         return self.table
 
+    def close(self) -> None:
+        """Close the panel and let go of the models it compares (and the last table)."""
+        close_tree(self)
+        self.models = {}
+        self.table = None
+        super().close()
+
+    def static_html(self) -> str:
+        """The HTML that the saved notebook keeps for this panel (table, notes, heatmap)."""
+        return self.static.html
+
+    def _tick(self) -> None:
+        # compare() reports no progress of its own to a panel: at least show that time passes, and what runs.
+        while not self._finished.wait(1.0):
+            with self._status_lock:
+                if not self._finished.is_set():
+                    elapsed = time.monotonic() - self._started
+                    self._set_status("running", f"{elapsed:.0f} s · generating and scoring: {self._what}")
+
     def _work(self, tasks: list[Any], target: str | None, kwargs: dict[str, Any]) -> None:
+        from nbft._quiet import quiet
         from nbft.evaluate import compare
-        from nbft.report import delta_heatmap, figure_to_png, side_by_side
+        from nbft.report import delta_heatmap, side_by_side
+        from nbft.widgets._figures import png
 
         t0 = time.perf_counter()
         try:
-            models = self.models() if callable(self.models) else self.models
-            table = compare(models, tasks, target=target, tokenizer=self.tokenizer, **kwargs)
-            notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
-            notes_html = f"<ul class='nbft-notes'>{notes}</ul>" if notes else ""
-            self.result.value = side_by_side(table).to_html() + notes_html
-            if len(table.columns) > 1:
-                self.heatmap.value = figure_to_png(delta_heatmap(table))
+            with quiet(sink=self.log_area.add):
+                models = self.models() if callable(self.models) else self.models
+                table = compare(models, tasks, target=target, tokenizer=self.tokenizer, **kwargs)
+                notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
+                notes_html = f"<ul class='nbft-notes'>{notes}</ul>" if notes else ""
+                table_html = f"<div class='nbft-table' style='overflow-x:auto'>{side_by_side(table).to_html()}</div>"
+                self.result.value = table_html + notes_html
+                figure = png(delta_heatmap(table)) if len(table.columns) > 1 else None
+            if figure is not None:
+                set_image(self.heatmap, figure)
             self.table = table
-            self._set_status("done", f"in {time.perf_counter() - t0:.1f} s")
+            self._end("done", f"in {time.perf_counter() - t0:.1f} s")
+            body = table_html + notes_html + (image_html(figure, "Δ heatmap") if figure is not None else "")
+            self.static.update(body + self.log_area.html(), str(table))
         except Exception as exc:
             self.error = exc
-            self._set_status("failed", f"{type(exc).__name__}: {exc}")
+            self.result.value = ""  # no stale table under a failure
+            self.heatmap.layout.display = "none"
+            self._end("failed", f"{type(exc).__name__}: {exc}")
         finally:
+            self._finished.set()
             self.compare_button.disabled = False
+
+    def _end(self, status: str, detail: str) -> None:
+        with self._status_lock:
+            self._finished.set()
+            self._set_status(status, detail)
 
     def _safely(self, action: Callable[[], Any]) -> None:
         try:
@@ -161,8 +228,7 @@ class ComparePanel(widgets.VBox):
             self._set_status("error", f"{type(exc).__name__}: {exc}")
 
     def _set_status(self, status: str, detail: str) -> None:
-        colour = {"done": "#1a7f37", "failed": "#cf222e", "error": "#cf222e"}.get(status, "#57606a")
-        self.status_label.value = (
-            f'<span class="nbft-status" data-status="{status}" style="color:{colour}"><b>{status}</b></span> '
-            f"<span>{html.escape(detail)}</span>"
-        )
+        self.status_label.value = status_html(status, detail)
+
+    def _ipython_display_(self, **kwargs: Any) -> None:
+        display_with_static(self, self.static, lambda: super(ComparePanel, self)._ipython_display_(**kwargs))

@@ -1,13 +1,18 @@
-"""DatasetBuilder: choose a task, its instruction phrasings, the data, the split and the seed; see the result.
+"""DatasetBuilder: choose a task, its instruction phrasings, the data and how it is cut; see what the model will learn.
 
-Build calls :func:`nbft.data.build_instruction_dataset` (the function a script calls) and shows a preview table,
-the split sizes, :func:`nbft.data.length_stats` and a token-length histogram. The result is ``builder.dataset``.
+While you edit, a preview (debounced) is built from a sample of the data with the same function Build calls,
+:func:`nbft.data.build_instruction_dataset`: the first training pairs with their line breaks, and the **label mask**
+of one example as coloured tokens (prompt tokens carry no loss, completion tokens are learned, tokens cut by
+``max_length`` struck through), with the truncation report. Build makes the full dataset, mixes in other tasks for
+replay when asked (:func:`nbft.data.mix`), and shows token-length statistics and a histogram; Export writes it with
+:func:`nbft.data.save_dataset`. Column mapping covers data whose columns are named differently from the template's
+fields. Tasks whose data only the Hugging Face Hub has are marked, and refused with a clear message, when offline.
 
 Example::
 
     from nbft.widgets import DatasetBuilder
     builder = DatasetBuilder(task="sentiment", tokenizer=tok)
-    builder                        # pick templates, move the sliders, click Build
+    builder                        # pick templates, map columns, set max_length, Build, Export
     data = builder.dataset         # DatasetDict: train / validation / test
 """
 
@@ -15,16 +20,53 @@ from __future__ import annotations
 
 import html
 import logging
+import textwrap
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as widgets
 
-__all__ = ["DatasetBuilder"]
+from nbft.widgets._common import (
+    LogArea,
+    StaticResult,
+    close_tree,
+    display_with_static,
+    image_html,
+    natural_image,
+    placeholder_html,
+    set_image,
+    status_html,
+)
+
+__all__ = ["DatasetBuilder", "label_mask_html", "length_histogram"]
 
 logger = logging.getLogger(__name__)
 
 _WIDE = {"description_width": "110px"}
 _HIST_EXAMPLES = 2000  # enough for the shape of a histogram; tokenizing all of a big set would only cost time
+_SAME = "(same name)"
+_TOKEN_BOX = "border-radius:3px;padding:0 1px;margin:0 1px 1px 0;display:inline-block;white-space:pre"
+_CELL = "white-space: pre-wrap; text-align: left; vertical-align: top; font-family: var(--jp-code-font-family, monospace); font-size: 12px"  # noqa: E501
+
+
+# ------------------------------------------------------------------------------------------------- task data
+def _load_task_data(task: str, n: int | None, seed: int) -> Any:
+    """The built-in data of a task: the one place DatasetBuilder gets a task's examples (kept small so the data
+    source can be rewired in one spot)."""
+    from nbft.sources import load_source
+
+    return load_source(task, n=n, seed=seed)
+
+
+def _hub_only_tasks() -> set[str]:
+    """Tasks whose built-in data exists only on the Hugging Face Hub."""
+    from nbft.sources import SOURCES
+
+    by_task: dict[str, list[bool]] = {}
+    for source in SOURCES.values():
+        by_task.setdefault(source.task, []).append(source.offline)
+    return {task for task, offline in by_task.items() if not any(offline)}
 
 
 def _tasks() -> list[str]:
@@ -39,7 +81,7 @@ def _template_options(task: str) -> list[tuple[str, str]]:
     options = []
     for t in list_templates(task):
         first = next((ln for ln in t.instruction.splitlines() if ln.strip() and "{{" not in ln), t.instruction)
-        options.append((f"{t.id}: {first.strip()[:60]}", t.id))
+        options.append((f"{t.id}: {textwrap.shorten(first.strip(), 72, placeholder=' …')}", t.id))
     return options
 
 
@@ -50,6 +92,98 @@ def _describe(source: Any) -> str:
     if isinstance(rows, dict):  # a DatasetDict reports rows per split
         rows = sum(rows.values())
     return f"{type(source).__name__}" + (f", {rows} rows" if rows is not None else "")
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    text = tokenizer.decode([token_id])
+    return text if text else tokenizer.convert_ids_to_tokens(token_id)
+
+
+def label_mask_html(
+    tokenizer: Any, prompt: str, completion: str, *, max_length: int = 1024, chat_template: bool = False
+) -> str:
+    """One example as coloured tokens: what training sees (grey: prompt, no loss; green: completion, learned;
+    struck through: cut by ``max_length``), tokenized exactly as :func:`nbft.data.tokenize_for_training` does.
+
+    Example:
+        >>> from nbft.models import tiny_random
+        >>> _, tok = tiny_random()
+        >>> "nbft-tok-completion" in label_mask_html(tok, "Say hi:\\n", "hi")
+        True
+    """
+    from nbft.data import encode_pair
+
+    prompt_ids, completion_ids = encode_pair(tokenizer, prompt, completion, chat_template)
+    cut_prompt: list[int] = []
+    cut_completion: list[int] = []
+    if len(prompt_ids) + len(completion_ids) > max_length:  # the same cut as tokenize_for_training
+        cut_completion = completion_ids[max_length:]
+        completion_ids = completion_ids[:max_length]
+        keep = max(0, max_length - len(completion_ids))
+        cut_prompt, prompt_ids = prompt_ids[: len(prompt_ids) - keep], prompt_ids[len(prompt_ids) - keep :]
+
+    def spans(ids: Sequence[int], kind: str, style: str) -> str:
+        out = []
+        for tid in ids:
+            text = _token_text(tokenizer, tid)
+            shown = html.escape(text).replace("\n", "↵<br/>") or "∅"
+            out.append(
+                f'<span class="nbft-tok nbft-tok-{kind}" title="{kind} token {tid}" style="{style};{_TOKEN_BOX}">'
+                f"{shown}</span>"
+            )
+        return "".join(out)
+
+    cut_style = "background:#ffebe9;color:#cf222e;text-decoration:line-through"
+    body = (
+        spans(cut_prompt, "cut", cut_style)
+        + spans(prompt_ids, "prompt", "background:#eaeef2;color:#57606a")
+        + spans(completion_ids, "completion", "background:#dafbe1;color:#116329;font-weight:600")
+        + spans(cut_completion, "cut", cut_style)
+    )
+    cut = len(cut_prompt) + len(cut_completion)
+    legend = (
+        f'<div style="font-size:12px;margin-bottom:4px"><span style="background:#eaeef2;padding:0 4px">prompt: '
+        f"{len(prompt_ids)} tokens, no loss (label −100)</span> "
+        f'<span style="background:#dafbe1;padding:0 4px">completion: {len(completion_ids)} tokens, learned</span>'
+        + (f' <span style="background:#ffebe9;padding:0 4px">cut by max_length={max_length}: {cut}</span>' * bool(cut))
+        + "</div>"
+    )
+    return f'<div class="nbft-label-mask" style="line-height:1.9;font-family:var(--jp-code-font-family,monospace);font-size:12px">{legend}{body}</div>'  # noqa: E501
+
+
+def _preview_table(data: Any, rows: int) -> str:
+    train = data["train"]
+    n = min(rows, len(train))
+    cells = []
+    for i in range(n):
+        ex = train[i]
+        cells.append(
+            "<tr>"
+            + "".join(
+                f'<td style="{_CELL}">{html.escape(str(ex.get(col, "")))}</td>'
+                for col in ("template_id", "prompt", "completion")
+            )
+            + "</tr>"
+        )
+    head = "".join(f"<th style='text-align:left'>{c}</th>" for c in ("template", "prompt", "completion"))
+    return (
+        f"<b>First {n} training examples</b> (line breaks as the model sees them)"
+        f"<div style='overflow-x:auto;max-width:100%'><table class='nbft-preview'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(cells)}</tbody></table></div>"
+    )
+
+
+def stats_table(stats: Any) -> Any:
+    """:func:`nbft.data.length_stats` turned on its side: one column per split (and task), one row per statistic,
+    so it fits beside the preview."""
+    frame = stats.copy()
+    several_tasks = frame["task"].nunique() > 1 if "task" in frame else False
+    frame.index = [f"{r.split} · {r.task}" if several_tasks else str(r.split) for r in frame.itertuples()]
+    frame = frame.drop(columns=[c for c in ("split", "task") if c in frame])
+    out = frame.T
+    out.index = [name.replace("_", " ") for name in out.index]
+    return out
 
 
 def length_histogram(data: Any, tokenizer: Any, *, chat_template: bool = False) -> Any:
@@ -69,35 +203,41 @@ def length_histogram(data: Any, tokenizer: Any, *, chat_template: bool = False) 
         for prompt, completion in zip(sample["prompt"], sample["completion"]):
             p, c = encode_pair(tokenizer, prompt, completion, chat_template)
             rows.append({"split": split, "tokens": len(p) + len(c)})
-    fig = Figure(figsize=(6, 2.8), dpi=100, layout="constrained")
+    fig = Figure(figsize=(6, 2.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     if rows:
         sns.histplot(pd.DataFrame(rows), x="tokens", hue="split", multiple="stack", bins=30, ax=ax)
     ax.set_xlabel("prompt + completion tokens per example")
-    ax.set_title("Token lengths (choose max_length above the long tail)")
+    ax.set_title("Token lengths (choose max_length above the long tail)", fontsize=10)
     return fig
 
 
+# ------------------------------------------------------------------------------------------------- the panel
 class DatasetBuilder(widgets.VBox):
-    """Pick task, templates, source, split and seed; Build makes an instruction ``DatasetDict``.
+    """Pick task, templates, source, columns, split, max_length and replay; preview live; Build; Export.
 
     Args:
         source: your own data (anything :func:`nbft.data.load_source` takes: DataFrame, list of dicts, file path,
-            ``datasets.Dataset``). Left out: the task's built-in data (:func:`nbft.sources.load_source`), or a file
-            path / Hub name typed into the *source* box.
+            ``datasets.Dataset``). Left out: the task's built-in data, or a file path / Hub name typed into the
+            *source* box.
         task: the task selected at first.
-        tokenizer: counts tokens for the length statistics and histogram (left out: no token statistics).
+        tokenizer: counts tokens for the label mask, truncation report, statistics and histogram (left out: none).
         n: how many examples to keep (0: all).
         split: train, validation and test fractions.
         seed: the same seed gives the same dataset.
+        max_length: the training ``max_length`` to check examples against.
+        debounce: seconds of quiet after an edit before the preview is rebuilt (``0``: at once, in the same thread;
+            ``None``: no live preview, only :meth:`refresh` and Build).
+        preview_sample: how many examples the live preview is built from.
 
     Attributes:
-        dataset: the last built ``DatasetDict`` (``None`` before Build).
+        dataset: the last built ``DatasetDict`` (``None`` before Build). truncation: the last truncation report.
 
     Example::
 
         builder = DatasetBuilder(my_dataframe, task="sentiment", tokenizer=tok)
         builder.build()              # what the Build button does; returns builder.dataset
+        builder.export("data/sentiment", "jsonl")
     """
 
     def __init__(
@@ -109,54 +249,121 @@ class DatasetBuilder(widgets.VBox):
         n: int = 1000,
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
         seed: int = 0,
+        max_length: int = 512,
+        debounce: float | None = 0.4,
+        preview_sample: int = 200,
+        preview_rows: int = 5,
     ) -> None:
         self.source = source
         self.tokenizer = tokenizer
         self.dataset: Any = None
         self.stats: Any = None
+        self.truncation: Any = None
+        self.debounce = debounce
+        self.preview_sample = preview_sample
+        self.preview_rows = preview_rows
+        self.log_area = LogArea()
+        self.static = StaticResult()
+        self._cache: dict[Any, Any] = {}
+        self._lock = threading.RLock()  # preview (timer thread) and Build (click) never compute at once
+        self._timer: threading.Timer | None = None
+        self._generation = 0
+        self._preview_data: Any = None
+        self._offline: bool | None = None
+        self._hub_only = _hub_only_tasks()
+
         tasks = _tasks()
-        self.task = widgets.Dropdown(options=tasks, value=task if task in tasks else tasks[0], description="task")
-        self.templates = widgets.SelectMultiple(description="templates", rows=4, layout={"width": "560px"})
+        self.task = widgets.Dropdown(
+            options=self._task_options(tasks), value=task if task in tasks else tasks[0], description="task"
+        )
+        self.templates = widgets.SelectMultiple(description="templates", rows=4, layout={"width": "680px"})
         given = f"your data ({_describe(source)})" if source is not None else ""
         self.source_text = widgets.Text(
             value="",
             placeholder=given or "empty: the task's built-in data; or a file path / Hub dataset name",
             description="source",
-            layout={"width": "560px"},
+            continuous_update=False,
+            layout={"width": "680px"},
         )
-        self.n = widgets.IntText(value=n, description="examples (0=all)")
-        self.train_frac = widgets.FloatSlider(value=split[0], min=0.5, max=0.95, step=0.05, description="train")
-        self.val_frac = widgets.FloatSlider(value=split[1], min=0.0, max=0.3, step=0.025, description="validation")
+        self.columns_box = widgets.HBox([], layout=widgets.Layout(flex_flow="row wrap"))
+        self.column_maps: dict[str, widgets.Dropdown] = {}
+        self.n = widgets.IntText(value=n, description="examples (0=all)", layout={"width": "220px"})
+        self.seed = widgets.IntText(value=seed, description="seed", layout={"width": "220px"})
+        self.train_frac = widgets.FloatSlider(
+            value=split[0], min=0.5, max=0.95, step=0.05, description="train", continuous_update=False
+        )
+        self.val_frac = widgets.FloatSlider(
+            value=split[1], min=0.0, max=0.3, step=0.025, description="validation", continuous_update=False
+        )
         self.test_label = widgets.Label()
-        self.seed = widgets.IntText(value=seed, description="seed")
-        for w in (self.task, self.templates, self.source_text, self.n, self.train_frac, self.val_frac, self.seed):
+        self.max_length = widgets.IntText(value=max_length, description="max_length", layout={"width": "220px"})
+        has_chat = bool(getattr(tokenizer, "chat_template", None))
+        self.chat_template = widgets.Checkbox(value=False, description="chat template", disabled=not has_chat)
+        self.example = widgets.IntSlider(value=0, min=0, max=max(0, preview_rows - 1), description="example")
+        self.replay = widgets.FloatSlider(
+            value=0.0, min=0.0, max=0.5, step=0.05, description="replay share", continuous_update=False
+        )
+        self.replay_tasks = widgets.SelectMultiple(description="replay tasks", rows=3, layout={"width": "320px"})
+        for w in (
+            self.task, self.templates, self.source_text, self.n, self.seed, self.train_frac, self.val_frac,
+            self.max_length, self.example, self.replay, self.replay_tasks,
+        ):  # fmt: skip
             w.style = _WIDE
         self.build_button = widgets.Button(description="Build", icon="cogs", button_style="primary")
-        self.status_label = widgets.HTML("")
-        self.preview = widgets.HTML("")
-        self.stats_html = widgets.HTML("")
-        self.histogram = widgets.Image(format="png")
+        self.status_label = widgets.HTML(status_html("ready", "edit the settings: the preview follows"))
+        self.status_label.add_class("nbft-builder-status")
+        self.export_format = widgets.Dropdown(options=["jsonl", "parquet", "disk"], value="jsonl", description="export")
+        self.export_path = widgets.Text(value="", placeholder="data/<task>", layout={"width": "300px"})
+        self.export_button = widgets.Button(description="Export", icon="download", disabled=True)
+        self.export_label = widgets.HTML("")
+        self.export_format.style = _WIDE
 
-        self.task.observe(lambda _: self._fill_templates(), names="value")
+        self.preview = widgets.HTML(placeholder_html("The first training pairs appear here."))
+        self.mask = widgets.HTML("")
+        self.truncation_label = widgets.HTML("")
+        self.stats_html = widgets.HTML("", layout=widgets.Layout(overflow="auto", max_width="100%"))
+        self.mix_html = widgets.HTML("")
+        self.histogram = natural_image()
+
+        self.task.observe(lambda _: self._task_changed(), names="value")
+        self.templates.observe(lambda _: self._columns_changed(), names="value")
+        self.source_text.observe(lambda _: self._columns_changed(), names="value")
+        for w in (self.n, self.seed, self.train_frac, self.val_frac, self.max_length, self.chat_template):
+            w.observe(lambda _: self._schedule(), names="value")
         self.train_frac.observe(lambda _: self._show_test(), names="value")
         self.val_frac.observe(lambda _: self._show_test(), names="value")
+        self.example.observe(lambda _: self._show_mask(), names="value")
         self.build_button.on_click(lambda _: self._safely(self.build))
+        self.export_button.on_click(lambda _: self._safely(self.export))
+
+        self._updating = True  # filling the controls below must not start three previews
         self._fill_templates()
+        self._fill_replay_tasks()
         self._show_test()
+        self._updating = False
         super().__init__(
             [
-                self.task,
+                widgets.HBox([self.task, self.n, self.seed]),
                 self.templates,
                 self.source_text,
-                widgets.HBox([self.n, self.seed]),
+                self.columns_box,
                 widgets.HBox([self.train_frac, self.val_frac, self.test_label]),
+                widgets.HBox([self.max_length, self.chat_template, self.example]),
+                widgets.HBox([self.replay, self.replay_tasks]),
                 widgets.HBox([self.build_button, self.status_label]),
+                widgets.HBox([self.export_format, self.export_path, self.export_button, self.export_label]),
                 self.preview,
+                self.mask,
+                self.truncation_label,
+                self.mix_html,
                 self.stats_html,
                 self.histogram,
+                self.log_area.widget,
+                self.static.style_widget,
             ]
         )
         self.add_class("nbft-dataset-builder")
+        self._columns_changed()
 
     # ------------------------------------------------------------------------------------------- state
     @property
@@ -164,70 +371,348 @@ class DatasetBuilder(widgets.VBox):
         train, val = round(self.train_frac.value, 4), round(self.val_frac.value, 4)
         return train, val, round(1.0 - train - val, 4)
 
+    @property
+    def columns(self) -> dict[str, str]:
+        """``{template field: data column}`` for the fields mapped to a differently named column."""
+        return {f: d.value for f, d in self.column_maps.items() if d.value not in (None, _SAME) and d.value != f}
+
+    def _is_offline(self) -> bool:
+        if self._offline is None:
+            from nbft._registry import hub_reachable
+
+            self._offline = not hub_reachable()
+        return self._offline
+
+    def _task_options(self, tasks: list[str]) -> list[tuple[str, str]]:
+        options = []
+        for t in tasks:
+            label = t
+            if t in self._hub_only and self.source is None:
+                label += " · needs the Hugging Face Hub" + (" (offline now)" if self._is_offline() else "")
+            options.append((label, t))
+        return options
+
+    def _needs_hub_offline(self) -> bool:
+        return (
+            self.task.value in self._hub_only
+            and self.source is None
+            and not self.source_text.value.strip()
+            and self._is_offline()
+        )
+
     def _fill_templates(self) -> None:
         options = _template_options(self.task.value)
         self.templates.options = options
         self.templates.value = tuple(v for _, v in options)  # all phrasings: instruction diversity, as in FLAN
 
+    def _fill_replay_tasks(self) -> None:
+        others = [t for t in _tasks() if t != self.task.value and not (t in self._hub_only and self._is_offline())]
+        self.replay_tasks.options = others
+        self.replay_tasks.value = tuple(t for t in ("qa", "reply") if t in others)[:1]
+
     def _show_test(self) -> None:
         test = self.split[2]
         self.test_label.value = f"test {test:.3f}" if test > 0 else "test: none left, lower train or validation"
 
-    # ------------------------------------------------------------------------------------------- build
-    def load(self) -> Any:
-        """The examples Build starts from: the typed path/Hub name, else the given source, else built-in data."""
+    def _task_changed(self) -> None:
+        self._updating = True
+        try:
+            self._fill_templates()
+            self._fill_replay_tasks()
+        finally:
+            self._updating = False
+        self._columns_changed()
+
+    def _columns_changed(self) -> None:
+        """Rebuild the column mapping for the selected templates' fields, then the preview."""
+        if self._updating:
+            return
+        from nbft.templates import get_template
+
+        fields: list[str] = []
+        for tid in self.templates.value:
+            t = get_template(tid)
+            for f in (*t.fields, t.target):
+                if f not in fields:
+                    fields.append(f)
+        try:
+            columns = list(self._source_columns())
+        except Exception:  # the source itself is the problem: the preview will say why
+            columns = []
+        old = {f: d.value for f, d in self.column_maps.items()}
+        self.column_maps = {}
+        for f in fields:
+            options = [_SAME, *[c for c in columns if c != f]]
+            value = old.get(f, _SAME)
+            dropdown = widgets.Dropdown(
+                options=options, value=value if value in options else _SAME, description=f"{f} ←",
+                style={"description_width": "initial"}, layout=widgets.Layout(width="250px"),
+            )  # fmt: skip
+            dropdown.tooltip = f"the data column that holds the template field {f!r}"
+            dropdown.observe(lambda _: self._schedule(), names="value")
+            self.column_maps[f] = dropdown
+        missing = [f for f in fields if f not in columns] if columns else []
+        hint = (
+            widgets.HTML(f"<i style='color:#9a6700'>map: {', '.join(missing)} (the data has {', '.join(columns)})</i>")
+            if missing
+            else widgets.HTML("<span style='color:#57606a;font-size:12px'>columns</span>")
+        )
+        self.columns_box.children = [hint, *self.column_maps.values()]
+        self._schedule()
+
+    # ------------------------------------------------------------------------------------------- data
+    def _source_columns(self) -> list[str]:
+        if not (self.source_text.value.strip() or self.source is not None):
+            return []  # the task's own data has the template's field names: nothing to map, nothing to load yet
+        data = self._given()
+        return list(getattr(data, "column_names", None) or _columns_of(data))
+
+    def _given(self) -> Any:
         from nbft.data import load_source
 
         typed = self.source_text.value.strip()
-        if typed:
-            return load_source(typed)
-        if self.source is not None:
-            return self.source
-        from nbft.sources import load_source as builtin
+        key = ("given", typed)
+        if key not in self._cache:
+            self._cache[key] = load_source(typed) if typed else load_source(self.source)
+        return self._cache[key]
 
-        return builtin(self.task.value, n=self.n.value or None, seed=self.seed.value)
+    def _task_data(self, task: str, n: int | None) -> Any:
+        if task in self._hub_only and self._is_offline():
+            raise RuntimeError(
+                f"the {task!r} task's built-in data is on the Hugging Face Hub, which this machine cannot reach: "
+                "type a file path into 'source', pass your own data (DatasetBuilder(my_data, task=...)), or choose "
+                "an offline task (sentiment, qa, reply, entities)"
+            )
+        key = ("task", task, n, self.seed.value)
+        if key not in self._cache:
+            self._cache[key] = _load_task_data(task, n, self.seed.value)
+        return self._cache[key]
 
-    def build(self) -> Any:
-        """Build the dataset with :func:`nbft.data.build_instruction_dataset` (what Build does) and show it."""
-        from nbft.data import build_instruction_dataset, length_stats
+    def load(self, sample: int | None = None) -> Any:
+        """The examples Build starts from: the typed path/Hub name, else the given source, else the task's data."""
+        if self.source_text.value.strip() or self.source is not None:
+            data = self._given()
+            if sample is not None and hasattr(data, "select") and len(data) > sample:
+                data = data.select(range(sample))
+            return data
+        n = self.n.value or None
+        return self._task_data(self.task.value, min(n, sample) if n and sample else (sample or n))
+
+    def _build(self, sample: int | None) -> Any:
+        from nbft.data import build_instruction_dataset
 
         if not self.templates.value:
             raise ValueError("select at least one template")
-        self.status_label.value = "<i>building…</i>"
-        data = build_instruction_dataset(
-            self.load(),
+        return build_instruction_dataset(
+            self.load(sample),
             list(self.templates.value),
             task=self.task.value,
             split=self.split,
             seed=self.seed.value,
-            max_examples=self.n.value or None,
+            columns=self.columns or None,
+            max_examples=(self.n.value or None) if sample is None else None,
         )
-        self.dataset = data
-        sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
-        self.status_label.value = f"<b>built</b>: {html.escape(sizes)}"
-        self.preview.value = self._preview_html(data)
-        if self.tokenizer is not None:
-            from nbft.report import figure_to_png
 
-            self.stats = length_stats(data, self.tokenizer)
-            self.stats_html.value = self.stats.round(1).to_html(index=False, classes="nbft-length-stats")
-            self.histogram.value = figure_to_png(length_histogram(data, self.tokenizer))
+    # ------------------------------------------------------------------------------------------- preview
+    def _schedule(self) -> None:
+        if self._updating or self.debounce is None:
+            return
+        self._generation += 1
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.debounce:
+            self._safely(self.refresh)
+            return
+        self._timer = threading.Timer(self.debounce, self._refresh_if_current, args=(self._generation,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _refresh_if_current(self, generation: int) -> None:
+        if generation == self._generation:
+            self._safely(self.refresh)
+
+    def refresh(self) -> None:
+        """Rebuild the live preview now from a sample of the data (what every edit does after ``debounce``)."""
+        from nbft._quiet import quiet
+
+        generation = self._generation
+        if self._needs_hub_offline():
+            self._task_data(self.task.value, None)  # raises the clear offline message
+        self.build_button.disabled = False
+        with self._lock, quiet(sink=self.log_area.add):
+            data = self._build(self.preview_sample)
+        if generation != self._generation:
+            return  # an edit came in meanwhile; its own preview follows
+        self._preview_data = data
+        self.preview.value = _preview_table(data, self.preview_rows)
+        self.example.max = max(0, min(self.preview_rows, len(data["train"])) - 1)
+        self._show_mask()
+        self._show_truncation(data, sample=True)
+        sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
+        self._set_status("preview", f"from {self.preview_sample} examples ({sizes}); Build makes the full dataset")
+
+    def _show_mask(self) -> None:
+        data = self._preview_data if self.dataset is None else self.dataset
+        if data is None or self.tokenizer is None or not len(data["train"]):
+            self.mask.value = ""
+            return
+        ex = data["train"][min(self.example.value, len(data["train"]) - 1)]
+        self.mask.value = (
+            f"<b>What training sees</b> (example {self.example.value}, template {html.escape(ex['template_id'])})"
+            + label_mask_html(
+                self.tokenizer,
+                ex["prompt"],
+                ex["completion"],
+                max_length=max(1, self.max_length.value),
+                chat_template=self.chat_template.value,
+            )
+        )
+
+    def _show_truncation(self, data: Any, sample: bool) -> None:
+        if self.tokenizer is None:
+            self.truncation_label.value = ""
+            return
+        from nbft.data import tokenize_for_training
+
+        if self.max_length.value < 1:
+            raise ValueError(f"max_length must be at least 1 token, got {self.max_length.value}")
+        _, report = tokenize_for_training(
+            data["train"], self.tokenizer, max_length=self.max_length.value,
+            chat_template=self.chat_template.value, return_report=True,
+        )  # fmt: skip
+        self.truncation = report
+        colour = "#9a6700" if report.n_over else "#1a7f37"
+        scope = " (in the preview sample)" if sample else ""
+        self.truncation_label.value = (
+            f"<div class='nbft-truncation' style='color:{colour}'>max_length: {html.escape(str(report))}{scope}</div>"
+        )
+
+    # ------------------------------------------------------------------------------------------- build
+    def build(self) -> Any:
+        """Build the full dataset with :func:`nbft.data.build_instruction_dataset` (what Build does) and show it."""
+        from nbft._quiet import quiet
+        from nbft.data import length_stats, mix, mix_report
+
+        self._generation += 1  # a pending preview is out of date now
+        self._set_status("building", "")
+        with self._lock, quiet(sink=self.log_area.add):
+            data = self._build(None)
+            mixed_html = ""
+            if self.replay.value > 0:
+                if not self.replay_tasks.value:
+                    raise ValueError("replay share > 0 needs at least one replay task; select one or set it to 0")
+                parts = {self.task.value: data["train"]}
+                for other in self.replay_tasks.value:
+                    other_data = self._build_other(other)
+                    parts[other] = other_data["train"]
+                data["train"] = mix(parts, replay=self.replay.value, seed=self.seed.value)
+                mixed_html = "<b>Training mixture</b>" + mix_report(data["train"]).to_html(
+                    index=False, float_format=lambda x: f"{x:.1%}", classes="nbft-mix"
+                )
+            self.dataset = data
+            self._preview_data = data
+            self.preview.value = _preview_table(data, self.preview_rows)
+            self.mix_html.value = mixed_html
+            self._show_mask()
+            hist_png = None
+            if self.tokenizer is not None:
+                from nbft.widgets._figures import png
+
+                self._show_truncation(data, sample=False)
+                self.stats = length_stats(data, self.tokenizer, chat_template=self.chat_template.value)
+                self.stats_html.value = "<b>Token lengths</b>" + stats_table(self.stats).astype(float).to_html(
+                    classes="nbft-length-stats", float_format=_number
+                )
+                hist_png = png(length_histogram(data, self.tokenizer, chat_template=self.chat_template.value))
+                set_image(self.histogram, hist_png)
+        sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
+        self._set_status("built", sizes)
+        self.export_button.disabled = False
+        if not self.export_path.value:
+            self.export_path.value = f"data/{self.task.value}"
+        body = (
+            f"<div class='nbft-summary'><b>built</b> {html.escape(sizes)}</div>"
+            + self.preview.value
+            + self.mask.value
+            + self.truncation_label.value
+            + self.mix_html.value
+            + self.stats_html.value
+            + (image_html(hist_png, "token-length histogram") if hist_png is not None else "")
+        )
+        self.static.update(body + self.log_area.html(), f"built: {sizes}")
         return data
 
-    @staticmethod
-    def _preview_html(data: Any, rows: int = 5) -> str:
-        frame = data["train"].select(range(min(rows, len(data["train"])))).to_pandas()
-        frame = frame[["template_id", "prompt", "completion"]]
-        # pre-wrap keeps the template's line breaks visible, which is what a reader needs to check
-        table = frame.to_html(index=False, escape=True, classes="nbft-preview").replace(
-            "<td>", '<td style="white-space: pre-wrap; text-align: left; vertical-align: top">'
-        )
-        return f"<b>First {len(frame)} training examples</b>{table}"
+    def _build_other(self, task: str) -> Any:
+        from nbft.data import build_instruction_dataset
 
-    def _safely(self, action: Any) -> None:
+        n = self.n.value or None
+        return build_instruction_dataset(self._task_data(task, n), task, seed=self.seed.value)
+
+    def close(self) -> None:
+        """Close the builder and let go of its data (the built dataset, the loaded sources)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        close_tree(self)
+        self.dataset = self._preview_data = self.source = None
+        self._cache.clear()
+        super().close()
+
+    def static_html(self) -> str:
+        """The HTML that the saved notebook keeps for this panel (preview, label mask, statistics, histogram)."""
+        return self.static.html
+
+    def export(self, path: str | None = None, format: str | None = None) -> Any:
+        """Write the built dataset with :func:`nbft.data.save_dataset` (what Export does); returns the path."""
+        from nbft._quiet import quiet
+        from nbft.data import save_dataset
+
+        if self.dataset is None:
+            raise RuntimeError("nothing to export yet: click Build first")
+        target = path or self.export_path.value.strip() or f"data/{self.task.value}"
+        with quiet(sink=self.log_area.add):
+            written = save_dataset(self.dataset, target, format or self.export_format.value)
+        self.export_label.value = f"<span style='color:#1a7f37'>wrote {html.escape(str(written))}</span>"
+        return written
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _clear(self) -> None:
+        self._preview_data = None
+        self.dataset = None
+        self.preview.value = ""
+        self.mask.value = ""
+        self.truncation_label.value = ""
+        self.mix_html.value = ""
+        self.stats_html.value = ""
+        self.histogram.layout.display = "none"
+        self.export_button.disabled = True
+
+    def _safely(self, action: Any, clear: bool = True) -> None:
         try:
             action()
         except Exception as exc:
-            logger.warning("DatasetBuilder: %s", exc)
-            message = html.escape(f"{type(exc).__name__}: {exc}")
-            self.status_label.value = f'<span style="color:#cf222e">{message}</span>'
+            logger.debug("DatasetBuilder: %s", exc)
+            if clear:
+                self._clear()  # an error never leaves the previous preview standing as if it were current
+            self._set_status("error", f"{type(exc).__name__}: {exc}")
+            if self._needs_hub_offline():
+                self.build_button.disabled = True
+
+    def _set_status(self, status: str, detail: str) -> None:
+        self.status_label.value = status_html(status, detail)
+
+    def _ipython_display_(self, **kwargs: Any) -> None:
+        display_with_static(self, self.static, lambda: super(DatasetBuilder, self)._ipython_display_(**kwargs))
+
+
+def _number(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def _columns_of(data: Any) -> list[str]:
+    if hasattr(data, "columns"):  # a pandas DataFrame
+        return [str(c) for c in data.columns]
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        return list(data[0])
+    if isinstance(data, dict):
+        return list(data)
+    return []

@@ -2,7 +2,11 @@
 
 Why a PNG in a core ``widgets.Image`` rather than an interactive plot: it needs no extra JavaScript, so it works the
 same in JupyterLab, Colab, VS Code and Binder. The history is plain data and the picture is a function of it
-(:func:`nbft.report.loss_curve`), so the same figure can be drawn again at any time, e.g. for the saved notebook.
+(small multiples: loss with a debiased moving average and validation points, learning rate, tokens/s, memory, and
+task scores when a monitor records them), so the same figure can be drawn again at any time.
+
+Drawing runs in the training thread, so it is rationed: at most once per ``min_interval`` seconds and at most a
+``budget`` share of the wall time (a 0.15 s redraw on a slow CPU then happens every 6 s, not every second).
 
 Example::
 
@@ -17,10 +21,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
+
+from nbft.widgets._common import natural_image, placeholder_html, set_image
+from nbft.widgets._figures import Png, png, training_figure
 
 __all__ = ["LivePlot", "Throttle"]
 
@@ -45,21 +52,16 @@ class Throttle:
         self.clock = clock
         self._last: float | None = None
 
-    def ready(self) -> bool:
+    def ready(self, min_interval: float | None = None) -> bool:
+        interval = self.min_interval if min_interval is None else max(self.min_interval, min_interval)
         now = self.clock()
-        if self._last is None or now - self._last >= self.min_interval:
+        if self._last is None or now - self._last >= interval:
             self._last = now
             return True
         return False
 
     def reset(self) -> None:
         self._last = None
-
-
-def _loss_figure(history: list[dict[str, Any]], title: str) -> Any:
-    from nbft.report import loss_curve
-
-    return loss_curve(history, title=title)
 
 
 def _row(state: Any) -> dict[str, Any]:
@@ -71,79 +73,162 @@ def _row(state: Any) -> dict[str, Any]:
 
 
 class LivePlot:
-    """Observer that plots train and validation loss live, redrawing at most once per ``min_interval`` seconds.
+    """Observer that plots a run live, redrawing at most once per ``min_interval`` seconds.
 
-    It follows the engine's observer protocol (``on_train_begin``, ``on_step``, ``on_eval``, ``on_save``,
-    ``on_train_end``). It runs in the training thread, so it only sets the image widget's value: it never prints
-    or displays. The last points are always drawn at ``on_train_end``.
+    It follows the engine's observer protocol (``on_train_begin``, ``on_step``, ``on_eval``, ``on_monitor``,
+    ``on_phase``, ``on_save``, ``on_train_end``). It runs in the training thread, so it only sets widget values: it
+    never prints or displays. The last points are always drawn at ``on_train_end``.
 
     Args:
-        min_interval: the shortest time between two redraws, in seconds (drawing costs ~50 ms on a CPU).
-        clock: the time source for the throttle (tests pass a fake clock).
-        draw: ``draw(history, title) -> matplotlib Figure``; default :func:`nbft.report.loss_curve`.
-        width: CSS width of the image (default: the PNG's own size, 600 px).
+        min_interval: the shortest time between two redraws, in seconds.
+        budget: the largest share of wall time spent drawing (the interval grows when drawing is slow).
+        clock: the time source (tests pass a fake clock).
+        draw: ``draw(history, title) -> matplotlib Figure``; default: small multiples (loss, learning rate,
+            tokens/s, memory, monitor scores).
+        width: CSS width of the image; default its natural size.
+        smoothing: weight of the loss's debiased moving average (0 = raw only); ``smoothing_slider`` changes it.
+        yscale: ``"auto"`` (the warm-up spike may leave the top of the loss axis), ``"log"`` or ``"linear"``.
+        keep_previous: how many earlier runs stay on the loss plot, faintly, for comparison.
 
     Attributes:
-        history: plain dicts like ``Run.history`` (``kind`` ``"train"`` or ``"eval"``), e.g.
-            ``pandas.DataFrame(plot.history)``.
-        image: the ``ipywidgets.Image`` that shows the PNG.
+        history: plain dicts like ``Run.history`` (``kind`` ``"train"``, ``"eval"``, ``"monitor"``).
+        markers: ``(step, label)`` where the run stopped and resumed.
+        image: the ``ipywidgets.Image`` that shows the PNG; ``view`` is what is displayed (with a placeholder).
         redraws: how many times the PNG was drawn.
-
-    Example::
-
-        plot = LivePlot(min_interval=2.0)
-        nbft.finetune(model, tok, data["train"], observers=[plot], background=True)
-        plot                                   # display it; plot.snapshot() later for a static copy
     """
 
     def __init__(
         self,
         *,
         min_interval: float = 1.0,
+        budget: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         draw: DrawFn | None = None,
         width: str | None = None,
+        smoothing: float = 0.6,
+        yscale: str = "auto",
+        keep_previous: int = 3,
     ) -> None:
         self.history: list[dict[str, Any]] = []
+        self.markers: list[tuple[float, str]] = []
+        self.previous: list[tuple[str, list[dict[str, Any]]]] = []
         self.info: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None
+        self.phase: str | None = None
         self.redraws = 0
+        self.last_png: Png | None = None
         self.throttle = Throttle(min_interval, clock)
-        self.image = widgets.Image(format="png", layout=widgets.Layout(width=width) if width else widgets.Layout())
-        self._draw = draw or _loss_figure
-        # The worker draws; a notebook cell may call snapshot() at the same moment: one drawing at a time.
-        self._lock = threading.Lock()
+        self.budget = budget
+        self.clock = clock
+        self.keep_previous = keep_previous
+        self._draw_cost = 0.0
+        self._draw = draw
+        self._width = width
+        self.image = natural_image()
+        self.image.add_class("nbft-liveplot")
+        self.placeholder = widgets.HTML(placeholder_html("The loss curve appears here after the first training step."))
+        self.smoothing_slider = widgets.FloatSlider(
+            value=smoothing, min=0.0, max=0.98, step=0.02, description="smoothing", readout_format=".2f",
+            continuous_update=False, style={"description_width": "70px"}, layout=widgets.Layout(width="260px"),
+        )  # fmt: skip
+        self.yscale_toggle = widgets.ToggleButtons(
+            options=[("auto y", "auto"), ("log y", "log"), ("full y", "linear")], value=yscale,
+            tooltips=["ignore the warm-up spike", "logarithmic loss axis", "show every point"],
+            style={"button_width": "64px"},
+        )  # fmt: skip
+        self.smoothing_slider.observe(lambda _: self._redraw_if_any(), names="value")
+        self.yscale_toggle.observe(lambda _: self._redraw_if_any(), names="value")
+        self.controls = widgets.HBox([self.smoothing_slider, self.yscale_toggle])
+        self.view = widgets.VBox([self.placeholder, self.image, self.controls])
+        # The worker draws; a notebook cell may call snapshot() or move the slider at the same moment.
+        self._lock = threading.RLock()
+
+    @property
+    def smoothing(self) -> float:
+        return float(self.smoothing_slider.value)
+
+    @property
+    def yscale(self) -> str:
+        return str(self.yscale_toggle.value)
 
     # -------------------------------------------------------------------------------------------- events
     def on_train_begin(self, info: dict[str, Any]) -> None:
         start = int(info.get("start_step", 0) or 0)
-        # A resumed run continues the curve: keep what happened up to its checkpoint, drop what came after it.
-        self.history = [h for h in self.history if start and h.get("step", 0) <= start]
-        self.info = dict(info)
-        self.summary = None
+        with self._lock:
+            if start:
+                # A resumed run continues the curve: keep what happened up to its checkpoint, drop what came after.
+                self.history = [h for h in self.history if h.get("step", 0) <= start]
+                kept = [(s, label) for s, label in self.markers if s < start]
+                here = [label for s, label in self.markers if s == start]
+                self.markers = [*kept, (start, " · ".join([*here, "resumed"]))]
+            else:
+                if any(h.get("kind") == "train" for h in self.history):
+                    label = str(self.info.get("run_dir") or f"run {len(self.previous) + 1}").rsplit("/", 1)[-1]
+                    self.previous = [*self.previous, (label, self.history)][-self.keep_previous :]
+                self.history, self.markers = [], []
+            self.info = {**self.info, **info} if start else dict(info)  # a resume is the same run
+            self.summary = None
+            self.phase = None
         self.throttle.reset()
 
     def on_step(self, state: Any) -> None:
-        self.history.append({"kind": "train", **_row(state)})
+        with self._lock:
+            self.history.append({"kind": "train", **_row(state)})
         self._maybe_redraw()
 
     def on_eval(self, state: Any, metrics: Mapping[str, float]) -> None:
         row = _row(state)
-        self.history.append({"kind": "eval", "step": row.get("step"), "epoch": row.get("epoch"), **metrics})
+        with self._lock:
+            self.history.append({"kind": "eval", "step": row.get("step"), "epoch": row.get("epoch"), **metrics})
         self._maybe_redraw()
 
+    def on_monitor(self, state: Any, record: Mapping[str, Any]) -> None:
+        """A monitor point (``{"kind": "monitor", ...}``: task scores during training) joins the history."""
+        row = dict(record)
+        row.setdefault("kind", "monitor")
+        if row.get("step") is None:
+            row["step"] = _row(state).get("step") if state is not None else None
+        with self._lock:
+            self.history.append(row)
+        self._maybe_redraw()
+
+    def on_phase(self, event: Mapping[str, Any]) -> None:
+        self.phase = str(event.get("phase"))
+
     def on_train_end(self, summary: Mapping[str, Any]) -> None:
-        self.summary = dict(summary)
+        with self._lock:
+            self.summary = dict(summary)
+            steps = summary.get("steps")
+            if summary.get("status") == "stopped" and steps:
+                self.markers = [*[m for m in self.markers if m[0] != steps], (float(steps), "stopped")]
         self.redraw()  # always: the last points may have fallen inside the throttle window
 
     def extend(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Add history rows (e.g. a finished ``run.history``) and redraw now."""
-        self.history.extend(dict(r) for r in rows)
+        with self._lock:
+            self.history.extend(dict(r) for r in rows)
         self.redraw()
+
+    def load(
+        self, history: Iterable[Mapping[str, Any]], *, markers: Sequence[tuple[float, str]] = (), info=None
+    ) -> None:
+        """Replace the history (e.g. from a run directory's ``history.jsonl``) and redraw."""
+        with self._lock:
+            self.history = [dict(r) for r in history]
+            self.markers = list(markers)
+            self.info = dict(info or {})
+            self.summary = None
+        if self.history:
+            self.redraw()
 
     # -------------------------------------------------------------------------------------------- drawing
     def _maybe_redraw(self) -> None:
-        if self.throttle.ready():
+        # Budget: a redraw that took c seconds waits c / budget seconds for the next one.
+        if self.throttle.ready(self._draw_cost / self.budget if self.budget > 0 else None):
+            self.redraw()
+
+    def _redraw_if_any(self) -> None:
+        if self.history:
             self.redraw()
 
     def title(self) -> str:
@@ -153,6 +238,7 @@ class LivePlot:
         total = self.info.get("total_steps")
         if train:
             last = train[-1]
+            total = total or last.get("total_steps")
             parts.append(f"step {last.get('step')}" + (f"/{total}" if total else ""))
             tps = last.get("tokens_per_second")
             if tps:
@@ -163,33 +249,46 @@ class LivePlot:
 
     def figure(self) -> Any:
         """A new matplotlib ``Figure`` of the history as it is now (for ``savefig`` or a static output)."""
-        return self._draw(list(self.history), self.title())
-
-    def png(self) -> bytes:
-        """PNG bytes of :meth:`figure`."""
-        from nbft.report import figure_to_png
-
         with self._lock:
-            return figure_to_png(self.figure())
+            history = list(self.history)
+            markers = list(self.markers)
+            previous = list(self.previous)
+        if self._draw is not None:
+            return self._draw(history, self.title())
+        return training_figure(
+            history, title=self.title(), smoothing=self.smoothing, yscale=self.yscale, markers=markers,
+            previous=previous,
+        )  # fmt: skip
+
+    def png(self) -> Png:
+        """HiDPI PNG bytes of :meth:`figure` (twice the CSS size; ``.css_width`` is the natural width)."""
+        with self._lock:
+            return png(self.figure(), tight=self._draw is not None)
 
     def redraw(self) -> None:
         """Draw now and put the PNG into :attr:`image` (the only thing the training thread changes)."""
+        t0 = self.clock()
         data = self.png()
-        self.image.value = data
+        self._draw_cost = max(0.0, self.clock() - t0)
+        self.last_png = data
+        set_image(self.image, data, self.placeholder)
+        if self._width:
+            self.image.width = self._width
         self.redraws += 1
 
     def snapshot(self) -> Any:
-        """The current figure as an ``IPython.display.Image``: make it a cell's last line so the final curve is
-        a normal output, saved with the notebook (widget state often is not)."""
+        """The current figure as an ``IPython.display.Image`` at its natural size: make it a cell's last line so
+        the final curve is a normal output, saved with the notebook."""
         from IPython.display import Image
 
-        return Image(data=self.png(), format="png")
+        data = self.png()
+        return Image(data=bytes(data), format="png", width=data.css_width)
 
     def _ipython_display_(self) -> None:
         # ipywidgets 7 and 8 both honour display(widget); delegating keeps LivePlot a plain observer, not a widget.
         from IPython.display import display
 
-        display(self.image)
+        display(self.view)
 
     def __repr__(self) -> str:
         return f"LivePlot(points={len(self.history)}, redraws={self.redraws})"

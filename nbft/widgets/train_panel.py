@@ -1,16 +1,25 @@
-"""TrainPanel: Train / Stop / Resume buttons, a status line, a progress bar and a :class:`LivePlot`.
+"""TrainPanel: Train / Stop / Resume, a status line, a progress bar, a :class:`LivePlot` and runs on disk.
 
 Train calls :func:`nbft.train.finetune` with ``background=True``, the same function a script calls. The run goes to
 a worker thread because a notebook processes button clicks only while no cell is busy: a blocking call could never
 be stopped. Stop calls ``Run.stop()`` (the current step finishes and a checkpoint is written); Resume calls
 :func:`nbft.train.resume` on the run directory, which continues the same loss curve.
 
+After a kernel restart (or a Colab disconnect) the run is still on disk: :meth:`TrainPanel.from_run_dir` (or the
+panel's *Resume from disk* control) restores its whole curve from ``history.jsonl`` and resumes it from its newest
+checkpoint. :meth:`TrainPanel.for_trainer` drives a ``transformers.Trainer`` (or TRL) run the same way.
+
+Library progress bars and repeated warnings are silenced while the panel's calls run (:mod:`nbft._quiet`); each
+distinct warning appears once in the panel's log area. When a run ends, the final figure and a summary also go into
+an ordinary output below the panel, so the saved notebook shows them without a kernel.
+
 Example::
 
     from nbft.widgets import TrainPanel
     panel = TrainPanel(model, tok, data["train"], val=data["validation"],
-                       config=TrainConfig(max_steps=200, eval_every=20), run_dir="runs/sentiment-1")
-    panel                      # click Train (or call panel.train()); later: panel.wait(); panel.plot.snapshot()
+                       config=TrainConfig(max_steps=200, eval_every=20, save_every=50), run_dir="runs/sentiment-1")
+    panel                      # click Train (or call panel.train()); later: panel.wait()
+    TrainPanel.from_run_dir("runs/sentiment-1")    # in a new kernel: the curve so far, and Resume
 """
 
 from __future__ import annotations
@@ -24,24 +33,35 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from nbft.widgets._common import LogArea, StaticResult, close_tree, display_with_static, image_html, status_html
 from nbft.widgets.liveplot import LivePlot, Throttle
 
 __all__ = ["TrainPanel"]
 
 logger = logging.getLogger(__name__)
 
-_COLOURS = {"completed": "#1a7f37", "stopped": "#9a6700", "failed": "#cf222e"}
+PHASES = {
+    "setup": "setting up",
+    "monitor": "scoring the tasks (monitor)",
+    "eval": "evaluating on the validation set",
+    "final_eval": "final evaluation",
+    "checkpoint": "writing a checkpoint",
+    "saving": "saving the model",
+}
+"""What the status line says during each phase the training loop reports with ``on_phase``."""
 
 
 def _duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "?"
+    if seconds < 1:
+        return "<0:01"
     seconds = round(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"
 
 
-def _new_run_dir() -> Path:
-    base = Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+def _new_run_dir(folder: Path) -> Path:
+    base = folder / time.strftime("run-%Y%m%d-%H%M%S")
     path, k = base, 1
     while path.exists():
         path, k = base.with_name(f"{base.name}-{k}"), k + 1
@@ -55,23 +75,40 @@ class _ProgressView:
         self.panel = panel
         self.throttle = Throttle(min_interval)  # tiny models do many steps a second; the browser needs far fewer
         self.val_loss: float | None = None
+        self.total = 1
+        self.started = time.monotonic()
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
+        if self.panel._scope is not None:
+            self.panel._scope.claim_thread()  # library warnings from the worker go to this panel's log
         bar = self.panel.progress
-        bar.max = max(1, int(info.get("total_steps", 1)))
-        bar.value = int(info.get("start_step", 0))
+        self.total = max(1, int(info.get("total_steps", 1) or 1))
+        bar.max = self.total
+        bar.value = int(info.get("start_step", 0) or 0)
         self.val_loss = None
-        start = f" from step {info['start_step']}" if info.get("start_step") else ""
-        self.panel._set_status("running", f"{info.get('device', '')}, {info.get('precision', '')}{start}")
+        self.started = time.monotonic()
+        start = f" · from step {info['start_step']}" if info.get("start_step") else ""
+        where = ", ".join(str(info[k]) for k in ("device", "precision") if info.get(k))
+        self.panel._set_status("running", f"{where}{start}")
+
+    def on_phase(self, event: dict[str, Any]) -> None:
+        phase = str(event.get("phase", ""))
+        if phase in PHASES:
+            step = event.get("step")
+            at = f" · step {step}/{self.total}" if step is not None else ""
+            self.panel._set_status("running", f"{PHASES[phase]}{at}")
 
     def on_step(self, state: Any) -> None:
-        if state.step >= state.total_steps or self.throttle.ready():
+        last = state.step >= state.total_steps
+        if last or self.throttle.ready():
             self.panel.progress.value = int(state.step)
             val = f" · val {self.val_loss:.4f}" if self.val_loss is not None else ""
+            # The last step is followed by the final evaluation and the save: say so instead of "ETA 0:00".
+            tail = "finishing: final evaluation and saving" if last else f"ETA {_duration(state.eta_s)}"
             self.panel._set_status(
                 "running",
                 f"step {state.step}/{state.total_steps} · loss {state.loss:.4f}{val} · "
-                f"{state.tokens_per_second:,.0f} tok/s · ETA {_duration(state.eta_s)}",
+                f"{state.tokens_per_second:,.0f} tok/s · {tail}",
             )
 
     def on_eval(self, state: Any, metrics: dict[str, float]) -> None:
@@ -81,38 +118,42 @@ class _ProgressView:
         self.panel.last_saved = Path(path)
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
+        panel = self.panel
         status = str(summary.get("status", "?"))
         steps = summary.get("steps")
         if steps is not None:
-            self.panel.progress.value = int(steps)
+            panel.progress.value = int(steps)
         detail = f"{steps}/{summary.get('total_steps')} steps"
         if summary.get("train_loss") is not None:
             detail += f" · loss {summary['train_loss']:.4f}"
         if summary.get("val_loss") is not None:
             detail += f" · val {summary['val_loss']:.4f}"
+        detail += f" · {_duration(time.monotonic() - self.started)}"
         if status == "stopped":
             detail += " · checkpoint kept: Resume continues it"
         if summary.get("error"):
             detail = str(summary["error"])
-        self.panel._set_status(status, detail)
-        self.panel._set_buttons(running=False)
+        panel._set_status(status, detail)
+        panel._finish(status, detail)
 
 
 class TrainPanel(widgets.VBox):
-    """Buttons to start, stop and resume a full fine-tune in the background, with live progress and loss plot.
+    """Buttons to start, stop and resume a full fine-tune in the background, with live progress and plot.
 
     Args:
         model, tokenizer, train, val, config: passed to :func:`nbft.train.finetune` unchanged (``config`` is a
             :class:`~nbft.config.TrainConfig`). The model is trained in place: keep a copy if you want to compare it
-            with the base model later.
-        run_dir: where checkpoints and the final model go; default ``runs/run-<time>``, chosen when Train is
-            clicked. Resume continues the run in this folder.
+            with the base model later. Leave them out to only resume runs from disk.
+        run_dir: where checkpoints and the final model go; default ``<runs_folder>/run-<time>``, chosen when Train
+            is clicked. Resume continues the run in this folder.
         observers: more observers for every run (e.g. ``ProgressObserver()``).
-        plot: the :class:`LivePlot` to use (default: a new one, redrawn at most once a second).
+        plot: the :class:`LivePlot` to use (default: a new one).
+        runs_folder: where the *Resume from disk* control looks for runs (default: the folder of ``run_dir``, else
+            ``runs``).
 
     Attributes:
         run: the current :class:`nbft.train.Run` (``None`` before the first click).
-        plot: the :class:`LivePlot`.
+        plot: the :class:`LivePlot`; log_area: the warnings of the panel's calls (each once).
 
     Example::
 
@@ -123,15 +164,16 @@ class TrainPanel(widgets.VBox):
 
     def __init__(
         self,
-        model: Any,
-        tokenizer: Any,
-        train: Any,
+        model: Any = None,
+        tokenizer: Any = None,
+        train: Any = None,
         val: Any = None,
         config: Any = None,
         run_dir: str | Path | None = None,
         *,
         observers: Sequence[Any] = (),
         plot: LivePlot | None = None,
+        runs_folder: str | Path | None = None,
     ) -> None:
         self._model = model
         self.tokenizer = tokenizer
@@ -139,11 +181,18 @@ class TrainPanel(widgets.VBox):
         self.val_data = val
         self.config = config
         self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
+        if runs_folder is None:  # where this panel's runs go is where earlier ones are
+            runs_folder = Path(run_dir).parent if run_dir is not None else Path("runs")
+        self.runs_folder = Path(runs_folder)
         self._fresh_dirs = run_dir is None  # no folder given: every Train click gets a new runs/run-<time>
         self.observers = list(observers)
         self.run: Any = None
         self.last_saved: Path | None = None
         self.plot = plot if plot is not None else LivePlot()
+        self.log_area = LogArea()
+        self.static = StaticResult()
+        self._scope: Any = None
+        self._driver: Any = None  # a Trainer driver (for_trainer), else None: nbft's own loop
 
         self.train_button = widgets.Button(description="Train", icon="play", button_style="success")
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
@@ -154,14 +203,81 @@ class TrainPanel(widgets.VBox):
             (self.resume_button, "Continue the stopped run from its checkpoint"),
         ):
             button.tooltip = tip
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="240px"))
-        self.status_label = widgets.HTML(self._status_html("ready", "click Train to start"))
+        self.train_button.disabled = model is None or train is None
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="200px"))
+        ready = "click Train to start" if not self.train_button.disabled else "pick a run on disk to resume"
+        self.status_label = widgets.HTML(status_html("ready", ready))
+        self.status_label.add_class("nbft-train-status")
         self.train_button.on_click(lambda _: self._safely(self.train))
         self.stop_button.on_click(lambda _: self._safely(self.stop))
         self.resume_button.on_click(lambda _: self._safely(self.resume))
+
+        self.disk_runs = widgets.Dropdown(
+            options=[], description="on disk", style={"description_width": "56px"}, layout=widgets.Layout(width="420px")
+        )
+        self.disk_button = widgets.Button(
+            description="Resume from disk", icon="folder-open", layout=widgets.Layout(width="170px")
+        )
+        self.disk_button.tooltip = "Continue a stopped or interrupted run of this folder, with its whole curve"
+        self.refresh_button = widgets.Button(icon="refresh", layout=widgets.Layout(width="36px"))
+        self.refresh_button.tooltip = f"Look for runs in {self.runs_folder}/ again"
+        self.disk_button.on_click(lambda _: self._safely(self.resume_from_disk))
+        self.refresh_button.on_click(lambda _: self._safely(self.refresh_runs))
+        self.disk_box = widgets.HBox([self.disk_runs, self.disk_button, self.refresh_button])
+        self.refresh_runs()
+
         buttons = widgets.HBox([self.train_button, self.stop_button, self.resume_button])
-        super().__init__([buttons, widgets.HBox([self.progress, self.status_label]), self.plot.image])
+        super().__init__(
+            [
+                buttons,
+                widgets.HBox([self.progress, self.status_label]),
+                self.plot.view,
+                self.log_area.widget,
+                self.disk_box,
+                self.static.style_widget,
+            ]
+        )
         self.add_class("nbft-train-panel")
+
+    # ------------------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, *, observers: Sequence[Any] = (), plot: LivePlot | None = None):
+        """A panel for a run on disk (e.g. after a kernel restart): its whole curve so far, and Resume.
+
+        Example::
+
+            nbft.runs("runs")                              # find it
+            panel = TrainPanel.from_run_dir("runs/sentiment-1")
+            panel                                          # click Resume (or panel.resume())
+        """
+        from nbft.run_dirs import read_run
+
+        info = read_run(run_dir)  # a clear error when the folder is not a run
+        panel = cls(run_dir=run_dir, observers=observers, plot=plot, runs_folder=Path(run_dir).parent)
+        panel._show_disk_run(info)
+        return panel
+
+    @classmethod
+    def for_trainer(cls, trainer: Any, *, observers: Sequence[Any] = (), plot: LivePlot | None = None):
+        """A panel that drives a ``transformers.Trainer`` (or TRL trainer) through ``TrainerObserverCallback``.
+
+        Train runs ``trainer.train()`` in a worker thread; Stop ends it after the current step and saves a
+        checkpoint; Resume runs ``trainer.train(resume_from_checkpoint=True)``. Set ``logging_steps=1`` in the
+        ``TrainingArguments`` for a point per step.
+
+        Example::
+
+            trainer = Trainer(model=model, args=TrainingArguments("runs/hf", logging_steps=1), train_dataset=ds)
+            TrainPanel.for_trainer(trainer)
+        """
+        from nbft.widgets._trainer import TrainerDriver
+
+        panel = cls(observers=observers, plot=plot, run_dir=trainer.args.output_dir)
+        panel._driver = TrainerDriver(trainer)
+        panel._model = trainer.model
+        panel.train_button.disabled = False
+        panel._set_status("ready", "click Train to run trainer.train() in the background")
+        return panel
 
     # ------------------------------------------------------------------------------------------- actions
     @property
@@ -180,27 +296,34 @@ class TrainPanel(widgets.VBox):
 
     def train(self) -> Any:
         """Start a new run in the background (what the Train button does) and return its ``Run``."""
-        from nbft.train import finetune
-
         if self.running:
             raise RuntimeError("a run is already in progress: Stop it first")
-        if self._fresh_dirs:
-            self.run_dir = _new_run_dir()
-        self._set_buttons(running=True)
-        self._set_status("starting", "tokenizing the data")
-        try:
-            self.run = finetune(
-                self.model,
-                self.tokenizer,
-                self.train_data,
-                val=self.val_data,
-                config=self.config,
-                observers=self._observers(),
-                run_dir=self.run_dir,
-                background=True,
+        if self._driver is None and (self._model is None or self.train_data is None):
+            raise RuntimeError(
+                "this panel has no model or training data (it was made from a run directory): use Resume, or "
+                "TrainPanel(model, tokenizer, train_data) to train a new run"
             )
+        if self._fresh_dirs:
+            self.run_dir = _new_run_dir(self.runs_folder)
+        self._begin("starting", "tokenizing the data" if self._driver is None else "starting trainer.train()")
+        try:
+            if self._driver is not None:
+                self.run = self._driver.start(self._observers(), resume=False)
+            else:
+                from nbft.train import finetune
+
+                self.run = finetune(
+                    self.model,
+                    self.tokenizer,
+                    self.train_data,
+                    val=self.val_data,
+                    config=self.config,
+                    observers=self._observers(),
+                    run_dir=self.run_dir,
+                    background=True,
+                )
         except BaseException:
-            self._set_buttons(running=False)
+            self._abort()
             raise
         self._settle()
         return self.run
@@ -215,21 +338,75 @@ class TrainPanel(widgets.VBox):
 
     def resume(self) -> Any:
         """Continue the stopped run from its newest checkpoint with :func:`nbft.train.resume` (what Resume does)."""
-        from nbft.train import resume
-
         if self.running:
             raise RuntimeError("the run is still in progress; Resume continues a stopped run")
+        if self._driver is not None:
+            self._begin("starting", "trainer.train(resume_from_checkpoint=True)")
+            try:
+                self.run = self._driver.start(self._observers(), resume=True)
+            except BaseException:
+                self._abort()
+                raise
+            self._settle()
+            return self.run
         if self.run_dir is None:
-            raise RuntimeError("nothing to resume: no run has been started in this panel")
-        self._set_buttons(running=True)
-        self._set_status("starting", f"loading the checkpoint from {self.run_dir}")
+            raise RuntimeError("nothing to resume: no run has been started in this panel (or pick one on disk)")
+        from nbft.run_dirs import read_run
+        from nbft.train import resume
+
+        info = read_run(self.run_dir)
+        if info.status == "running":
+            raise RuntimeError(f"{self.run_dir} is still training (here or in another process): stop it there first")
+        if info.status == "completed":
+            raise RuntimeError(f"{self.run_dir} has completed: its model is in {self.run_dir}/model")
+        if not any(h.get("kind") == "train" for h in self.plot.history):
+            self._show_disk_run(info)  # a new kernel: the curve so far comes from the disk
+        self._begin("starting", f"loading the checkpoint from {self.run_dir}")
         try:
             self.run = resume(self.run_dir, observers=self._observers(), background=True)
         except BaseException:
-            self._set_buttons(running=False)
+            self._abort()
             raise
         self._settle()
         return self.run
+
+    def resume_from_disk(self, run_dir: str | Path | None = None) -> Any:
+        """Resume a run directory (default: the one chosen in the *on disk* list) with its whole curve."""
+        from nbft.run_dirs import read_run
+
+        if self.running:
+            raise RuntimeError("a run is in progress: Stop it before resuming another one")
+        chosen = run_dir if run_dir is not None else self.disk_runs.value
+        if not chosen:
+            raise RuntimeError(f"no resumable run in {self.runs_folder}/ (click ↻ after a run stops)")
+        info = read_run(chosen)
+        if not info.resumable:
+            raise RuntimeError(
+                f"{info.path} is {info.status}: only stopped or interrupted runs with a checkpoint can resume"
+            )
+        self._driver = None
+        self.run_dir = info.path
+        self.run = None
+        self._show_disk_run(info)
+        return self.resume()
+
+    def refresh_runs(self) -> None:
+        """Fill the *on disk* list with the resumable runs of ``runs_folder``."""
+        from nbft.run_dirs import runs
+
+        options: list[tuple[str, str]] = []
+        if self.runs_folder.is_dir():
+            table = runs(self.runs_folder)
+            for row in table[table.resumable].itertuples():
+                loss = f", loss {row.loss:.3f}" if isinstance(row.loss, float) and row.loss == row.loss else ""
+                options.append((f"{row.run} · {row.status} at step {row.step}{loss}", row.path))
+        previous = self.disk_runs.value
+        self.disk_runs.options = options
+        values = [v for _, v in options]
+        # ipywidgets 8 leaves the value empty when options change; 7 picks the first: the same everywhere
+        self.disk_runs.value = previous if previous in values else (values[0] if values else None)
+        self.disk_button.disabled = not options
+        self.disk_runs.disabled = not options
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the current run ends and return it (re-raises the run's error, like ``Run.wait``)."""
@@ -237,36 +414,106 @@ class TrainPanel(widgets.VBox):
             raise RuntimeError("no run yet: click Train or call panel.train() first")
         return self.run.wait(timeout)
 
+    def static_html(self) -> str:
+        """The HTML that the saved notebook keeps for this panel (final figure, summary, messages)."""
+        return self.static.html
+
+    def close(self) -> None:
+        """Close the panel and let go of the model, the run and the data, so their memory can be freed.
+
+        A running run is asked to stop first (it writes a checkpoint). Then ``del`` your own names for the model and
+        ``%nbft gpu`` shows what is left.
+        """
+        if self.running:
+            self.run.stop()
+        close_tree(self)
+        self.run = self._model = self.train_data = self.val_data = self._driver = None
+        self.observers = []
+        super().close()
+
     # ------------------------------------------------------------------------------------------- helpers
     def _observers(self) -> list[Any]:
         return [self.plot, _ProgressView(self), *self.observers]
 
+    def _begin(self, status: str, detail: str) -> None:
+        from nbft._quiet import quiet
+
+        self.log_area.clear()
+        self._scope = quiet(sink=self.log_area.add).start()
+        self._set_buttons(running=True)
+        self._set_status(status, detail)
+
+    def _abort(self) -> None:
+        if self._scope is not None:
+            self._scope.stop()
+            self._scope = None
+        self._set_buttons(running=False)
+
     def _settle(self) -> None:
+        from nbft.run_dirs import register_run
+
+        if self._scope is not None:
+            self._scope.release_thread()  # the work goes on in the worker; the notebook's cells are theirs again
+        register_run(self.run)
         # A run can end before finetune() returns (e.g. it fails at once): its end event saw no self.run yet.
         if self.run.done:
             self._set_buttons(running=False)
+
+    def _finish(self, status: str, detail: str) -> None:
+        """End of a run (worker thread): buttons, the static copy for the saved notebook, the list on disk."""
+        self._set_buttons(running=False)
+        if self._scope is not None:
+            self._scope.stop()
+            self._scope = None
+        figure = self.plot.last_png
+        where = f" · {self.run_dir}" if self.run_dir is not None else ""
+        body = f"<div class='nbft-summary'><b>{html.escape(status)}</b> {html.escape(detail)}{html.escape(where)}</div>"
+        if figure is not None:
+            body = image_html(figure, "training curve") + body
+        self.static.update(body + self.log_area.html(), f"{status}: {detail}{where}")
+        try:
+            self.refresh_runs()
+        except Exception as exc:  # a damaged folder elsewhere must not hide this run's result
+            logger.debug("could not list %s: %s", self.runs_folder, exc)
+
+    def _show_disk_run(self, info: Any) -> None:
+        markers = []
+        if info.status in ("stopped", "interrupted") and info.checkpoint_step is not None:
+            label = "stopped" if info.status == "stopped" else "last checkpoint"
+            markers.append((float(info.checkpoint_step), label))
+        self.plot.load(info.history, markers=markers, info={"run_dir": str(info.path), "total_steps": info.total_steps})
+        self.progress.max = max(1, int(info.total_steps or 1))
+        self.progress.value = int(info.step or 0)
+        if info.status == "interrupted":
+            detail = (
+                f"interrupted after step {info.step}; Resume continues from the checkpoint at step "
+                f"{info.checkpoint_step} (steps after it are repeated)"
+            )
+        elif info.status == "stopped":
+            detail = f"stopped at step {info.step} of {info.total_steps}; Resume continues it"
+        else:
+            detail = f"{info.status} at step {info.step}"
+        self._set_status(info.status, detail)
+        self.resume_button.disabled = not info.resumable
 
     def _safely(self, action: Any) -> None:
         # An exception in a click handler only reaches the browser's log console; show it in the panel instead.
         try:
             action()
         except Exception as exc:
-            logger.warning("TrainPanel: %s", exc)
+            logger.debug("TrainPanel: %s", exc)
             self._set_status("error", f"{type(exc).__name__}: {exc}")
 
     def _set_buttons(self, running: bool) -> None:
-        self.train_button.disabled = running
+        can_train = self._driver is not None or (self._model is not None and self.train_data is not None)
+        self.train_button.disabled = running or not can_train
         self.stop_button.disabled = not running
         resumable = self.run is not None and self.run.status in ("stopped", "failed") and bool(self.run.checkpoints)
         self.resume_button.disabled = running or not resumable
-
-    @staticmethod
-    def _status_html(status: str, detail: str) -> str:
-        colour = _COLOURS.get(status, "#57606a")
-        return (
-            f'<span class="nbft-status" data-status="{html.escape(status)}" style="color:{colour}">'
-            f"<b>{html.escape(status)}</b></span> <span>{html.escape(detail)}</span>"
-        )
+        self.disk_button.disabled = running or not self.disk_runs.options
 
     def _set_status(self, status: str, detail: str = "") -> None:
-        self.status_label.value = self._status_html(status, detail)
+        self.status_label.value = status_html(status, detail)
+
+    def _ipython_display_(self, **kwargs: Any) -> None:
+        display_with_static(self, self.static, lambda: super(TrainPanel, self)._ipython_display_(**kwargs))

@@ -1,0 +1,194 @@
+"""Pieces every panel shares: images at natural size, placeholders, a log area, and the static result output.
+
+**Static results.** Widget views need the kernel (or saved widget state) to render; a reopened notebook, GitHub and
+nbviewer show "Error displaying widget: model not found" instead. So when a panel is displayed it also displays
+an empty companion output with a ``display_id``; when its work ends, the panel fills that output with plain HTML
+(the final figure as an embedded PNG, the tables) through ``update_display``. That output is an ordinary part of
+the notebook file. Front-ends route ``update_display_data`` by display id, so this works from a worker thread
+(JupyterLab, Colab, VS Code, nbclient). While the live panel is on screen it hides the static copy with a CSS rule
+that only exists inside the rendered widget, so nothing is shown twice; without a kernel the rule is gone and the
+static copy shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from nbft.widgets._figures import Png
+
+__all__ = ["LogArea", "StaticResult", "image_html", "placeholder_html", "set_image", "status_html"]
+
+COLOURS = {
+    "completed": "#1a7f37",
+    "done": "#1a7f37",
+    "built": "#1a7f37",
+    "stopped": "#9a6700",
+    "interrupted": "#9a6700",
+    "failed": "#cf222e",
+    "error": "#cf222e",
+}
+
+
+def status_html(status: str, detail: str = "") -> str:
+    """``<span class="nbft-status" data-status=...>`` + detail: the same markup in every panel (tests read it)."""
+    colour = COLOURS.get(status, "#57606a")
+    return (
+        f'<span class="nbft-status" data-status="{html.escape(status)}" style="color:{colour}">'
+        f"<b>{html.escape(status)}</b></span> <span class='nbft-detail'>{html.escape(detail)}</span>"
+    )
+
+
+def placeholder_html(text: str) -> str:
+    style = "color:#57606a;font-style:italic;padding:6px 0"
+    return f'<div class="nbft-placeholder" style="{style}">{html.escape(text)}</div>'
+
+
+def natural_image() -> widgets.Image:
+    """An ``Image`` widget that is hidden until it has a picture and then shows it at its natural size."""
+    return widgets.Image(
+        format="png", layout=widgets.Layout(display="none", align_self="flex-start", max_width="100%", height="auto")
+    )
+
+
+def set_image(image: widgets.Image, data: bytes, placeholder: widgets.HTML | None = None) -> None:
+    """Show ``data`` (a :class:`Png`) at its natural CSS width: sharp on HiDPI screens, never stretched."""
+    if isinstance(data, Png):
+        image.width = str(data.css_width)  # the <img width> attribute; max-width: 100% still lets it shrink
+    image.value = data
+    image.layout.display = None
+    if placeholder is not None:
+        placeholder.layout.display = "none"
+
+
+def image_html(data: bytes, alt: str) -> str:
+    """An ``<img>`` with the PNG embedded, at its natural width (for static outputs and exports)."""
+    width = f' width="{data.css_width}"' if isinstance(data, Png) else ""
+    encoded = base64.b64encode(bytes(data)).decode("ascii")
+    return (
+        f'<img class="nbft-figure" alt="{html.escape(alt)}"{width} style="max-width:100%;height:auto" '
+        f'src="data:image/png;base64,{encoded}"/>'
+    )
+
+
+class LogArea:
+    """Distinct warnings and errors of a panel's calls, each once (the sink of :func:`nbft._quiet.quiet`).
+
+    Hidden while empty. Thread-safe: library warnings arrive from worker threads.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self.widget = widgets.HTML("", layout=widgets.Layout(display="none"))
+        self.widget.add_class("nbft-log")
+
+    def add(self, level: str, text: str) -> None:
+        key = " ".join(text.split())
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen.add(key)
+            self.lines.append((level, text))
+            value = self.html()
+        self.widget.value = value
+        self.widget.layout.display = None
+
+    def clear(self) -> None:
+        with self._lock:
+            self.lines.clear()
+            self._seen.clear()
+        self.widget.value = ""
+        self.widget.layout.display = "none"
+
+    def html(self) -> str:
+        if not self.lines:
+            return ""
+        items = "".join(
+            f'<li class="nbft-log-{level}" style="color:{"#cf222e" if level == "error" else "#9a6700"}">'
+            f"{html.escape(text)}</li>"
+            for level, text in self.lines
+        )
+        n = len(self.lines)
+        return (
+            f'<details class="nbft-log-area" style="font-size:12px"><summary>{n} message{"s" if n != 1 else ""} '
+            f'from the libraries (each shown once)</summary><ul style="margin:2px 0 2px 18px;padding:0">{items}</ul>'
+            "</details>"
+        )
+
+
+class StaticResult:
+    """The companion output that keeps a panel's result in the saved notebook (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.display_id = f"nbft-{uuid.uuid4().hex}"
+        self.css_class = f"nbft-static-{self.display_id[5:17]}"
+        self.displayed = False
+        self.html: str = ""
+        self.text: str = ""
+        # Lives inside the widget view: while the panel renders, its static copy in the same cell is hidden.
+        self.style_widget = widgets.HTML(
+            f"<style>.{self.css_class} {{ display: none; }}</style>", layout=widgets.Layout(height="0px")
+        )
+
+    def bundle(self) -> dict[str, str]:
+        body = f'<div class="nbft-static {self.css_class}">{self.html}</div>' if self.html else ""
+        return {"text/html": body, "text/plain": self.text}
+
+    def show(self) -> None:
+        """Display the (so far empty) companion output right after the panel."""
+        from IPython.display import display
+
+        display(self.bundle(), raw=True, display_id=self.display_id)
+        self.displayed = True
+
+    def update(self, body_html: str, text: str) -> None:
+        """Replace the static copy (may be called from a worker thread)."""
+        self.html, self.text = body_html, text
+        if not self.displayed:
+            return
+        from IPython.display import update_display
+
+        # No kernel any more (e.g. shutting down): the live panel still shows the result.
+        with contextlib.suppress(Exception):
+            update_display(self.bundle(), raw=True, display_id=self.display_id)
+
+
+def close_tree(widget: Any) -> None:
+    """Close a widget and every widget inside it.
+
+    ipywidgets keeps every open widget in a registry, and a button keeps its click handler, which keeps the panel,
+    which keeps the model: without closing them all, ``del panel`` frees no memory.
+    """
+    seen: set[int] = set()
+    stack = [widget]
+    while stack:
+        w = stack.pop()
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        stack.extend(getattr(w, "children", ()) or ())
+        if w is not widget:
+            w.close()
+
+
+def display_with_static(widget: widgets.DOMWidget, static: StaticResult, parent_display: Callable[..., Any]) -> None:
+    """``_ipython_display_`` of a panel: the widget view, then its static companion output."""
+    from IPython.display import display
+
+    bundle = getattr(widgets.DOMWidget, "_repr_mimebundle_", None)
+    if bundle is not None:  # ipywidgets 8
+        data = widget._repr_mimebundle_()
+        if data:
+            display(data, raw=True)
+    else:  # ipywidgets 7
+        parent_display()
+    static.show()
