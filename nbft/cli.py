@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from nbft import __version__
 
@@ -46,17 +47,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.config is None:
         raise ValueError("give a config file (nbft train CONFIG), or write an example with nbft train --print-config")
     job = load_job(args.config, overrides=args.set)  # every field is checked before anything is loaded or written
-    result = run_job(job, resume=args.resume, echo=print)
+    result = run_job(job, resume=args.resume, echo=print, more_steps=args.more_steps)
     return 0 if result["status"] in ("completed", "stopped") else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gives one line (what is wrong and where to look), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} -h`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nbft", description="Instruction fine-tuning: build datasets, full fine-tune, compare base vs tuned."
     )
     parser.add_argument("--version", action="version", version=f"nbft {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("models", help="list known models and whether each is cached, online or has an offline fallback")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -64,14 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole job offline: datasets, base eval, full fine-tune, tuned eval, report")
     p.add_argument("--target", default="sentiment", help="the task to fine-tune on (default: sentiment)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's tuned default)")
+    p.add_argument(
+        "--steps", type=_positive_int, default=None, help="optimizer steps (default: the demo's tuned default)"
+    )
     p.add_argument(
         "--out", default=None, help="run directory for report.html, metrics.json, plots, model (default runs/demo-TIME)"
     )
     p.add_argument(
         "--model", default=None, help="model name or path (default: SmolLM2-135M-Instruct; 'tiny' for a smoke run)"
     )
-    p.add_argument("--n", type=int, default=None, help="evaluation examples per task (default: the demo's default)")
+    p.add_argument(
+        "--n", type=_positive_int, default=None, help="evaluation examples per task (default: the demo's default)"
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -83,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="path to the config file (YAML or JSON)")
     p.add_argument("--print-config", action="store_true", help="print a commented example config and exit")
     p.add_argument("--resume", action="store_true", help="continue the stopped run in the config's output_dir")
+    p.add_argument(
+        "--more-steps", type=_positive_int, default=None, metavar="N",
+        help="with --resume: train a completed run N steps further",
+    )  # fmt: skip
     p.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field, e.g. train.max_steps=10"
     )

@@ -11,7 +11,89 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+import numbers
+from typing import Any, Literal
+
+# ----------------------------------------------------------------------------------------------------
+# Field checks shared by the configs: a value of the wrong type is converted when that is unambiguous (a number
+# given as text, 8.0 for an integer field), otherwise refused with a message that names the field and the fix.
+# A bool is never taken for a number (``batch_size=True`` is a mistake, not 1).
+
+
+def _fail(cls: str, field: str, value: Any, problem: str, fix: str) -> ValueError:
+    return ValueError(f"{cls}.{field} {problem} (got {value!r}); {fix}")
+
+
+def _as_number(cls: str, field: str, value: Any, *, integer: bool, fix: str) -> float | int:
+    what = "an integer" if integer else "a number"
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise _fail(cls, field, value, f"must be {what}, not a bool", fix)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            value = int(text) if integer and text.lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            raise _fail(cls, field, value, f"must be {what}", fix) from None
+    if not isinstance(value, numbers.Real):
+        raise _fail(cls, field, value, f"must be {what}, not {type(value).__name__}", fix)
+    if not math.isfinite(float(value)):
+        raise _fail(cls, field, value, "must be a finite number", fix)
+    if integer:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if float(value).is_integer():
+            return int(value)
+        raise _fail(cls, field, value, f"must be {what}", fix)
+    return float(value)
+
+
+def _int(obj: Any, field: str, minimum: int, fix: str, *, optional: bool = False) -> None:
+    cls, value = type(obj).__name__, getattr(obj, field)
+    if value is None and optional:
+        return
+    words = "a positive integer or None" if optional and minimum == 1 else f"an integer >= {minimum}"
+    if value is None:
+        raise _fail(cls, field, value, f"must be {words}", fix)
+    number = _as_number(cls, field, value, integer=True, fix=fix)
+    if number < minimum:
+        raise _fail(cls, field, value, f"must be {words}", fix)
+    setattr(obj, field, number)
+
+
+def _float(
+    obj: Any, field: str, fix: str, *, above: float | None = None, at_least: float | None = None,
+    below: float | None = None, optional: bool = False, words: str = "",
+) -> None:  # fmt: skip
+    cls, value = type(obj).__name__, getattr(obj, field)
+    if value is None and optional:
+        return
+    if value is None:
+        raise _fail(cls, field, value, f"must be {words or 'a number'}", fix)
+    number = _as_number(cls, field, value, integer=False, fix=fix)
+    low_bad = (above is not None and not number > above) or (at_least is not None and not number >= at_least)
+    if low_bad or (below is not None and not number < below):
+        raise _fail(cls, field, value, f"must be {words}", fix)
+    setattr(obj, field, number)
+
+
+def _bool(obj: Any, field: str, *, optional: bool = False) -> None:
+    cls, value = type(obj).__name__, getattr(obj, field)
+    if value is None and optional:
+        return
+    if type(value).__name__ == "bool_":  # numpy's bool
+        value = bool(value)
+    if not isinstance(value, bool):
+        options = "True, False or None" if optional else "True or False"
+        raise _fail(cls, field, value, f"must be {options}", f"e.g. {field}={'None' if optional else 'True'}")
+    setattr(obj, field, value)
+
+
+def _choice(obj: Any, field: str, options: tuple[str, ...], fix: str) -> None:
+    cls, value = type(obj).__name__, getattr(obj, field)
+    if isinstance(value, str) and value.strip().lower() in options:
+        setattr(obj, field, value.strip().lower())
+        return
+    raise _fail(cls, field, value, f"must be one of {options}", fix)
 
 
 @dataclasses.dataclass
@@ -32,7 +114,12 @@ class DataConfig:
     """Wrap the prompt as a user turn and the completion as the assistant turn of the tokenizer's chat template."""
 
     def __post_init__(self) -> None:
-        self.split = tuple(float(x) for x in self.split)  # type: ignore[assignment]
+        if isinstance(self.split, str | bytes) or not hasattr(self.split, "__iter__"):
+            raise _fail("DataConfig", "split", self.split, "must be three fractions", "for example (0.8, 0.1, 0.1)")
+        fractions = []
+        for x in self.split:
+            fractions.append(_as_number("DataConfig", "split", x, integer=False, fix="for example (0.8, 0.1, 0.1)"))
+        self.split = tuple(fractions)  # type: ignore[assignment]
         if len(self.split) != 3 or any(x < 0 for x in self.split) or not math.isclose(sum(self.split), 1.0):
             raise ValueError(
                 f"DataConfig.split must be three non-negative fractions (train, validation, test) summing to 1, "
@@ -40,10 +127,11 @@ class DataConfig:
             )
         if self.split[0] == 0:
             raise ValueError("DataConfig.split gives the train split 0 examples; give it a fraction above 0")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise ValueError(f"DataConfig.max_length must be an int >= 2, got {self.max_length!r}")
-        if self.overflow not in ("truncate", "drop"):
-            raise ValueError(f"DataConfig.overflow must be 'truncate' or 'drop', got {self.overflow!r}")
+        _int(self, "seed", 0, "e.g. seed=0")
+        _bool(self, "stratify", optional=True)
+        _int(self, "max_length", 2, "e.g. max_length=512 (prompt + completion + EOS, in tokens)")
+        _choice(self, "overflow", ("truncate", "drop"), "use 'truncate' (cut the prompt's start) or 'drop'")
+        _bool(self, "chat_template")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -91,7 +179,10 @@ class TrainConfig:
     eval_every: int | None = None
     """Validation loss every N optimizer steps (and at the end, when there is validation data)."""
     save_every: int | None = None
-    """Write a resumable checkpoint every N optimizer steps (a stop always writes one)."""
+    """Write a resumable checkpoint every N optimizer steps (a stop, and the end of a run, always write one)."""
+    save_every_minutes: float | None = 10.0
+    """Also write one when this many minutes of training passed since the last: a crash (a killed kernel, a lost
+    Colab session) loses at most that much work. ``None`` turns the time-based checkpoints off."""
     keep_last: int = 2
     """How many checkpoints to keep in the run directory; older ones are deleted."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -104,41 +195,30 @@ class TrainConfig:
     """Pack examples into shared rows (attention kept separate per example): no compute goes to padding."""
 
     def __post_init__(self) -> None:
-        def fail(field: str, problem: str, fix: str) -> None:
-            raise ValueError(f"TrainConfig.{field} {problem} (got {getattr(self, field)!r}); {fix}")
-
-        if not self.learning_rate > 0:
-            fail("learning_rate", "must be > 0", "full fine-tunes of small models typically use 1e-5 to 1e-4")
-        if self.max_steps is None and not self.epochs > 0:
-            fail("epochs", "must be > 0", "use e.g. epochs=1, or set max_steps")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            fail("max_steps", "must be a positive integer or None", "e.g. max_steps=100 (None: use epochs)")
+        _float(self, "learning_rate", "full fine-tunes of small models typically use 1e-5 to 1e-4", above=0,
+               words="> 0")  # fmt: skip
+        _float(self, "epochs", "use e.g. epochs=1, or set max_steps", above=0, words="> 0")
+        _int(self, "max_steps", 1, "e.g. max_steps=100 (None: use epochs)", optional=True)
         for name in ("batch_size", "grad_accum", "keep_last"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "must be an integer >= 1", f"e.g. {name}=1")
-        tps = self.tokens_per_step
-        if tps is not None and (not isinstance(tps, int) or tps < 1):
-            fail("tokens_per_step", "must be a positive integer or None", "e.g. tokens_per_step=16384")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            fail("warmup_steps", "must be an integer >= 0", "e.g. warmup_steps=10")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            fail("warmup_ratio", "must be in [0, 1)", "e.g. warmup_ratio=0.05")
+            _int(self, name, 1, f"e.g. {name}=1")
+        _int(self, "tokens_per_step", 1, "e.g. tokens_per_step=16384", optional=True)
+        _int(self, "warmup_steps", 0, "e.g. warmup_steps=10")
+        _float(self, "warmup_ratio", "e.g. warmup_ratio=0.05", at_least=0.0, below=1.0, words="in [0, 1)")
         if self.warmup_steps and self.warmup_ratio:
-            fail("warmup_ratio", "cannot be combined with warmup_steps", "set only one of them")
-        if self.schedule not in _SCHEDULES:
-            fail("schedule", f"must be one of {_SCHEDULES}", "use 'linear' (the usual choice) or 'cosine'")
-        if self.weight_decay < 0:
-            fail("weight_decay", "must be >= 0", "use 0.0 (no decay) or e.g. 0.01")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            fail("max_grad_norm", "must be > 0 or None", "use 1.0, or None to turn clipping off")
+            raise _fail("TrainConfig", "warmup_ratio", self.warmup_ratio, "cannot be combined with warmup_steps",
+                        "set only one of them")  # fmt: skip
+        _choice(self, "schedule", _SCHEDULES, "use 'linear' (the usual choice) or 'cosine'")
+        _float(self, "weight_decay", "use 0.0 (no decay) or e.g. 0.01", at_least=0.0, words=">= 0")
+        _float(self, "max_grad_norm", "use 1.0, or None to turn clipping off", above=0, optional=True,
+               words="> 0 or None")  # fmt: skip
         for name in ("eval_every", "save_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                fail(name, "must be a positive integer or None", f"e.g. {name}=50 (None: only at the end)")
-        if self.precision not in _PRECISIONS:
-            fail("precision", f"must be one of {_PRECISIONS}", "'auto' picks bf16 where the hardware has it")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            fail("max_length", "must be an integer >= 2", "e.g. max_length=1024")
+            _int(self, name, 1, f"e.g. {name}=50 (None: only at the end)", optional=True)
+        _float(self, "save_every_minutes", "e.g. save_every_minutes=10 (None: no time-based checkpoints)", above=0,
+               optional=True, words="> 0 or None")  # fmt: skip
+        _choice(self, "precision", _PRECISIONS, "'auto' picks bf16 where the hardware has it")
+        _int(self, "seed", 0, "e.g. seed=0")
+        _int(self, "max_length", 2, "e.g. max_length=1024")
+        _bool(self, "packing")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -183,21 +263,32 @@ class EvalConfig:
     """Show tqdm progress bars."""
 
     def __post_init__(self) -> None:
-        self.icl_shots = tuple(int(k) for k in self.icl_shots)
-        if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
-            raise ValueError(f"EvalConfig.n must be a positive integer or None (all), got {self.n!r}")
+        if isinstance(self.icl_shots, numbers.Integral | str) and not isinstance(self.icl_shots, bool):
+            self.icl_shots = (self.icl_shots,)  # type: ignore[assignment]  # icl_shots=3 means (3,)
+        if not isinstance(self.icl_shots, list | tuple):
+            raise _fail("EvalConfig", "icl_shots", self.icl_shots, "must be a tuple of shot counts", "e.g. (0, 3)")
+        self.icl_shots = tuple(
+            _as_number("EvalConfig", "icl_shots", k, integer=True, fix="e.g. (0, 3)") for k in self.icl_shots
+        )  # type: ignore[assignment]
+        _int(self, "n", 1, "e.g. n=200 (None: the whole test split)", optional=True)
+        if self.n_per_task is not None and not isinstance(self.n_per_task, dict):
+            raise _fail("EvalConfig", "n_per_task", self.n_per_task, "must be a dict of task -> n", "e.g. {'qa': 50}")
         for task, k in (self.n_per_task or {}).items():
-            if not isinstance(k, int) or k < 1:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ValueError(f"EvalConfig.n_per_task[{task!r}] must be a positive integer, got {k!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"EvalConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        _int(self, "batch_size", 1, "e.g. batch_size=16")
         if any(k < 0 for k in self.icl_shots):
             raise ValueError(f"EvalConfig.icl_shots must be non-negative, got {self.icl_shots!r}; e.g. (0, 3)")
-        if self.icl_n is not None and (not isinstance(self.icl_n, int) or self.icl_n < 1):
-            raise ValueError(f"EvalConfig.icl_n must be a positive integer or None (all), got {self.icl_n!r}")
-        if self.scoring not in _SCORINGS:
-            raise ValueError(f"EvalConfig.scoring must be one of {_SCORINGS}, got {self.scoring!r}")
-        if not isinstance(self.n_boot, int) or self.n_boot < 100:
-            raise ValueError(f"EvalConfig.n_boot must be an integer >= 100 for a usable 95% CI, got {self.n_boot!r}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"EvalConfig.max_new_tokens must be >= 1 or None, got {self.max_new_tokens!r}")
+        _int(self, "icl_n", 1, "e.g. icl_n=50 (None: all test examples)", optional=True)
+        if self.icl_tasks is not None:
+            if isinstance(self.icl_tasks, str):
+                self.icl_tasks = (self.icl_tasks,)
+            if not all(isinstance(t, str) for t in self.icl_tasks):
+                raise _fail("EvalConfig", "icl_tasks", self.icl_tasks, "must be task names", "e.g. ('qa',)")
+            self.icl_tasks = tuple(self.icl_tasks)
+        _choice(self, "scoring", _SCORINGS, "'both' scores classification by generation and by log-likelihood")
+        _bool(self, "chat_template")
+        _int(self, "n_boot", 100, "an integer >= 100 gives a usable 95% CI, e.g. n_boot=1000")
+        _int(self, "seed", 0, "e.g. seed=0")
+        _int(self, "max_new_tokens", 1, "e.g. max_new_tokens=64 (None: each task's own)", optional=True)
+        _bool(self, "progress")

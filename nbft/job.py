@@ -405,6 +405,7 @@ def run_job(
     resume: bool = False,
     observers: Sequence[Any] = (),
     echo: Callable[[str], None] | None = None,
+    more_steps: int | None = None,
 ) -> dict[str, Any]:
     """Load the model and data, fine-tune, and (when ``eval`` is set and the run completes) compare base and tuned.
 
@@ -425,19 +426,28 @@ def run_job(
 
     say = echo or (lambda line: logger.info("%s", line))
     run_dir = Path(job.output_dir) if job.output_dir else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    holds_run = bool(list_checkpoints(run_dir)) or (run_dir / "model").exists()
+    holds_run = bool(list_checkpoints(run_dir)) or (run_dir / "model").exists() or (run_dir / "run.json").exists()
+    completed = (run_dir / "model" / "config.json").exists()
+    if more_steps is not None and not resume:
+        raise ConfigError(f"{job.source}: --more-steps continues a completed run: add --resume")
     if resume and not list_checkpoints(run_dir):
         raise ConfigError(f"{job.source}: output_dir {run_dir} has no checkpoint to resume; drop --resume")
+    if resume and completed and more_steps is None:
+        raise ConfigError(
+            f"{job.source}: output_dir {run_dir} holds a completed run: train it further with `nbft train "
+            f"{job.source} --resume --more-steps N`, or set another output_dir"
+        )
     if holds_run and not resume:
+        further = "--resume --more-steps N" if completed else "--resume"
         raise ConfigError(
             f"{job.source}: output_dir {run_dir} already holds a run; continue it with `nbft train "
-            f"{job.source} --resume`, or set another output_dir"
+            f"{job.source} {further}`, or set another output_dir (--set output_dir=...)"
         )
     state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
     progress = [ProgressObserver()] if main else []
     if resume:
-        run = resume_run(run_dir, observers=[*progress, *observers])
+        run = resume_run(run_dir, observers=[*progress, *observers], more_steps=more_steps)
     else:
         with state.main_process_first():  # downloads and caches: one process fills them, the others read them
             model, tokenizer = _load_model(job.model)

@@ -7,7 +7,8 @@ so a new kernel (after a restart, a crash or a Colab disconnect) can find a run 
 
 Status, from the files:
 
-- ``running``: training now, in this process (a live ``Run``) or in another one that holds the run's lock file;
+- ``running``: training now, in this process (a live ``Run``) or in another one that holds the run's lock file
+  (``run.lock``, see :mod:`nbft.train.lock`);
 - ``completed``: ``model/`` was written;
 - ``stopped``: the newest checkpoint is at the last recorded step (Stop, Ctrl-C, or a failure after a save);
 - ``interrupted``: steps were recorded after the newest checkpoint (the kernel died); resuming repeats them;
@@ -157,6 +158,8 @@ def _lock_held(run_dir: Path) -> bool:
         try:
             data = json.loads(text)
             if isinstance(data, dict):
+                if data.get("os_lock") and _has_flock():
+                    continue  # nbft's own lock: the OS lock is free, so its holder is gone (even if its PID is reused)
                 pid, host = data.get("pid"), data.get("host") or data.get("hostname")
             elif isinstance(data, int):
                 pid = data
@@ -167,6 +170,14 @@ def _lock_held(run_dir: Path) -> bool:
         if isinstance(pid, int) and (host in (None, socket.gethostname())) and _pid_alive(pid):
             return True
     return False
+
+
+def _has_flock() -> bool:
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    return True
 
 
 def _os_lock_held(lock: Path) -> bool:
@@ -248,8 +259,10 @@ def read_run(run_dir: str | os.PathLike[str], *, _live: list[Any] | None = None)
 def _status(path: Path, info: RunInfo, train: list[dict[str, Any]], live: list[Any]) -> str:
     if any(_same_dir(run.run_dir, path) for run in live) or _lock_held(path):
         return "running"
-    if (path / "model" / "config.json").exists():
-        return "completed"
+    last = train[-1] if train else {}
+    extended = isinstance(last.get("total_steps"), int) and (last.get("step") or 0) < last["total_steps"]
+    if (path / "model" / "config.json").exists() and not extended:
+        return "completed"  # (a completed run continued with resume(more_steps=...) is not, until it ends again)
     if info.checkpoint is None:
         return "no checkpoint" if train else "not started"
     if info.step is not None and info.checkpoint_step is not None and info.step > info.checkpoint_step:

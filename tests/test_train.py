@@ -407,8 +407,11 @@ def test_run_dir_reuse_and_resume_errors(tmp_path):
     finetune(model, tok, records(), config=TrainConfig(max_steps=1, **FP32), run_dir=tmp_path / "r")
     with pytest.raises(FileExistsError, match=r"nbft.resume\("):
         finetune(model, tok, records(), config=TrainConfig(max_steps=1, **FP32), run_dir=tmp_path / "r")
-    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+    with pytest.raises(ValueError, match=r"has completed .* pass more_steps=N"):
         resume(tmp_path / "r")
+    with pytest.raises(FileNotFoundError, match="no run directory .*elsewhere.*nbft.runs"):
+        resume(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
     with pytest.raises(FileNotFoundError, match="not an nbft run directory"):
         resume(tmp_path / "elsewhere")
 

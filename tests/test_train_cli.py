@@ -51,7 +51,7 @@ def test_readme_config_runs_end_to_end(tmp_path, capsys):
     rows = [json.loads(ln) for ln in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 3]
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]  # + final
     assert json.loads((out / "comparison.json").read_text())
     card = (out / "model" / "README.md").read_text()
     assert "## Evaluation" in card and "sentiment" in card
@@ -82,7 +82,7 @@ def test_readme_config_under_accelerate_launch_with_two_processes(tmp_path):
     rows = [json.loads(ln) for ln in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]  # one line per step
     assert (out / "comparison.txt").exists() and (out / "model" / "model.safetensors").exists()
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]  # + final
 
 
 BAD = [

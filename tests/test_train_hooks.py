@@ -61,7 +61,8 @@ def test_monitor_is_called_at_start_every_n_and_end_in_eval_mode(tmp_path):
     s = run.summary
     assert s["monitor_s"] == pytest.approx(sum(r["measure_s"] for r in rows))
     assert s["train_time_s"] + s["monitor_s"] <= s["wall_s"]  # measuring is not training time: tokens/s unchanged
-    assert list_checkpoints(tmp_path / "r") == []  # no record asked for one
+    # no record asked for one: only the final checkpoint (every completed run writes it, for resume(more_steps=))
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-000005"]
 
 
 def test_monitor_stop_and_checkpoint_requests(tmp_path):
@@ -92,6 +93,7 @@ def test_phase_events_announce_long_work(tmp_path):
         ("checkpoint", 3),
         ("monitor", 4),
         ("final_eval", 4),
+        ("checkpoint", 4),  # the final checkpoint (resume(more_steps=...) continues from it)
         ("saving", 4),
         ("done", 4),
     ]

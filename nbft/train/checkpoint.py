@@ -5,11 +5,16 @@ Layout of ``<run_dir>/checkpoints/step-000120/``::
     model/            save_pretrained (config.json + model.safetensors)
     optimizer.safetensors   every optimizer state tensor, flattened; param groups in the JSON metadata
     rng.safetensors   each process's torch CPU/CUDA generator states (and numpy's, when numpy is loaded)
-    state.json        step, epoch, history so far, each process's Python RNG state
+    state.json        step, epoch, history so far, the run's config, each process's Python RNG state
+    manifest.json     size and SHA-256 of every file above: written last, so it vouches for the whole folder
 
 The main process writes the folder under a temporary name; it is renamed in one step only after every process has
 reached the barrier, so a crash (of any process) never leaves half a checkpoint. Model weights are the fp32 master
-weights, whatever dtype the model computes in.
+weights, whatever dtype the model computes in. What a disk, a copy or a kill can still do to a folder afterwards
+(a truncated or empty file, flipped bytes, a lost file) is caught by :func:`verify_checkpoint`, and
+:func:`resumable_checkpoint` falls back to the newest intact checkpoint. A kill during a save leaves a temporary
+``.step-N.*`` folder: :func:`tidy_checkpoints` (called when a run starts) restores a complete one whose final
+name is missing and removes the rest.
 The learning-rate schedule is a pure function of the step, and the data order a pure function of seed and epoch,
 so step + these states are everything a resumed run needs to continue exactly.
 
@@ -20,10 +25,13 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 import re
 import shutil
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,9 +40,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from nbft._utils import atomic_path
+from nbft._utils import OWNER_MARKER, atomic_path
+
+logger = logging.getLogger("nbft.train")
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# What an interrupted save can leave in checkpoints/: atomic_path's temporary folder, or a folder moved aside.
+_TEMP_DIR = re.compile(r"^\.step-(\d+)\.(?:[a-z0-9_]{8}|old-\d+)$")
+MANIFEST = "manifest.json"
+_REQUIRED = ("model/config.json", "optimizer.safetensors", "rng.safetensors", "state.json")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -82,7 +96,7 @@ def save_checkpoint(
         if barrier is not None:
             barrier()
         return target
-    with atomic_path(target) as tmp:
+    with atomic_path(target, overwrite=True) as tmp:  # checkpoints/step-N is nbft's own name
         tmp.mkdir()
         model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)
         opt = optimizer_state if optimizer_state is not None else optimizer.state_dict()  # type: ignore[union-attr]
@@ -98,11 +112,157 @@ def save_checkpoint(
             "python_rng_per_rank": [s["python"] for s in rng_states],
         }
         (tmp / "state.json").write_text(json.dumps(full_state))
+        write_manifest(tmp, step)  # last: a folder with a valid manifest is a whole checkpoint
         if barrier is not None:
             barrier()  # every process got here: only now may the checkpoint be called complete
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def write_manifest(folder: Path, step: int) -> Path:
+    """Write ``manifest.json``: size and SHA-256 of every file in ``folder`` (call it after the last file)."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel in (MANIFEST, OWNER_MARKER):
+            continue
+        files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = folder / MANIFEST
+    manifest.write_text(json.dumps({"format": 1, "step": step, "files": files}, indent=1))
+    return manifest
+
+
+def verify_checkpoint(path: str | Path, *, checksums: bool = True) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed from, or ``None`` when it is intact.
+
+    With a manifest: every listed file exists with its size (and, with ``checksums``, its SHA-256). Without one
+    (written by an nbft before manifests): the required files exist, parse and are not truncated.
+
+    Example:
+        >>> verify_checkpoint("runs/missing/checkpoints/step-000001")
+        'the folder is missing'
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return "the folder is missing"
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return _verify_legacy(path)
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"{MANIFEST} is damaged"
+    for rel in _REQUIRED:
+        if rel not in listed:
+            return f"{MANIFEST} does not list {rel}"
+    for rel, want in listed.items():
+        file = path / rel
+        if not file.is_file():
+            return f"{rel} is missing"
+        size = file.stat().st_size
+        if size != want.get("size"):
+            return f"{rel} has {size} bytes, {want.get('size')} were written (truncated or changed)"
+        if checksums and _sha256(file) != want.get("sha256"):
+            return f"{rel} does not match its checksum (its bytes changed after it was written)"
+    return None
+
+
+def _verify_legacy(path: Path) -> str | None:
+    if not any(path.iterdir()):
+        return "the folder is empty"
+    for rel in _REQUIRED:
+        if not (path / rel).is_file():
+            return f"{rel} is missing (and there is no {MANIFEST}: the checkpoint is incomplete)"
+    weights = sorted((path / "model").glob("*.safetensors"))
+    if not weights:
+        return "model/ has no .safetensors weights"
+    for file in [*weights, path / "optimizer.safetensors", path / "rng.safetensors"]:
+        problem = _safetensors_problem(file)
+        if problem:
+            return f"{file.relative_to(path).as_posix()} {problem}"
+    try:
+        json.loads((path / "state.json").read_text())["step"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "state.json is damaged"
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """A safetensors file's header must parse and the data it describes must all be there."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return "is truncated"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return "is empty or damaged"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return "is truncated" if 8 + n + end > size else None
+
+
+def resumable_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint of a run, and the newer ones skipped with the reason for each.
+
+    Example:
+        >>> resumable_checkpoint("runs/missing")
+        (None, [])
+    """
+    skipped: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint so it is no longer listed (nor pruned as if it were newer); return the new path."""
+    target = path.with_name(f"{path.name}.damaged")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{n}")
+    path.rename(target)
+    return target
+
+
+def tidy_checkpoints(run_dir: str | Path) -> list[str]:
+    """After a crash: restore a whole checkpoint left under a temporary name, remove the other temporaries.
+
+    Only nbft's own temporary names (``.step-N.XXXXXXXX``, ``.step-N.old-PID``) in ``checkpoints/`` are touched;
+    call it only while holding the run directory's lock (a live writer's temporaries look the same). Returns one
+    line per action, for the log.
+    """
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = []
+    for entry in sorted(root.iterdir()):
+        m = _TEMP_DIR.match(entry.name)
+        if not m or not entry.is_dir() or entry.is_symlink():
+            continue
+        final = root / f"step-{m.group(1)}"
+        # atomic_path's temporary holds the checkpoint one level down; a folder moved aside is the checkpoint
+        candidate = entry / final.name if (entry / final.name).is_dir() else entry
+        if not final.exists() and (candidate / MANIFEST).is_file() and verify_checkpoint(candidate) is None:
+            candidate.rename(final)
+            done.append(f"restored {final.name} from the interrupted save {entry.name}")
+        else:
+            done.append(f"removed {entry.name}, left by an interrupted save")
+        shutil.rmtree(entry, ignore_errors=True)
+    return done
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:

@@ -176,18 +176,35 @@ class HistoryWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._pending: list[str] | None = None
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The file is (re)written with the first record, not now: an observer may still refuse the setup, and a
+        # refused run leaves no files behind.
         start = info.get("start_step", 0)
         kept: list[str] = []
         if start and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= start]
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in self.path.read_text(errors="replace").splitlines() if _step_of(ln) <= start]
+        self._pending = kept
+
+    def _flush_pending(self) -> None:
+        if self._pending is None:
+            return
+        kept, self._pending = self._pending, None
+        from nbft._utils import atomic_path
+
+        with atomic_path(self.path) as tmp:  # a kill while rewriting must not lose the lines kept
+            tmp.write_text("".join(ln + "\n" for ln in kept))
 
     def _append(self, record: dict[str, Any]) -> None:
+        self._flush_pending()
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        if self._pending:  # a resumed run that recorded nothing new: the file still drops the lines after its step
+            self._flush_pending()
+        self._pending = None
 
     def on_step(self, state: StepState) -> None:
         self._append({"kind": "train", **state.to_dict()})

@@ -65,7 +65,9 @@ from nbft.train.checkpoint import (
     save_checkpoint,
 )
 from nbft.train.events import PROCESS_OBSERVERS, Events, HistoryWriter, Observer, StepState, StopTraining
+from nbft.train.guard import check_new_run_dir, claim_model, plan_resume, read_meta, release_model, tidy_run_dir
 from nbft.train.layout import AttentionLayout, choose_layout
+from nbft.train.lock import RunLock
 from nbft.train.loss import CausalLMLoss, Seq2SeqLoss, check_fused_head
 from nbft.train.sync import (
     GradSync,
@@ -140,19 +142,30 @@ class Run:
         self.resume_from = resume_from
         self.restore_dtype = restore_dtype
         """The dtype the model is given back in when training ends (default: its dtype when training starts)."""
+        self.skipped_checkpoints: list[tuple[Path, str]] = []
+        """Checkpoints ``resume`` skipped because they failed their check, with the reason (renamed ``*.damaged``)."""
+        # The history line first: an observer that hangs or fails cannot leave a step unrecorded on disk.
         self.events = Events(
-            [*observers, *PROCESS_OBSERVERS, HistoryWriter(run_dir / "history.jsonl")], request_stop=self.stop
+            [HistoryWriter(run_dir / "history.jsonl"), *observers, *PROCESS_OBSERVERS], request_stop=self.stop
         )
         """The run's observers (on the main process; other processes get none when training starts)."""
         self._stop = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock: RunLock | None = None
+        self._quiet: Any = None
+        self._own_quiet = False
 
     def start(self, background: bool) -> Run:
         """Run :func:`train_loop` here, or in a worker thread when ``background`` (then return at once)."""
+        from nbft.run_dirs import register_run
+
+        register_run(self)
         if background:
             self._thread = threading.Thread(target=self._work, name="nbft-train", daemon=True)
             self._thread.start()
+            if self._quiet is not None and self._own_quiet:
+                self._quiet.release_thread()  # the notebook's own cells keep their warnings while this trains
             return self
         self._work()
         if self.error is not None:
@@ -160,10 +173,21 @@ class Run:
         return self
 
     def _work(self) -> None:
+        if self._quiet is not None:
+            self._quiet.claim_thread()  # library bars and repeated warnings of the training work stay quiet
         try:
             train_loop(self)
         finally:
+            self._release()
+            if self._quiet is not None and self._own_quiet:
+                self._quiet.stop()
             self._done.set()
+
+    def _release(self) -> None:
+        """Let go of the run directory's lock and of the model object (when the run ends, or fails to start)."""
+        release_model(self.model, self)
+        if self._lock is not None:
+            self._lock.release()
 
     def stop(self, reason: str | None = None) -> None:
         """Ask the loop to finish the current step, write a checkpoint and end with status ``"stopped"``."""
@@ -253,12 +277,15 @@ def finetune(
     observers: Sequence[Observer] = (),
     run_dir: str | Path | None = None,
     background: bool = False,
+    overwrite: bool = False,
 ) -> Run:
     """Full fine-tune of ``model`` (every weight is trained) on instruction data; returns a :class:`Run`.
 
     ``train``/``val``: a ``datasets.Dataset`` (or list of dicts) with ``prompt``/``completion`` text, or already
     tokenized ``input_ids``/``labels`` (``nbft.data.tokenize_for_training``). The loss covers completion tokens only.
-    ``run_dir`` (default ``runs/run-<time>``) receives ``history.jsonl``, checkpoints and the final ``model/``.
+    ``run_dir`` (default ``runs/run-<time>``) receives ``history.jsonl``, checkpoints and the final ``model/``; it
+    is locked (``run.lock``) while the run trains, and a folder that holds another run is refused unless
+    ``overwrite=True`` (which replaces that run's files, and nothing else in the folder).
     With ``background=True`` the call returns at once; use ``run.wait()`` / ``run.stop()``. Under ``accelerate
     launch`` (or ``nbft.launch``) every process calls ``finetune`` with the same arguments: they train together.
 
@@ -266,78 +293,194 @@ def finetune(
         >>> run = finetune(model, tok, data["train"], val=data["validation"],
         ...                config=TrainConfig(epochs=2, eval_every=50), run_dir="runs/sentiment-1")  # doctest: +SKIP
     """
-    config = config if config is not None else TrainConfig()
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, not {type(config).__name__}")
-    kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal"
-    train_ex = as_examples(train, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="train")
-    val_ex = None
-    if val is not None:
-        val_ex = as_examples(val, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="validation")
-    _join_processes()
-    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = broadcast_from_main_object(run_dir)  # a default name from the clock: every process takes rank 0's
-    if list_checkpoints(run_dir) or (run_dir / "model").exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run: continue it with nbft.resume({str(run_dir)!r}), or choose a new run_dir"
-        )
-    base_model = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
-    run = Run(
-        model=model,
-        tokenizer=tokenizer,
-        train=train_ex,
-        val=val_ex,
-        config=config,
-        observers=observers,
-        run_dir=run_dir,
-        base_model=base_model,
-    )
+    config = _check_arguments(model, config, observers, background=background, overwrite=overwrite)
+    from nbft import _quiet
+
+    scope, owned = _quiet.enter()  # no library bars or repeated warnings from tokenizing, training, saving
+    try:
+        _join_processes()
+        run_dir = Path(run_dir) if run_dir is not None else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+        run_dir = broadcast_from_main_object(run_dir)  # a default name from the clock: every process takes rank 0's
+        lock = RunLock(run_dir)
+        _on_main(lock.acquire)  # one writer per run directory, for the whole run
+        try:
+            _on_main(lambda: check_new_run_dir(run_dir, overwrite=overwrite))
+            if is_main_process():
+                for line in tidy_run_dir(run_dir):
+                    logger.warning("%s: %s", run_dir, line)
+            kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal"
+            train_ex = as_examples(train, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="train")
+            val_ex = None
+            if val is not None:
+                val_ex = as_examples(
+                    val, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="validation"
+                )
+            base_model = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
+            run = Run(
+                model=model,
+                tokenizer=tokenizer,
+                train=train_ex,
+                val=val_ex,
+                config=config,
+                observers=observers,
+                run_dir=run_dir,
+                base_model=base_model,
+            )
+            claim_model(model, run)  # one run per model object at a time
+        except BaseException:
+            lock.release()
+            raise
+        run._lock, run._quiet, run._own_quiet = lock, scope, owned
+    except BaseException:
+        if owned:
+            scope.stop()
+        raise
     return run.start(background)
 
 
-def resume(run_dir: str | Path, *, observers: Sequence[Observer] = (), background: bool = False) -> Run:
-    """Continue a stopped or interrupted run from its newest checkpoint; the rest of the loss curve is the same.
+def resume(
+    run_dir: str | Path,
+    *,
+    observers: Sequence[Observer] = (),
+    background: bool = False,
+    more_steps: int | None = None,
+    allow_config_change: bool = False,
+) -> Run:
+    """Continue a stopped or interrupted run from its newest intact checkpoint; the rest of the loss curve is the same.
 
+    Each checkpoint is verified against its manifest (sizes and checksums) first: a damaged one is skipped (and
+    renamed ``step-N.damaged``) with a warning that says why, and the run continues from the newest intact one.
+    A completed run continues only with ``more_steps=N`` (N more optimizer steps from its final checkpoint; the
+    learning-rate schedule is recomputed for the new total). A ``run.json`` whose config differs from the one the
+    checkpoint was trained with is refused, naming the changes, unless ``allow_config_change=True``.
     The fp32 master weights are reloaded in fp32 whatever dtype the model trains in, and the model is given back
     in the dtype it had when the run began. Under ``accelerate launch`` every process calls ``resume``.
 
     Example:
         >>> run = resume("runs/sentiment-1", observers=[ProgressObserver()])  # doctest: +SKIP
+        >>> run = resume("runs/sentiment-1", more_steps=50)  # a completed run, 50 steps further  # doctest: +SKIP
     """
+    from nbft import _quiet
+
+    if isinstance(run_dir, Run):
+        run_dir = run_dir.run_dir
+    if not isinstance(run_dir, str | os.PathLike):
+        raise TypeError(f"run_dir must be a path (str or Path), not {type(run_dir).__name__}")
+    run_dir = Path(run_dir)
+    _check_observers(observers)
+    _check_flag("background", background)
+    _check_flag("allow_config_change", allow_config_change)
+    if more_steps is not None and (isinstance(more_steps, bool) or not isinstance(more_steps, int) or more_steps < 1):
+        raise ValueError(f"more_steps must be a positive integer (got {more_steps!r}), e.g. more_steps=100")
+    meta = read_meta(run_dir)
+    scope, owned = _quiet.enter()
+    try:
+        _join_processes()
+        lock = RunLock(run_dir)
+        _on_main(lock.acquire)  # refuses while the run (or anything else) is writing this folder
+        try:
+            plan = _on_main(
+                lambda: plan_resume(run_dir, meta, more_steps=more_steps, allow_config_change=allow_config_change)
+            )
+            decided = broadcast_from_main_object(
+                None if plan is None else (str(plan.checkpoint), dataclasses.asdict(plan.config), plan.extended)
+            )
+            checkpoint, config, extended = Path(decided[0]), TrainConfig(**decided[1]), decided[2]
+            if extended and is_main_process():
+                with atomic_path(run_dir / "run.json") as tmp:  # the run now means the longer run
+                    tmp.write_text(json.dumps({**meta, "config": dataclasses.asdict(config)}, indent=2))
+            run = _resumed_run(run_dir, meta, checkpoint, config, observers)
+            run.skipped_checkpoints = list(plan.skipped) if plan is not None else []
+            claim_model(run.model, run)
+        except BaseException:
+            lock.release()
+            raise
+        run._lock, run._quiet, run._own_quiet = lock, scope, owned
+    except BaseException:
+        if owned:
+            scope.stop()
+        raise
+    return run.start(background)
+
+
+def _resumed_run(
+    run_dir: Path, meta: dict[str, Any], checkpoint: Path, config: TrainConfig, observers: Sequence[Observer]
+) -> Run:
+    """The :class:`Run` that continues from ``checkpoint``: the model from its fp32 masters, the run's data."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    run_dir = Path(run_dir)
-    meta_path = run_dir / "run.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not an nbft run directory (no run.json); pass the run_dir of finetune()")
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(
-            f"{run_dir} has no checkpoint to resume from: checkpoints are written on stop and every "
-            "TrainConfig.save_every steps"
-        )
-    _join_processes()
-    meta = json.loads(meta_path.read_text())
+    dtype = getattr(torch, str(meta.get("dtype")), None)
+    if meta.get("kind") not in ("causal", "seq2seq") or not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{run_dir}/run.json is damaged (kind {meta.get('kind')!r}, dtype {meta.get('dtype')!r})")
+    train_path = run_dir / "data" / "train.safetensors"
+    if not train_path.is_file():
+        raise FileNotFoundError(f"{train_path} is missing: resume needs the run's tokenized training data")
     auto = AutoModelForSeq2SeqLM if meta["kind"] == "seq2seq" else AutoModelForCausalLM
     # Checkpoints hold fp32 master weights: load them in fp32, or a bf16 model would resume from rounded masters.
     model = auto.from_pretrained(
-        checkpoint / "model", dtype=torch.float32, attn_implementation=meta["attn_implementation"]
+        checkpoint / "model", dtype=torch.float32, attn_implementation=meta.get("attn_implementation")
     )
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer") if (run_dir / "tokenizer").exists() else None
     val_path = run_dir / "data" / "validation.safetensors"
-    run = Run(
+    return Run(
         model=model,
         tokenizer=tokenizer,
-        train=Examples.load(run_dir / "data" / "train.safetensors"),
+        train=Examples.load(train_path),
         val=Examples.load(val_path) if val_path.exists() else None,
-        config=TrainConfig(**meta["config"]),
+        config=config,
         observers=observers,
         run_dir=run_dir,
         base_model=meta.get("base_model"),
         resume_from=checkpoint,
-        restore_dtype=getattr(torch, meta["dtype"]),
+        restore_dtype=dtype,
     )
-    return run.start(background)
+
+
+def _check_arguments(model: Any, config: Any, observers: Any, *, background: Any, overwrite: Any) -> TrainConfig:
+    """``finetune``'s arguments, checked before any work; returns the (re-validated) config."""
+    if isinstance(model, tuple) and len(model) == 2:
+        raise TypeError("model is a (model, tokenizer) pair: unpack it, e.g. model, tok = nbft.load_model(...)")
+    if isinstance(model, str | os.PathLike):
+        raise TypeError(f"model must be a loaded model, not a name or path: model, tok = nbft.load_model({model!r})")
+    if not hasattr(model, "parameters") or not hasattr(model, "config"):
+        raise TypeError(f"model must be a transformers model (e.g. from nbft.load_model), not {type(model).__name__}")
+    config = config if config is not None else TrainConfig()
+    if isinstance(config, dict):
+        raise TypeError(f"config must be a TrainConfig, not a dict: use TrainConfig(**{config!r})")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, not {type(config).__name__}")
+    _check_observers(observers)
+    _check_flag("background", background)
+    _check_flag("overwrite", overwrite)
+    return dataclasses.replace(config)  # checks the fields again: a config changed after it was made
+
+
+def _check_observers(observers: Any) -> None:
+    if isinstance(observers, str | bytes) or not isinstance(observers, Sequence):
+        raise TypeError(f"observers must be a list, e.g. observers=[ProgressObserver()], got {observers!r}")
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+
+
+def _on_main(fn: Any) -> Any:
+    """Run ``fn`` on the main process only; every process raises if it failed there (same class, same message)."""
+    error: BaseException | None = None
+    result = None
+    if is_main_process():
+        try:
+            result = fn()
+        except (OSError, ValueError, RuntimeError, LookupError, TypeError) as exc:
+            error = exc
+    told = broadcast_from_main_object(None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        raise error
+    if told is not None:
+        kinds = {c.__name__: c for c in (FileExistsError, FileNotFoundError, ValueError, LookupError, TypeError)}
+        raise kinds.get(told[0], RuntimeError)(told[1])
+    return result
 
 
 def _join_processes() -> None:
@@ -399,6 +542,10 @@ class TrainState:
     wall_start: float = 0.0
     tokens_seen: int = 0
     last_saved: int = -1
+    last_save_time: float = 0.0
+    """``time.perf_counter()`` at the last checkpoint (or the start): what ``save_every_minutes`` counts from."""
+    zero_grad_steps: int = 0
+    """Consecutive steps whose gradient was exactly zero (a saturated model: see :func:`_check_progress`)."""
     last_state: StepState | None = None
     restored: bool = False
 
@@ -453,6 +600,7 @@ def train_loop(run: Run) -> None:
                         _validate(run, state, step_state, "eval")
                     save = _measure(run, state, step_state)  # the main process measures; the others wait below
                     due = bool(cfg.save_every) and state.step % cfg.save_every == 0 and state.step < state.total_steps
+                    due = due or _autosave_due(state)
                     # One small all-reduce per step: every process stops (and saves) after the same step.
                     stop, save = agree(state.device, run.stop_requested, save or due)
                     if save or (stop and state.step < state.total_steps):
@@ -479,6 +627,7 @@ def train_loop(run: Run) -> None:
         logger.error("training failed: %s", exc)
     finally:
         run.summary.setdefault("status", run.status)
+        run._release()  # before the end event: an observer that lists the runs must see this one as ended
         run.events.emit("on_train_end", dict(run.summary))
 
 
@@ -579,6 +728,7 @@ def setup(run: Run) -> TrainState:
             task_of=task_of,
             fsdp=fsdp,
             wall_start=t_start,
+            last_save_time=time.perf_counter(),
         )
         if run.resume_from is not None:
             _restore_checkpoint(run, state)
@@ -651,6 +801,7 @@ def train_step(state: TrainState, micro_batches: list[list[int]]) -> StepResult:
             f"updated. Last good checkpoint: {kept or 'none'}. Try a lower learning_rate, warmup_steps, "
             "max_grad_norm=1.0, or precision='fp32'"
         )
+    _check_progress(state, grad_norm, n_labels, step_loss)
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.sync.zero_grad()
@@ -674,8 +825,11 @@ def cleanup(run: Run, state: TrainState) -> None:
             _checkpoint(run, state)
         run.status = "stopped"
     else:
-        if run.val is not None and state.last_state is not None:
+        evaluated = any(h["kind"] == "eval" and h["step"] == state.step for h in run.history[-3:])
+        if run.val is not None and state.last_state is not None and not evaluated:
             _validate(run, state, state.last_state, "final_eval")
+        if state.last_saved != state.step:  # the final checkpoint: resume(more_steps=N) continues from it exactly
+            _checkpoint(run, state)
         run.status = "completed"
     weights = _full_state_dict(state) if state.fsdp else None
     _restore_model(state)
@@ -803,10 +957,13 @@ def _checkpoint(run: Run, state: TrainState) -> None:
         optimizer_state = _full_optimizer_state(state)
     else:
         weights, optimizer_state = state.sync.masters.state_dict(), None
+    _check_finite(state, weights)  # a checkpoint is only written when it is worth resuming from
     extra = {
         "epoch": state.plan.epoch_at(state.step),
         "history": run.history,
         "elapsed_s": state.elapsed_before + state.train_time,
+        "total_steps": state.total_steps,
+        "config": dataclasses.asdict(run.config),
     }
     path = save_checkpoint(
         run.run_dir,
@@ -822,9 +979,55 @@ def _checkpoint(run: Run, state: TrainState) -> None:
         barrier=state.accelerator.wait_for_everyone,
     )
     state.last_saved = state.step
+    state.last_save_time = time.perf_counter()
     state.checkpoint_time += time.perf_counter() - t0
     if state.is_main:
         run.events.emit("on_save", path)
+
+
+def _autosave_due(state: TrainState) -> bool:
+    """``save_every_minutes`` of training passed since the last checkpoint (each process's clock; agreed on after)."""
+    minutes = state.config.save_every_minutes
+    if not minutes or state.step >= state.total_steps:
+        return False
+    return time.perf_counter() - state.last_save_time >= 60.0 * minutes
+
+
+def _check_finite(state: TrainState, weights: dict[str, torch.Tensor]) -> None:
+    """Refuse to call non-finite weights good: no checkpoint and no final model from them (every process agrees)."""
+    bad = state.is_main and any(
+        t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in weights.values() if t.numel()
+    )
+    (bad,) = agree(state.device, bad)
+    if bad:
+        kept = latest_checkpoint(state.run_dir)
+        raise TrainingError(
+            f"the weights became non-finite (inf or nan) by step {state.step}, so they were not saved. Last good "
+            f"checkpoint: {kept or 'none'}. Try a lower learning_rate (full fine-tunes use 1e-5 to 1e-4), "
+            "warmup_steps, max_grad_norm=1.0, or precision='fp32'"
+        )
+
+
+_STALL_STEPS = 3
+
+
+def _check_progress(state: TrainState, grad_norm: float, n_labels: int, loss: float) -> None:
+    """Stop a run that can no longer learn: a gradient of exactly zero on labelled tokens, step after step, means
+    the model saturated (typically a learning rate orders of magnitude too high) and the loss stays flat."""
+    if grad_norm != 0.0 or n_labels == 0:
+        state.zero_grad_steps = 0
+        return
+    state.zero_grad_steps += 1
+    if state.zero_grad_steps < _STALL_STEPS:
+        return
+    since = state.step + 2 - state.zero_grad_steps  # the first step whose gradient was zero
+    before = [p for p in list_checkpoints(state.run_dir) if int(p.name.split("-")[1]) < since]
+    raise TrainingError(
+        f"the gradient was exactly 0 for {state.zero_grad_steps} steps (steps {since}-{state.step + 1}; loss stuck "
+        f"at {loss:.4f}): the model saturated and cannot learn any more, typically from a learning rate far too "
+        f"high (learning_rate={state.config.learning_rate:g}). Last checkpoint before that: "
+        f"{before[-1] if before else 'none'}. Start a new run with a lower learning_rate (1e-5 to 1e-4)"
+    )
 
 
 def _restore_checkpoint(run: Run, state: TrainState) -> None:

@@ -1,0 +1,243 @@
+"""What ``finetune`` and ``resume`` check before they touch a run directory, so that nothing is lost or mixed.
+
+* **One writer per run directory**: :class:`~nbft.train.lock.RunLock` (``run.lock``) for the run's whole life.
+* **One run per model object**: a model that a live run is training cannot start a second run.
+* **A new run never lands on an old one**: a folder holding another run (``run.json``, a history, checkpoints or a
+  model) is refused; ``overwrite=True`` replaces nbft's own files of it (and nothing else in the folder).
+* **Resume continues what is there, or says why not**: the newest intact checkpoint (damaged ones are skipped with
+  the reason, and set aside), a completed run only with ``more_steps=``, a changed ``run.json`` config only with
+  ``allow_config_change=True``.
+
+Example:
+    >>> check_new_run_dir(Path("/tmp/nbft-doc-new-run"), overwrite=False)  # an empty or missing folder is fine
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from nbft.config import TrainConfig
+from nbft.train.checkpoint import list_checkpoints, resumable_checkpoint, set_aside, tidy_checkpoints
+
+logger = logging.getLogger("nbft.train")
+
+RUN_FILES = ("run.json", "history.jsonl", "checkpoints", "model", "data", "tokenizer", "comparison.json",
+             "comparison.txt")  # fmt: skip
+"""The names nbft writes in a run directory (besides ``run.lock``); ``overwrite=True`` removes only these."""
+
+# ------------------------------------------------------------------------------------------------ new runs
+
+
+def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse a ``run_dir`` that already holds a run (or is a file); with ``overwrite``, remove that run's files.
+
+    Call it while holding the run directory's lock.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"run_dir {run_dir} is a file; give a folder path for the run")
+    held = _what_it_holds(run_dir)
+    if not held:
+        return
+    if not overwrite:
+        hint = ""
+        if (run_dir / "model").exists() and list_checkpoints(run_dir):
+            hint = f"train it further with nbft.resume({str(run_dir)!r}, more_steps=N), "
+        elif list_checkpoints(run_dir):
+            hint = f"continue it with nbft.resume({str(run_dir)!r}), "
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({held}): {hint}choose a new run_dir, or pass overwrite=True to replace "
+            "that run's files"
+        )
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    logger.warning("overwrite=True: removed the earlier run's files in %s (%s)", run_dir, held)
+
+
+def _what_it_holds(run_dir: Path) -> str:
+    parts = []
+    if (run_dir / "model").exists():
+        parts.append("a final model/")
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        parts.append(f"{len(checkpoints)} checkpoint(s), the newest {checkpoints[-1].name}")
+    history = run_dir / "history.jsonl"
+    if history.is_file() and history.stat().st_size > 0:
+        steps = sum(1 for line in history.read_text(errors="replace").splitlines() if '"kind": "train"' in line)
+        parts.append(f"history.jsonl with {steps} step(s)")
+    if (run_dir / "run.json").exists():
+        parts.append("run.json")
+    if parts and not checkpoints and not (run_dir / "model").exists():
+        parts.append("no checkpoint")
+    return ", ".join(parts)
+
+
+def tidy_run_dir(run_dir: Path) -> list[str]:
+    """Remove what a killed write left in a run directory (only nbft's own temporary names), and restore a folder
+    that was moved aside when its replacement never arrived. Call it while holding the lock."""
+    done = [*tidy_checkpoints(run_dir)]
+    if not run_dir.is_dir():
+        return done
+    names = "|".join(re.escape(n) for n in (*RUN_FILES, "history.jsonl"))
+    temp = re.compile(rf"^\.({names})\.(?:([a-z0-9_]{{8}})|old-\d+)$")
+    for entry in sorted(run_dir.iterdir()):
+        m = temp.match(entry.name)
+        if not m or entry.is_symlink():
+            continue
+        final = run_dir / m.group(1)
+        if m.group(2) is None and entry.is_dir() and not final.exists():  # a whole folder moved aside: put it back
+            entry.rename(final)
+            done.append(f"restored {final.name} from {entry.name}")
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        done.append(f"removed {entry.name}, left by an interrupted write")
+    return done
+
+
+# ------------------------------------------------------------------------------------------------ model objects
+
+_TRAINING: dict[int, Any] = {}
+_TRAINING_LOCK = threading.Lock()
+
+
+def claim_model(model: Any, run: Any) -> None:
+    """Refuse a model object that a live run is training; else remember it as ``run``'s until :func:`release_model`."""
+    with _TRAINING_LOCK:
+        other = _TRAINING.get(id(model))
+        if other is not None and other is not run:
+            raise RuntimeError(
+                f"this model object is already being trained by the run in {other.run_dir} (status {other.status}): "
+                "wait for it (run.wait()), stop it (run.stop()), or train a copy (copy.deepcopy(model)) in a new run"
+            )
+        _TRAINING[id(model)] = run
+
+
+def release_model(model: Any, run: Any) -> None:
+    with _TRAINING_LOCK:
+        if _TRAINING.get(id(model)) is run:
+            del _TRAINING[id(model)]
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+@dataclasses.dataclass
+class ResumePlan:
+    """Where ``resume`` continues from and with which config."""
+
+    checkpoint: Path
+    meta: dict[str, Any]
+    config: TrainConfig
+    step: int
+    skipped: list[tuple[Path, str]]
+    """Newer checkpoints that failed their check, with the reason (they were renamed ``step-N.damaged``)."""
+    extended: bool = False
+    """``more_steps`` extends a completed run: run.json must be rewritten with the new ``max_steps``."""
+
+
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a run directory, or an error that says what is wrong and what to do."""
+    meta_path = run_dir / "run.json"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run directory {run_dir}; list your runs with nbft.runs('runs') and pass one")
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not an nbft run directory (no run.json); pass the run_dir of finetune()")
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError("no config in it")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{meta_path} is damaged ({exc}): resume needs it. Restore it from a copy, or start a new run"
+        ) from None
+    return meta
+
+
+def plan_resume(
+    run_dir: Path, meta: dict[str, Any], *, more_steps: int | None, allow_config_change: bool
+) -> ResumePlan:
+    """Check a run directory for ``resume`` (holding its lock) and decide where to continue from."""
+    for line in tidy_run_dir(run_dir):
+        logger.warning("%s: %s", run_dir, line)
+    checkpoint, skipped = resumable_checkpoint(run_dir)
+    if checkpoint is None:
+        reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+        raise FileNotFoundError(
+            f"{run_dir} has no checkpoint to resume from"
+            + (f" (none is intact: {reasons})" if skipped else "")
+            + ": checkpoints are written on stop, at the end, every TrainConfig.save_every steps and every "
+            "save_every_minutes"
+        )
+    set_aside_paths = []
+    for path, why in skipped:
+        moved = set_aside(path)
+        set_aside_paths.append(moved)
+        logger.warning(
+            "%s: skipped checkpoint %s: %s. It was renamed %s (delete it when you no longer need it)",
+            run_dir, path.name, why, moved.name,
+        )  # fmt: skip
+    if skipped:
+        logger.warning("%s: resuming from %s, the newest intact checkpoint", run_dir, checkpoint.name)
+    state = json.loads((checkpoint / "state.json").read_text())
+    step = int(state["step"])
+    saved_total = state.get("total_steps")
+    final = saved_total is not None and step >= int(saved_total)
+    # A kill between the final checkpoint and model/ leaves a run that resume() completes (it writes model/).
+    completed = _has_final_model(run_dir) and (final or saved_total is None)
+    try:
+        config = TrainConfig(**meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{run_dir}/run.json holds a config that is not valid: {exc}") from None
+    saved = state.get("config")
+    if more_steps is not None:
+        if not completed and not final:
+            raise ValueError(
+                f"{run_dir} has not completed (it is at step {step}): resume it without more_steps; more_steps "
+                "extends a completed run"
+            )
+        if not final:
+            raise ValueError(
+                f"{run_dir} completed without a checkpoint at its final step (written by an older nbft), so it cannot "
+                f"continue exactly: start a new run from {run_dir}/model with finetune()"
+            )
+        config = dataclasses.replace(config, max_steps=step + more_steps)
+        if saved is not None:  # the extension is the one change the user asked for
+            saved = {**saved, "max_steps": step + more_steps}
+    elif completed:
+        raise ValueError(
+            f"{run_dir} has completed (step {step}; its model is in {run_dir / 'model'}): there is nothing to resume. "
+            "To train it further, pass more_steps=N (continues from its final checkpoint)"
+        )
+    if saved is not None:
+        changes = _config_changes(saved, dataclasses.asdict(config))
+        if changes and not allow_config_change:
+            raise ValueError(
+                f"{run_dir}/run.json's config differs from the one {checkpoint.name} was trained with ({changes}): "
+                "pass allow_config_change=True to continue with the changed config, or restore run.json"
+            )
+        if changes:
+            logger.warning("%s: continuing with a changed config (%s)", run_dir, changes)
+    return ResumePlan(checkpoint, meta, config, step, skipped, extended=more_steps is not None)
+
+
+def _has_final_model(run_dir: Path) -> bool:
+    return (run_dir / "model" / "config.json").is_file()
+
+
+def _config_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    keys = sorted(set(before) | set(after))
+    diffs = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys if before.get(k) != after.get(k)]
+    return ", ".join(diffs)
