@@ -43,10 +43,16 @@ def _finish(ctx, target, run_dir: Path, tmp: Path, name: str) -> dict:
     return json.loads(out.read_text())
 
 
-def test_kill_9_at_random_moments_then_resume_is_bit_equal_and_damage_falls_back(tmp_path):
+def test_kill_9_at_random_moments_then_resume_is_bit_equal_and_damage_falls_back(tmp_path, monkeypatch):
+    # The forkserver imports torch, transformers and the worker once (it ignores sys.path: PYTHONPATH carries it).
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, *filter(None, [os.environ.get("PYTHONPATH")])]))
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["_fault_worker"])
+    _finish(ctx, _fault_worker.start, tmp_path / "warmup", tmp_path, "warmup")  # starts the forkserver
+    t0 = time.monotonic()
     reference = _finish(ctx, _fault_worker.start, tmp_path / "reference", tmp_path, "reference")
+    duration = time.monotonic() - t0
     assert reference["status"] == "completed"
 
     run_dir, rng = tmp_path / "killed", random.Random(SEED)
@@ -60,14 +66,28 @@ def test_kill_9_at_random_moments_then_resume_is_bit_equal_and_damage_falls_back
         _wait_for(started.exists, 60, "the training process to start")
         if n == 0:  # the first run must have written a checkpoint, or there is nothing to resume
             _wait_for(lambda: (checkpoints / "step-000001").is_dir(), 60, "the first checkpoint")
-        time.sleep(rng.uniform(0.0, 1.0))
-        assert p.is_alive(), f"run {n} ended before its kill; lengthen the run"
+        # Odd kills time from the process start (they land in setup: loading, verifying, tidying), even ones from
+        # its first step (in steps and checkpoint writes). Each gets a random share of the run's duration, so
+        # together they cannot finish the run before the last kill.
+        if n % 2 == 0:
+            stepped = Path(f"{started}.step")
+            _wait_for(lambda s=stepped, q=p: s.exists() or not q.is_alive(), 60, "a step")
+        delay = rng.uniform(0.0, 0.6 * duration / KILLS)
+        time.sleep(delay)
+        assert p.is_alive(), f"run {n} ended before its kill after {delay:.2f}s"
         os.kill(p.pid, signal.SIGKILL)
         p.join()
         assert p.exitcode == -signal.SIGKILL
         temps = sorted(e.name for e in checkpoints.iterdir() if e.name.startswith(".step-"))
         steps = sorted(e.name for e in checkpoints.iterdir() if e.name.startswith("step-"))
-        kills.append({"in_checkpoint_write": bool(temps), "temporaries": temps, "checkpoints": steps})
+        kills.append(
+            {
+                "from": "first step" if n % 2 == 0 else "start",
+                "after_s": round(delay, 3),
+                "in_checkpoint_write": bool(temps),
+                "checkpoints": steps,
+            }
+        )
         target = _fault_worker.proceed
 
     # Damage the newest checkpoint: resume must say so and continue from the one before it.
@@ -76,7 +96,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_equal_and_damage_falls_back
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     final = _finish(ctx, _fault_worker.proceed, run_dir, tmp_path, "final")
 
-    print(f"\nkills: {json.dumps(kills, indent=1)}\nskipped on the final resume: {final['skipped']}")
+    print(f"\nrun {duration:.2f}s; kills: {json.dumps(kills)}\nskipped on the final resume: {final['skipped']}")
     assert final["status"] == "completed"
     assert final["skipped"] and final["skipped"][0][0] == newest.name and "truncated" in final["skipped"][0][1]
     assert final["losses"] == reference["losses"], "the loss curve differs from the uninterrupted run"
