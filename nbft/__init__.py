@@ -45,12 +45,12 @@ _EXPORTS = {
     "ProgressObserver": "nbft.train",
     "HistoryWriter": "nbft.train",
     # evaluation
-    "compare": "nbft.evaluate",
+    "compare": "nbft.report",
     "get_task": "nbft.evaluate",
     "list_tasks": "nbft.evaluate",
     "Task": "nbft.evaluate",
-    "ComparisonTable": "nbft.evaluate",
-    "run_demo": "nbft.evaluate.demo",
+    "ComparisonTable": "nbft.report",
+    "run_demo": "nbft.demo",
 }
 
 __all__ = [
@@ -106,9 +106,10 @@ def load_ipython_extension(ipython: Any) -> None:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.config import DataConfig, EvalConfig, TrainConfig
     from nbft.data import build_instruction_dataset, mix, tokenize_for_training
-    from nbft.evaluate import ComparisonTable, Task, compare, get_task, list_tasks
-    from nbft.evaluate.demo import run_demo
+    from nbft.demo import run_demo
+    from nbft.evaluate import Task, get_task, list_tasks
     from nbft.models import load_model, tiny_random
+    from nbft.report import ComparisonTable, compare
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (
         HistoryWriter,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nbft.evaluate.demo import DemoSettings, run_demo
+from nbft.demo import DemoSettings, run_demo
 
 
 def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):

@@ -37,6 +37,7 @@ import torch
 
 from nbft._utils import atomic_path
 from nbft.config import TrainConfig
+from nbft.hashes import write_training_hashes
 from nbft.train.batching import (
     Examples,
     StepPlan,
@@ -216,6 +217,7 @@ def finetune(
         )
     base_model = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
     _write_run_files(run_dir, model, tokenizer, train_ex, val_ex, config, kind, base_model)
+    write_training_hashes(run_dir / "data", train)  # what compare() checks test splits against (nbft.hashes)
     run = Run(
         model=model,
         tokenizer=tokenizer,

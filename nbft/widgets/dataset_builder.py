@@ -83,8 +83,9 @@ class DatasetBuilder(widgets.VBox):
 
     Args:
         source: your own data (anything :func:`nbft.data.load_source` takes: DataFrame, list of dicts, file path,
-            ``datasets.Dataset``). Left out: the task's built-in data (:func:`nbft.sources.load_source`), or a file
-            path / Hub name typed into the *source* box.
+            ``datasets.Dataset``). Left out: the task's built-in data, from the task's own train and validation
+            splits (its test split stays for :func:`nbft.compare`), or a file path / Hub name typed into the
+            *source* box.
         task: the task selected at first.
         tokenizer: counts tokens for the length statistics and histogram (left out: no token statistics).
         n: how many examples to keep (0: all).
@@ -175,17 +176,14 @@ class DatasetBuilder(widgets.VBox):
 
     # ------------------------------------------------------------------------------------------- build
     def load(self) -> Any:
-        """The examples Build starts from: the typed path/Hub name, else the given source, else built-in data."""
+        """The examples Build starts from: the typed path/Hub name, else the given source, else ``None`` (the
+        task's built-in data, split by the task)."""
         from nbft.data import load_source
 
         typed = self.source_text.value.strip()
         if typed:
             return load_source(typed)
-        if self.source is not None:
-            return self.source
-        from nbft.sources import load_source as builtin
-
-        return builtin(self.task.value, n=self.n.value or None, seed=self.seed.value)
+        return self.source
 
     def build(self) -> Any:
         """Build the dataset with :func:`nbft.data.build_instruction_dataset` (what Build does) and show it."""
@@ -194,14 +192,20 @@ class DatasetBuilder(widgets.VBox):
         if not self.templates.value:
             raise ValueError("select at least one template")
         self.status_label.value = "<i>building…</i>"
-        data = build_instruction_dataset(
-            self.load(),
-            list(self.templates.value),
-            task=self.task.value,
-            split=self.split,
-            seed=self.seed.value,
-            max_examples=self.n.value or None,
-        )
+        source = self.load()
+        if source is None:  # built-in data: the task's train/validation splits, never its test split
+            data = build_instruction_dataset(
+                task=self.task.value, templates=list(self.templates.value), n=self.n.value or None, seed=self.seed.value
+            )
+        else:
+            data = build_instruction_dataset(
+                source,
+                list(self.templates.value),
+                task=self.task.value,
+                split=self.split,
+                seed=self.seed.value,
+                max_examples=self.n.value or None,
+            )
         self.dataset = data
         sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
         self.status_label.value = f"<b>built</b>: {html.escape(sizes)}"

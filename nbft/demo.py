@@ -5,7 +5,7 @@ Offline and on CPU by default: SmolLM2-135M-Instruct from nbft's registry fallba
 
 Example::
 
-    from nbft.evaluate.demo import run_demo
+    from nbft.demo import run_demo
     result = run_demo(target="sentiment", out_dir="runs/demo", echo=print)
     result["table"].delta                 # the paired Δ with its 95% CI
     result["files"]["report"]             # runs/demo/report.html
@@ -90,17 +90,13 @@ def _load(model: Any) -> tuple[Any, Any, str, Path | None]:
     return m, tok, label, folder
 
 
-def _training_data(task: Any, splits: Any, n_train: int, seed: int) -> Any:
-    import datasets
+def _training_data(task: Any, n_train: int, seed: int) -> Any:
+    """The target task's train split (the path every notebook uses too): never an example compare() scores."""
+    from nbft.data import build_instruction_dataset
 
-    def render(ds: datasets.Dataset) -> datasets.Dataset:
-        rows = [{"prompt": task.template.render(ex), "completion": task.template.completion(ex)} for ex in ds]
-        return datasets.Dataset.from_list(rows)
-
-    train = splits["train"].shuffle(seed=seed)
-    train = train.select(range(min(n_train, len(train))))
-    val = splits["validation"].select(range(min(64, len(splits["validation"]))))
-    return render(train), render(val)
+    # the evaluation template only: the demo shows what training on one phrasing does
+    data = build_instruction_dataset(task=task, templates=task.template, n=n_train, n_validation=64, seed=seed)
+    return data["train"], data["validation"]
 
 
 def run_demo(
@@ -129,7 +125,7 @@ def run_demo(
         settings: a :class:`DemoSettings` (``steps``/``n`` arguments override it).
         echo: called with each line meant for a person (the CLI passes ``print``); library code never prints.
 
-    Returns a dict: ``table`` (the :class:`~nbft.evaluate.compare.ComparisonTable`), ``run`` (the training run),
+    Returns a dict: ``table`` (the :class:`~nbft.report.ComparisonTable`), ``run`` (the training run),
     ``text`` (the printed table), ``files`` (paths written), ``timings`` (seconds per phase), ``out_dir``.
 
     Example::
@@ -137,8 +133,8 @@ def run_demo(
         result = run_demo(model="tiny", out_dir="/tmp/nbft-demo")
     """
     from nbft.data import tokenize_for_training
-    from nbft.evaluate.compare import compare, evaluate_model
-    from nbft.evaluate.tasks import get_task, list_tasks
+    from nbft.evaluate import evaluate_model, get_task, list_tasks
+    from nbft.report import compare
     from nbft.train import ProgressObserver, TrainConfig, finetune
 
     say = echo or (lambda line: logger.info("%s", line))
@@ -172,7 +168,7 @@ def run_demo(
     splits = target_task.load()
     for task in task_objs[1:]:
         task.load()  # fetch and cache every task's data now, so a missing source fails before any compute
-    train_rows, val_rows = _training_data(target_task, splits, cfg.steps * cfg.batch_size, seed)
+    train_rows, val_rows = _training_data(target_task, cfg.steps * cfg.batch_size, seed)
     timings["data_s"] = time.perf_counter() - t0
     say(
         f"[1/6] data: {len(train_rows)} training examples of {target!r} "
@@ -224,7 +220,8 @@ def run_demo(
 
     # 4. tuned evaluation, against the stored base results ------------------------------------------------------
     t0 = time.perf_counter()
-    table = compare({"base": base_eval, "tuned": (run.model, tok)}, task_objs, target=target, config=ecfg)
+    # the run itself (not its bare model): compare() reads what it trained on and checks every test example
+    table = compare({"base": base_eval, "tuned": run}, task_objs, target=target, config=ecfg, tokenizer=tok)
     timings["eval_tuned_s"] = time.perf_counter() - t0
     say(f"[4/6] tuned model evaluated in {timings['eval_tuned_s']:.0f}s")
 
