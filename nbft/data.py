@@ -27,7 +27,7 @@ import pandas as pd
 
 from nbft._registry import hub_reachable
 from nbft._utils import atomic_path
-from nbft.hashes import content_hash
+from nbft.hashes import content_hash, near_duplicate_groups, normalize_text
 from nbft.models import tokenizer_kind
 from nbft.templates import PromptTemplate, TemplateError, phrasings, resolve_templates
 
@@ -147,10 +147,12 @@ def split_examples(
     """Split raw examples into disjoint train/validation/test splits: the only split function in nbft.
 
     Every task's ``load()`` and :func:`build_instruction_dataset` call it, so a task's test split and a training set
-    built from the same data with the same ``seed`` and ``fractions`` never share an example. Exact duplicates (equal
-    values of ``key_fields``, default all columns) are dropped first, and examples are put in an order given by their
-    content, so the split depends on *which* examples there are, not on their order in the file. ``stratify`` names
-    a label column whose proportions each split keeps (when every label has enough examples).
+    built from the same data with the same ``seed`` and ``fractions`` never share an example. Duplicates (equal
+    values of ``key_fields``, default all columns, ignoring case and spacing) are dropped first; near duplicates
+    (texts sharing a 13-word window, e.g. a retweet) are kept on the same side of the split. Examples are put in an
+    order given by their content, so the split depends on *which* examples there are, not on their order in the
+    file. ``stratify`` names a label column whose proportions each split keeps (when every label has enough
+    examples). Sizes are exact when there are no near-duplicate groups (a group counts as one).
 
     Example:
         >>> rows = datasets.Dataset.from_list([{"q": f"q{i}", "a": str(i)} for i in range(10)])
@@ -166,15 +168,32 @@ def split_examples(
         raise DataError(f"split_examples: the data has no field(s) {missing}; it has {source.column_names}")
     rows = source.select_columns(fields).to_list()
     first: dict[str, int] = {}
+    raw = [json.dumps([row[f] for f in fields], default=str, ensure_ascii=False) for row in rows]
     for i, row in enumerate(rows):
-        first.setdefault(json.dumps([row[f] for f in fields], default=str, ensure_ascii=False), i)
+        # case and spacing do not make a different example; which copy is kept depends on content, not order
+        key = json.dumps(
+            [normalize_text(row[f]) if isinstance(row[f], str) else row[f] for f in fields],
+            default=str,
+            ensure_ascii=False,
+        )
+        if key not in first or raw[i] < raw[first[key]]:
+            first[key] = i
     if len(first) < len(rows):
         logger.info("dropped %d exact duplicate examples of %d", len(rows) - len(first), len(rows))
-    # Content order, not file order: the same examples give the same split however they were loaded.
-    order = [i for k, i in sorted(first.items(), key=lambda kv: hashlib.sha1(kv[0].encode("utf-8")).hexdigest())]
-    labels = [str(source[i][stratify]) for i in order] if stratify else None
+    keys, unique = list(first), list(first.values())
+    # near duplicates (a shared 13-word window) stay together: one side of the split, never both
+    groups = near_duplicate_groups([[v for v in rows[i].values() if isinstance(v, str)] for i in unique])
+    members: dict[int, list[int]] = {}
+    for j, g in enumerate(groups):
+        members.setdefault(g, []).append(j)
+    # content order, not file order: the same examples give the same split however they were loaded
+    digest = {g: min(hashlib.sha1(keys[j].encode("utf-8")).hexdigest() for j in js) for g, js in members.items()}
+    order = sorted(members, key=digest.__getitem__)
+    labels = [str(rows[unique[members[g][0]]][stratify]) for g in order] if stratify else None
     parts = _assign_splits(len(order), fractions, seed, labels)
-    return datasets.DatasetDict({name: source.select([order[j] for j in idx]) for name, idx in parts.items()})
+    return datasets.DatasetDict(
+        {name: source.select([unique[j] for k in idx for j in members[order[k]]]) for name, idx in parts.items()}
+    )
 
 
 def _assign_splits(n: int, fractions: Sequence[float], seed: int, labels: list[str] | None) -> dict[str, list[int]]:

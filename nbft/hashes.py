@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "NGRAM_N",
     "TrainingHashes",
     "content_hash",
+    "near_duplicate_groups",
     "ngram_hashes",
     "normalize_text",
     "read_training_hashes",
@@ -88,6 +89,37 @@ def ngram_hashes(text: Any, n: int = NGRAM_N) -> set[int]:
     """
     words = _WORD.findall(normalize_text(text))
     return {_h64(" ".join(words[i : i + n])) for i in range(len(words) - n + 1)}
+
+
+def near_duplicate_groups(texts: Sequence[Sequence[Any]], n: int = NGRAM_N) -> list[int]:
+    """Group rows whose texts share an ``n``-word window (near duplicates: retweets, re-posted news with another
+    link...): a split keeps each group on one side, so the 13-gram check never finds a test example in training.
+
+    ``texts[i]`` holds row i's text fields. Returns a group id per row (the smallest row index in its group).
+
+    Example:
+        >>> a = "one two three four five six seven eight nine ten eleven twelve thirteen"
+        >>> near_duplicate_groups([[a + " x"], ["unrelated"], ["RT " + a]])
+        [0, 1, 0]
+    """
+    parent = list(range(len(texts)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for i, fields in enumerate(texts):
+        for text in fields:
+            for h in ngram_hashes(text, n):
+                j = owner.setdefault(h, i)
+                if j != i:
+                    a, b = find(i), find(j)
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+    return [find(i) for i in range(len(texts))]
 
 
 @dataclasses.dataclass

@@ -26,6 +26,17 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert steps == [f"[{i}/6]" for i in range(1, 7)]
     table = result["table"]
     assert set(table.forgetting.columns) >= {"G", "BWT", "AF", "worst_drop", "significant_regressions"}
+    # the demo trains on the target's train split only: the run's hashes match no test example of any task it scores
+    from nbft.evaluate import find_overlap, get_task
+    from nbft.hashes import read_training_hashes
+
+    hashes = read_training_hashes(out)
+    assert hashes.n_examples == len(result["run"].train)
+    for name in metrics["tasks"]:
+        task = get_task(name)
+        assert not any(find_overlap(task, list(task.load()["test"]), hashes)), name
+    assert metrics["models"]["tuned"]["training"]["checked"]
+    assert all(info["overlap"]["n_overlap"] == 0 for info in metrics["tasks"].values())
     assert "sentiment" in result["text"]
     with pytest.raises(FileExistsError, match="already holds a demo run"):
         run_demo(model="tiny", out_dir=out, progress=False)
