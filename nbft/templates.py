@@ -308,6 +308,44 @@ _BUILTIN: list[tuple[str, str, str, dict[str, Any]]] = [
         "entities",
         {},
     ),
+    (
+        "ner/1",
+        "Sentence: {{ text }}\n\nList the {{ entity_type }} named in this sentence, separated by semicolons.\nAnswer:",
+        "names",
+        {},
+    ),
+    (
+        "ner/2",
+        "Which {{ entity_type }} are mentioned in the following sentence? Write only their names, separated by "
+        "semicolons.\n\nSentence: {{ text }}",
+        "names",
+        {},
+    ),
+    (
+        "ner/3",
+        "{{ text }}\n\nName the {{ entity_type }} in the text above (names only, separated by semicolons).",
+        "names",
+        {},
+    ),
+    (
+        "summarize-paper/1",
+        "Read the abstract of a research paper and summarize its {{ aspect }} in one sentence.\n\n"
+        "Abstract: {{ abstract }}\n\nSummary of the {{ aspect }}:",
+        "summary",
+        {},
+    ),
+    (
+        "summarize-paper/2",
+        "{{ abstract }}\n\nIn one sentence, what is the {{ aspect }} of the paper described above?",
+        "summary",
+        {},
+    ),
+    (
+        "summarize-paper/3",
+        "Summarize the {{ aspect }} of this paper in a single sentence.\n\n{{ abstract }}",
+        "summary",
+        {},
+    ),
     ("qa/1", "Answer the question.\n\nQuestion: {{ question }}\nAnswer:", "answer", {}),
     ("qa/2", "{{ question }}\n\nGive a short answer.", "answer", {}),
     ("qa/3", "Please answer the following question in one or two sentences.\n\n{{ question }}", "answer", {}),

