@@ -249,7 +249,7 @@ def render_examples(
     Columns: ``prompt``, ``completion``, ``task``, ``template_id``, ``example_id``. Empty completions are an error.
 
     Example:
-        >>> render_examples([{"question": "2+2?", "answer": "4"}], "qa/1")["completion"]
+        >>> list(render_examples([{"question": "2+2?", "answer": "4"}], "qa/1")["completion"])
         ['4']
     """
     tmpl = resolve_templates(templates)
@@ -550,8 +550,8 @@ def format_prompt(
     and an assistant turn, and the prompt becomes the last user turn followed by the assistant's generation prompt.
 
     Example:
-        >>> format_prompt(None, "Q: 3+3?\nA:", shots=[("Q: 1+1?\nA:", " 2")])
-        'Q: 1+1?\nA: 2\n\nQ: 3+3?\nA:'
+        >>> format_prompt(None, "Q: 3+3?\\nA:", shots=[("Q: 1+1?\\nA:", " 2")])
+        'Q: 1+1?\\nA: 2\\n\\nQ: 3+3?\\nA:'
     """
     if not chat_template:
         return "".join(p + c + "\n\n" for p, c in shots) + prompt

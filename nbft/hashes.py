@@ -253,7 +253,8 @@ def read_training_hashes(path: str | Path) -> TrainingHashes:
     """Read a ``train_hashes.safetensors`` file (or the run directory / its ``data`` folder that holds one).
 
     Example:
-        >>> read_training_hashes("/tmp/nbft-doc-run/data").n_examples
+        >>> _ = write_training_hashes("/tmp/nbft-doc-read/data", [{"prompt": "a", "completion": "b"}])
+        >>> read_training_hashes("/tmp/nbft-doc-read").n_examples
         1
     """
     from safetensors import safe_open

@@ -275,3 +275,33 @@ def test_icl_n_pairs_k_shot_with_base_on_the_same_examples(tiny):
     ex = table.examples
     assert d["base"] == pytest.approx(100 * (ex["ll_choice:base"][:5] == ex["reference"][:5]).mean())
     assert ex["output:base 2-shot"][5:].isna().all()
+
+
+def test_evaluate_never_imports_report():
+    """Layering: evaluate returns a plain results dict; report renders it and sits above evaluate."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib.abc, sys, pkgutil, importlib
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == 'nbft.report' or name == 'nbft.demo':
+            raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+import nbft.evaluate
+for m in pkgutil.walk_packages(nbft.evaluate.__path__, 'nbft.evaluate.'):
+    importlib.import_module(m.name)
+import datasets, json
+from nbft.evaluate import Task, compare_models
+from nbft.models import tiny_random
+model, tok = tiny_random('llama', seed=0)
+rows = [{'question': f'q{i}?', 'answer': f'a{i}'} for i in range(8)]
+task = Task('t', datasets.Dataset.from_list(rows), 'qa/1', max_new_tokens=2)
+results = compare_models({'base': (model, tok)}, [task], n=4, progress=False, n_boot=100)
+json.dumps(results)
+print('ok', 'nbft.report' in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok False"

@@ -46,7 +46,7 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
 def test_real_demo_few_steps_improves_sentiment(default_model, tmp_path):
     """The real default model, a short run: the target task gains, and the run writes every file."""
     # the default 40 training steps (fewer can leave the model predicting one label); fewer test examples
-    settings = DemoSettings(steps=40, n=40, n_other=8, icl_shots=(0, 3), icl_n=8, max_new_tokens_other=8)
+    settings = DemoSettings(steps=40, n=40, n_other=8, n_per_task={}, icl_shots=(0, 3), icl_n=8, max_new_tokens_other=8)
     # model=None loads the default model from the session's cache, as `nbft demo` does; fine-tuning happens in
     # place, so passing the shared fixture object would leave a tuned model behind for other tests.
     result = run_demo(model=None, out_dir=tmp_path / "demo", settings=settings, progress=False)

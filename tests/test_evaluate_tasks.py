@@ -153,7 +153,7 @@ def test_sentiment_budget_lets_the_real_base_model_reach_a_label(default_model):
 
     model, tok = default_model
     task = nbft.get_task("sentiment")
-    assert task.halt == ("negative", "neutral", "positive")
+    assert {"negative", "Neutral", "POSITIVE"} <= set(task.halt)
     fixed = task.sample(40)
     cfg = EvalConfig(batch_size=20, chat_template=True, progress=False, scoring="generate")
     old = score(model, tok, dataclasses.replace(task, max_new_tokens=4, stop_at_choice=False), fixed, cfg)
@@ -161,7 +161,7 @@ def test_sentiment_budget_lets_the_real_base_model_reach_a_label(default_model):
     assert new["no_label_rate"] < old["no_label_rate"], (old["outputs"][:5], new["outputs"][:5])
     assert new["no_label_rate"] <= 10
     labelled = [o for o in new["outputs"] if any(c in o.lower() for c in task.choices)]
-    assert all(o.lower().rstrip(".").endswith(task.choices) for o in labelled)  # halted at the label
+    assert all(o.lower().endswith(task.choices) for o in labelled)  # halted at the label
 
 
 def test_no_label_share_and_format_vs_skill_note(tiny):

