@@ -165,6 +165,10 @@ def test_overlap_is_read_from_a_run_its_directory_and_its_saved_model(tmp_path):
                                  progress=False, n_boot=100)  # fmt: skip
         assert results["tasks"]["toy-sentiment"]["overlap"]["left_out"] == 2, spec
         assert results["models"]["tuned"]["training"]["checked"]
+    clean = build_instruction_dataset(task=task, n=20)["train"]
+    results = compare_models({"base": (base, tok), "tuned": (base, tok)}, [task], n=None, progress=False, n_boot=100,
+                             training_data={"tuned": clean})  # fmt: skip
+    assert any("'tuned': every test example was checked" in n and "no overlap" in n for n in results["notes"])
 
 
 def test_bare_model_says_overlap_not_checked(tiny):

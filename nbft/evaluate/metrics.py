@@ -110,8 +110,12 @@ class RougeMetric(Metric):
     example_key = "rougeL"
 
     def __init__(self) -> None:
+        import logging
+
         from rouge_score import rouge_scorer
 
+        # rouge_score logs "Using default tokenizer." at INFO through absl on every scorer: say it never
+        logging.getLogger("absl").setLevel(max(logging.getLogger("absl").level, logging.WARNING))
         self._scorer = rouge_scorer.RougeScorer(list(self.keys), use_stemmer=True)
 
     def per_example(self, preds: Sequence[str], refs: Sequence[str]) -> dict[str, np.ndarray]:

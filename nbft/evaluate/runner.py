@@ -580,6 +580,13 @@ def compare_models(
                 f"handle as the model, or training_data={{{mname!r}: dataset}})"
             )
     overlap_info = _mark_overlap(prepared, sources, keep_overlap, notes)
+    clean = [
+        m for m, src in sources.items() if src.known and not any(i["by_model"].get(m) for i in overlap_info.values())
+    ]
+    for m in clean:
+        notes.append(
+            f"{m!r}: every test example was checked against its training data ({sources[m].label}): no overlap"
+        )
 
     # 2. every model on the examples that are scored
     evaluations: dict[str, dict[str, Any]] = {}
