@@ -84,7 +84,7 @@ def training_source(spec: Any, training_data: Any = None) -> TrainingSource:
 
     Example::
 
-        training_source(run).label           # 'run runs/sentiment-1 (320 examples)'
+        training_source(run).label           # 'run runs/sentiment-1, 320 examples'
         training_source(model).known         # False for a model object whose training data is unknown
     """
     if training_data is not None:
@@ -96,7 +96,7 @@ def training_source(spec: Any, training_data: Any = None) -> TrainingSource:
     if path is None:
         return TrainingSource("unknown", None)
     hashes = read_training_hashes(path)
-    return TrainingSource(f"run {hashes.source} ({hashes.n_examples} examples)", hashes)
+    return TrainingSource(f"run {hashes.source}, {hashes.n_examples} examples", hashes)
 
 
 def _explicit(data: Any) -> TrainingSource:
@@ -113,7 +113,7 @@ def _explicit(data: Any) -> TrainingSource:
                 "one in data/); pass the training dataset itself instead"
             )
         hashes = read_training_hashes(found)
-        return TrainingSource(f"run {hashes.source} ({hashes.n_examples} examples)", hashes)
+        return TrainingSource(f"run {hashes.source}, {hashes.n_examples} examples", hashes)
     if isinstance(data, (list, tuple)) and data and all(isinstance(d, TrainingHashes) for d in data):
         merged = data[0]
         for other in data[1:]:
@@ -125,7 +125,7 @@ def _explicit(data: Any) -> TrainingSource:
             "training_data has no prompt/completion text (nor a content_hash column) to check test examples "
             "against; pass the dataset you trained on, as built by nbft.build_instruction_dataset"
         )
-    return TrainingSource(f"dataset ({hashes.n_examples} examples)", hashes)
+    return TrainingSource(f"a dataset of {hashes.n_examples} examples", hashes)
 
 
 def _phrasings(task: Any) -> list[Any]:
