@@ -86,7 +86,7 @@ class ComparisonTable:
     """
 
     def __init__(self, results: Mapping[str, Any]) -> None:
-        from nbft.evaluate.runner import RESULTS_FORMAT
+        from nbft.evaluate.results import RESULTS_FORMAT
 
         if results.get("format") != RESULTS_FORMAT:
             raise ValueError(

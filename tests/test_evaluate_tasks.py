@@ -165,7 +165,7 @@ def test_sentiment_budget_lets_the_real_base_model_reach_a_label(default_model):
 
 
 def test_no_label_share_and_format_vs_skill_note(tiny):
-    from nbft.evaluate.runner import _format_notes
+    from nbft.evaluate.results import _format_notes
 
     model, tok = tiny
     table = nbft.compare({"base": model, "tuned": model}, [Task.from_data(_rows(), template="sentiment/1", name="s")],

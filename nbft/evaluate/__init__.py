@@ -10,7 +10,9 @@ module                    does one thing
 ``generation``            batched greedy generation and log-likelihood scoring of choices
 ``overlap``               which test examples a tuned model's training data holds (exact and 13-gram)
 ``stats``                 bootstrap CIs, paired Δ, forgetting (G, BWT′, AF, worst drop) on plain data
-``runner``                ``score`` (one model, one task), ``evaluate_model``, ``compare_models`` → results dict
+``scoring``               ``score``: one model, one task, a list of examples → a plain dict (fast, reusable)
+``runner``                ``evaluate_model``, ``compare_models``: test sets, models, overlap, → the results dict
+``results``               assembles that dict: CIs, paired Δs, forgetting, notes
 ========================  ====================================================================================
 
 Example::
@@ -27,7 +29,8 @@ from nbft.evaluate import stats
 from nbft.evaluate.generation import generate, score_choices
 from nbft.evaluate.metrics import Metric, MetricError, UserMetric, get_metric, list_metrics
 from nbft.evaluate.overlap import find_overlap, training_source
-from nbft.evaluate.runner import compare_models, evaluate_model, prompt_hash, score
+from nbft.evaluate.runner import compare_models, evaluate_model
+from nbft.evaluate.scoring import prompt_hash, score
 from nbft.evaluate.tasks import Task, TaskError, get_task, list_tasks, register_task, split_dataset
 
 __all__ = [
