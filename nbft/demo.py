@@ -98,6 +98,37 @@ def _load(model: Any) -> tuple[Any, Any, str, Path | None]:
     return m, tok, label, folder
 
 
+def _check_arguments(cfg: DemoSettings, names: list[str], offline: set[str], model: Any, out: Path) -> None:
+    """What can be known before any work: counts are positive, every task's data is reachable, a model path
+    exists, the output folder is a folder."""
+    from nbft._registry import hub_reachable
+    from nbft.config import check_int
+    from nbft.evaluate import get_task
+    from nbft.models import _looks_like_path
+
+    cfg.steps = check_int("steps", cfg.steps, 1, "e.g. --steps 40")  # type: ignore[assignment]
+    cfg.n = check_int("n", cfg.n, 1, "test examples of the target task, e.g. --n 100")  # type: ignore[assignment]
+    for name in names[1:]:
+        get_task(name)  # an unknown task name: "did you mean"
+    online_only = [t for t in names if t not in offline]
+    if online_only and not hub_reachable():
+        raise ConnectionError(
+            f"task(s) {online_only} need the Hugging Face Hub, which this machine cannot reach. Offline, pick a "
+            f"target among {sorted(offline)} (e.g. --target sentiment), or evaluate your own copy of the data with "
+            "nbft.Task.from_data(...)"
+        )
+    if isinstance(model, str) and model not in ("tiny", "default") and _looks_like_path(model):
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model folder {model} "
+                + ("has no config.json" if folder.is_dir() else "does not exist")
+                + f" (looked in {Path.cwd()}); pass a folder written by save_pretrained, a Hub name, or 'tiny'"
+            )
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for the demo's report, metrics and model")
+
+
 def _training_data(task: Any, n_train: int, seed: int) -> Any:
     """The target task's train split (the path every notebook uses too): never an example compare() scores."""
     from nbft.data import build_instruction_dataset
@@ -160,6 +191,7 @@ def run_demo(
     names = [target, *[t for t in others if t != target]]
     offline = set(list_tasks(offline_only=True))
     out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    _check_arguments(cfg, names, offline, model, out)  # before any work: one clear line, nothing written
     if (out / "model").exists() or any(out.glob("checkpoint-*")):
         raise FileExistsError(f"{out} already holds a demo run; pass a new out_dir (--out) or delete it")
     say(f"nbft demo: target={target}, other tasks={names[1:]}, out={out}")

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,7 +92,10 @@ def _resolve_task_type(config: Any, task_type: TaskType | None) -> TaskType:
 
 def offline_copy_dir(name: str) -> Path:
     """Where nbft keeps its safetensors copy of a registry-distributed model."""
-    return cache_dir() / "models" / name.replace("/", "--")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", name.replace("/", "--"))
+    if safe.strip(".") == "":
+        raise ValueError(f"{name!r} is not a model name")
+    return cache_dir() / "models" / safe
 
 
 def _finish(model: Any, tokenizer: Any, task_type: TaskType, device: str | None) -> tuple[Any, Any]:
@@ -157,11 +161,25 @@ def _load_model(
 ) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
+    if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
+        raise TypeError(
+            f"name_or_path must be a model name or a folder path, e.g. load_model('{DEFAULT_MODEL}'), "
+            f"not {name_or_path!r}"
+        )
     torch_dtype = _dtype_arg(dtype)
     name = ALIASES.get(str(name_or_path).lower(), str(name_or_path))
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
 
     path = Path(name).expanduser()
+    if path.is_file():
+        raise ModelNotFoundError(
+            f"{path} is a file; pass the folder that holds the model's config.json (written by save_pretrained)"
+        )
+    if not path.exists() and _looks_like_path(name):
+        raise ModelNotFoundError(
+            f"no such folder: {name} (looked in {Path.cwd()}). Pass the folder written by save_pretrained, e.g. a "
+            "run's model/ folder, or a Hub name such as HuggingFaceTB/SmolLM2-135M-Instruct"
+        )
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(
@@ -202,6 +220,17 @@ def _load_model(
         f"`huggingface-cli download {name}` and copy the folder here (then pass its path), or use a model with an "
         f"offline fallback: {', '.join(k for k, v in KNOWN_MODELS.items() if v.registry_gguf)}. "
         f"Last error: {last_error}"
+    )
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path, not a Hub id ("org/name"): it starts like a path or has more than one separator."""
+    return (
+        isinstance(name, os.PathLike)
+        or name.startswith((".", "/", "~", "\\"))
+        or (len(name) > 1 and name[1] == ":")
+        or name.count("/") > 1
+        or "\\" in name
     )
 
 

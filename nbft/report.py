@@ -768,8 +768,9 @@ def export_html(
         export_html(table, "runs/demo/report.html", history=run.history)
     """
     table = _table(table)
-    from nbft._utils import atomic_path
+    from nbft._utils import atomic_path, check_target
 
+    check_target(path, "file")  # before the figures are drawn: a folder is never replaced by this file
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
@@ -803,7 +804,7 @@ def export_html(
             parts += [f"<h3>{html.escape(t)}</h3>", example_view(table, task=t, n=examples_per_task, as_html=True)]
     parts.append("</body></html>")
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, kind="file") as tmp:
         tmp.write_text("\n".join(str(p) for p in parts), encoding="utf-8")
     return path
 
@@ -811,11 +812,18 @@ def export_html(
 def export_markdown(table: ComparisonTable | Mapping[str, Any], path: str | Path | None = None) -> str:
     """The side-by-side table and forgetting summary as markdown; written to ``path`` when given."""
     table = _table(table)
+    if path is not None:
+        from nbft._utils import check_target
+
+        check_target(path, "file")
     df = table_frame(table).reset_index()
     for c in df.columns:
         if df[c].dtype.kind == "f":
             sign = str(c).startswith("Δ ")
             df[c] = df[c].map(lambda x, sign=sign: _fmt(x, sign=sign))
+        elif df[c].dtype.kind == "O":  # task and model names: markdown renders HTML, so show them as text
+            df[c] = df[c].map(lambda x: html.escape(x) if isinstance(x, str) else x)
+    df.columns = [html.escape(str(c)) for c in df.columns]
     text = df.to_markdown(index=False) if _has_tabulate() else _markdown_table(df)
     forgetting = forgetting_summary(table)
     if forgetting:
@@ -824,7 +832,10 @@ def export_markdown(table: ComparisonTable | Mapping[str, Any], path: str | Path
         text += "\n\n**Notes.**\n" + "\n".join(f"- {n}" for n in table.notes)
     text += "\n\nValues are points (0-100); Δ CIs are paired bootstrap 95% intervals over the same test examples."
     if path is not None:
-        Path(path).write_text(text + "\n", encoding="utf-8")
+        from nbft._utils import atomic_path
+
+        with atomic_path(path, kind="file") as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
     return text
 
 
@@ -847,14 +858,18 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 def export_csv(table: ComparisonTable | Mapping[str, Any], folder: str | Path) -> list[Path]:
     """Write summary.csv, delta.csv, forgetting.csv and examples.csv into ``folder``."""
+    from nbft._utils import atomic_path
+
     table = _table(table)
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file: give a folder for the CSV files, e.g. {folder.with_suffix('')}")
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for name in ("summary", "delta", "forgetting", "examples"):
-        p = folder / f"{name}.csv"
-        getattr(table, name).to_csv(p, index=False)
-        out.append(p)
+        with atomic_path(folder / f"{name}.csv", kind="file") as tmp:
+            getattr(table, name).to_csv(tmp, index=False)
+        out.append(folder / f"{name}.csv")
     return out
 
 

@@ -229,6 +229,13 @@ def _load_qa(n: int | None = None, seed: int = 0, *, topics: tuple[str, ...] = _
     """
     import yaml
 
+    if isinstance(topics, str):
+        topics = (topics,)
+    for topic in topics:  # a topic names a file inside the wheel: only the known ones
+        if topic not in _CHATTERBOT_TOPICS:
+            from nbft._utils import unknown
+
+            raise unknown("chatterbot-corpus topic", str(topic), _CHATTERBOT_TOPICS)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for topic in topics:

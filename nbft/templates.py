@@ -23,7 +23,32 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from nbft._utils import did_you_mean, unknown
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+class _BadValue(Exception):
+    """A value that would be printed into a prompt as something other than the text it stands for."""
+
+
+def _finalize(value: Any) -> Any:
+    """Every ``{{ value }}`` a template prints passes here: missing values and containers are refused, so a prompt
+    never says "None", "nan" or "{'a': 1}" where the data meant a text."""
+    if value is None:
+        raise _BadValue("is missing (None)")
+    if isinstance(value, float) and value != value:
+        raise _BadValue("is missing (NaN)")
+    if isinstance(value, Mapping):
+        raise _BadValue(
+            f"is a nested record {str(value)[:60]!r}, which would be printed as a Python dict; flatten the column "
+            "(dataset.flatten()) or use its parts in the template, e.g. {{ field.key }}"
+        )
+    if isinstance(value, list | tuple | set | bytes):
+        raise _BadValue(
+            f"is a {type(value).__name__} {str(value)[:60]!r}, which would be printed as a Python "
+            f"{type(value).__name__}; join it into text first, e.g. {{{{ field | join(' ') }}}}"
+        )
+    return value
+
+
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, finalize=_finalize)
 
 
 class TemplateError(ValueError):
@@ -58,6 +83,22 @@ class PromptTemplate:
     verbatim: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("id", "task", "instruction", "target"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise TemplateError(
+                    f"PromptTemplate.{name} must be a non-empty text, got {value!r}; e.g. PromptTemplate('qa/9', 'qa', "
+                    "'Answer: {{ question }}', target='answer')"
+                )
+        for name in ("choices", "fields"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TemplateError(
+                    f"template {self.id!r}: {name} must be a list of texts, not one text {value!r}; e.g. "
+                    f"{name}=[{value!r}]"
+                )
+        if self.label_map is not None and not isinstance(self.label_map, Mapping):
+            raise TemplateError(f"template {self.id!r}: label_map must be a dict of label -> text, e.g. {{0: 'no'}}")
         try:
             ast = _ENV.parse(self.instruction)
         except jinja2.TemplateSyntaxError as exc:
@@ -65,7 +106,10 @@ class PromptTemplate:
                 f"template {self.id!r} has a Jinja2 syntax error on line {exc.lineno}: {exc.message}. "
                 f"Line {exc.lineno} reads: {_line(self.instruction, exc.lineno)!r}"
             ) from None
-        used = tuple(sorted(meta.find_undeclared_variables(ast)))
+        try:
+            used = tuple(sorted(meta.find_undeclared_variables(ast)))
+        except jinja2.TemplateError as exc:  # e.g. an unknown filter, found when the template is compiled
+            raise TemplateError(f"template {self.id!r} does not compile: {str(exc).splitlines()[0]}") from None
         if not self.fields:
             object.__setattr__(self, "fields", used)
         else:
@@ -90,7 +134,10 @@ class PromptTemplate:
             bad = sorted({str(v) for v in self.label_map.values()} - set(self.choices or ()))
             if bad:
                 raise TemplateError(f"template {self.id!r}: label_map maps to {bad}, which are not in choices")
-        object.__setattr__(self, "_compiled", _ENV.from_string(self.instruction))
+        try:
+            object.__setattr__(self, "_compiled", _ENV.from_string(self.instruction))
+        except jinja2.TemplateError as exc:  # e.g. an unknown filter, found when compiling
+            raise TemplateError(f"template {self.id!r} does not compile: {exc}") from None
 
     @property
     def is_classification(self) -> bool:
@@ -114,8 +161,26 @@ class PromptTemplate:
             self.check_columns(list(example))
         try:
             text = self._compiled.render(**{f: example[f] for f in self.fields})  # type: ignore[attr-defined]
+        except _BadValue as exc:
+            bad = [f for f in self.fields if _is_bad(example[f])]
+            where = f"field {bad[0]!r}" if bad else "a value the template prints"
+            fix = ""
+            if "missing" in str(exc):
+                column = (bad or ["field"])[0]
+                fix = f". Drop or fill such examples first, e.g. dataset.filter(lambda x: x[{column!r}] is not None)"
+            raise TemplateError(f"template {self.id!r}: {where} {exc}{fix}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"template {self.id!r} failed to render: {exc}") from None
+        if not text.strip():
+            raise TemplateError(
+                f"template {self.id!r} renders an empty prompt for this example (fields "
+                f"{ {f: example[f] for f in self.fields} }); fill the field(s) or drop the example"
+            )
+        if self.fields and all(isinstance(example[f], str) and not example[f].strip() for f in self.fields):
+            raise TemplateError(
+                f"template {self.id!r}: every input field is empty for this example "
+                f"({ {f: example[f] for f in self.fields} }), so its prompt holds only the instruction; fill or drop it"
+            )
         return text if self.verbatim else text.rstrip("\n") + "\n"
 
     def completion(self, example: Mapping[str, Any]) -> str:
@@ -123,6 +188,11 @@ class PromptTemplate:
         if self.target not in example:
             self.check_columns(list(example))
         value = example[self.target]
+        if value is None or (isinstance(value, float) and value != value):
+            raise TemplateError(
+                f"target field {self.target!r} is missing ({value!r}); drop or fill such examples first, e.g. "
+                f"dataset.filter(lambda x: x[{self.target!r}] is not None)"
+            )
         if self.label_map is not None:
             if value not in self.label_map:
                 raise TemplateError(
@@ -153,6 +223,14 @@ class PromptTemplate:
         """
         choices = tuple(choices) if choices is not None else tuple(dict.fromkeys(label_map.values()))
         return dataclasses.replace(self, label_map=dict(label_map), choices=choices)
+
+
+def _is_bad(value: Any) -> bool:
+    try:
+        _finalize(value)
+    except _BadValue:
+        return True
+    return False
 
 
 def _line(text: str, lineno: int | None) -> str:

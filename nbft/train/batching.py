@@ -106,13 +106,29 @@ class Examples:
 
 
 def as_examples(
-    data: Any, *, kind: str, tokenizer: Any = None, max_length: int = 1024, name: str = "train"
+    data: Any,
+    *,
+    kind: str,
+    tokenizer: Any = None,
+    max_length: int = 1024,
+    name: str = "train",
+    vocab_size: int | None = None,
 ) -> Examples:
     """Normalise training data to :class:`Examples`.
 
     Accepts a ``datasets.Dataset`` or list/dict of records with ``input_ids`` + ``labels`` (already tokenized), or
-    with ``prompt`` + ``completion`` (then tokenized with ``nbft.data.tokenize_for_training``).
+    with ``prompt`` + ``completion`` (then tokenized with ``nbft.data.tokenize_for_training``). Token ids are
+    checked against ``vocab_size`` when given, and data with no labelled token at all is refused (its loss would
+    be 0 and nothing would be learnt).
     """
+    if type(data).__name__ == "DatasetDict":
+        raise ValueError(f"{name} data is a DatasetDict: pass one split, e.g. data['train'] (splits: {list(data)})")
+    if type(data).__name__ == "DataFrame":
+        import datasets
+
+        data = datasets.Dataset.from_pandas(data, preserve_index=False)
+    if (isinstance(data, list | tuple | dict) and len(data) == 0) or (hasattr(data, "num_rows") and data.num_rows == 0):
+        raise ValueError(f"{name} data is empty" + _empty_hint(name))
     columns = _columns(data)
     if not {"input_ids", "labels"} <= columns:
         if {"prompt", "completion"} <= columns:
@@ -128,7 +144,7 @@ def as_examples(
             )
     input_ids, labels = _column(data, "input_ids"), _column(data, "labels")
     if len(input_ids) == 0:
-        raise ValueError(f"{name} data is empty: there is nothing to train on")
+        raise ValueError(f"{name} data is empty" + _empty_hint(name))
     ids_t, lab_t = [], []
     for i, (ids, lab) in enumerate(zip(input_ids, labels, strict=True)):
         if kind == "causal" and len(ids) != len(lab):
@@ -136,8 +152,17 @@ def as_examples(
                 f"{name} example {i}: labels ({len(lab)}) must be aligned with input_ids ({len(ids)}) for a causal "
                 "model, with -100 on prompt tokens (tokenize_for_training does this)"
             )
-        ids_t.append(torch.as_tensor(ids, dtype=torch.long))
-        lab_t.append(torch.as_tensor(lab, dtype=torch.long))
+        try:
+            ids_t.append(torch.as_tensor(ids, dtype=torch.long))
+            lab_t.append(torch.as_tensor(lab, dtype=torch.long))
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"{name} example {i}: input_ids and labels must be lists of token ids (ints), got {ids!r:.60} and "
+                f"{lab!r:.60}"
+            ) from None
+        if ids_t[-1].ndim != 1 or len(ids_t[-1]) == 0:
+            raise ValueError(f"{name} example {i}: input_ids must be a non-empty list of token ids, got {ids!r:.60}")
+    _check_token_ids(ids_t, lab_t, vocab_size, name)
     longer = sum(len(x) > max_length for x in ids_t)
     if longer:  # already tokenized: the caller chose the lengths, so only say so (tokenize_for_training truncates)
         logger.warning("%s: %d tokenized examples are longer than max_length=%d", name, longer, max_length)
@@ -145,6 +170,37 @@ def as_examples(
     examples = Examples(ids_t, lab_t, tasks=tasks)
     examples.summary = _summary(data, examples, kind, columns)
     return examples
+
+
+def _empty_hint(name: str) -> str:
+    return "; leave val out (val=None) to train without a validation loss" if name == "validation" else ""
+
+
+def _check_token_ids(ids: list[torch.Tensor], labels: list[torch.Tensor], vocab_size: int | None, name: str) -> None:
+    """Ids the model's embedding does not have fail deep inside torch: name the example instead. Data without a
+    single labelled token trains on nothing (loss 0): refuse it."""
+    flat_ids, flat_labels = torch.cat(ids), torch.cat(labels)
+    labelled = flat_labels[flat_labels != -100]
+    if labelled.numel() == 0:
+        raise ValueError(
+            f"{name} data has no labelled token: every label is -100, so the loss would be 0 and nothing would be "
+            "learnt. Labels must hold the completion's token ids (tokenize_for_training(...) makes them)"
+        )
+    bad_low = (flat_ids < 0).any() or (labelled < 0).any()
+    bad_high = vocab_size is not None and (
+        int(flat_ids.max()) >= vocab_size or (labelled.numel() and int(labelled.max()) >= vocab_size)
+    )
+    if bad_low or bad_high:
+        for i, (x, y) in enumerate(zip(ids, labels, strict=True)):
+            y = y[y != -100]
+            values = torch.cat([x, y])
+            if (values < 0).any() or (vocab_size is not None and (values >= vocab_size).any()):
+                bad = [int(v) for v in values if v < 0 or (vocab_size is not None and v >= vocab_size)][:3]
+                top = vocab_size - 1 if vocab_size else "?"
+                raise ValueError(
+                    f"{name} example {i} holds token ids {bad} outside the model's vocabulary (0..{top}; labels may "
+                    "also be -100): tokenize with the model's own tokenizer"
+                )
 
 
 def _columns(data: Any) -> set[str]:

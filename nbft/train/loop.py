@@ -297,6 +297,14 @@ def finetune(
         ...                config=TrainConfig(epochs=2, eval_every=50), run_dir="runs/sentiment-1")  # doctest: +SKIP
     """
     config = _check_arguments(model, config, observers, background=background, overwrite=overwrite)
+    if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
+        raise TypeError(f"run_dir must be a folder path (str or Path), not {run_dir!r}")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and config.max_length > positions:
+        logger.warning(
+            "TrainConfig.max_length=%d is longer than the model's context (max_position_embeddings=%d): positions "
+            "past it are outside what the model was trained on; lower max_length", config.max_length, positions,
+        )  # fmt: skip
     from nbft import _quiet
 
     scope, owned = _quiet.enter()  # no library bars or repeated warnings from tokenizing, training, saving
@@ -312,12 +320,16 @@ def finetune(
                 for line in tidy_run_dir(run_dir):
                     logger.warning("%s: %s", run_dir, line)
             kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal"
-            train_ex = as_examples(train, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="train")
+            vocab = _vocab_size(model)
+            train_ex = as_examples(
+                train, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="train", vocab_size=vocab
+            )
             val_ex = None
             if val is not None:
                 val_ex = as_examples(
-                    val, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="validation"
-                )
+                    val, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="validation",
+                    vocab_size=vocab,
+                )  # fmt: skip
             base_model = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
             run = Run(
                 model=model,
@@ -444,7 +456,7 @@ def _check_arguments(model: Any, config: Any, observers: Any, *, background: Any
     """``finetune``'s arguments, checked before any work; returns the (re-validated) config."""
     if isinstance(model, tuple) and len(model) == 2:
         raise TypeError("model is a (model, tokenizer) pair: unpack it, e.g. model, tok = nbft.load_model(...)")
-    if isinstance(model, str | os.PathLike):
+    if isinstance(model, str | os.PathLike) and not isinstance(model, bool):
         raise TypeError(f"model must be a loaded model, not a name or path: model, tok = nbft.load_model({model!r})")
     if not hasattr(model, "parameters") or not hasattr(model, "config"):
         raise TypeError(f"model must be a transformers model (e.g. from nbft.load_model), not {type(model).__name__}")
@@ -457,6 +469,13 @@ def _check_arguments(model: Any, config: Any, observers: Any, *, background: Any
     _check_flag("background", background)
     _check_flag("overwrite", overwrite)
     return dataclasses.replace(config)  # checks the fields again: a config changed after it was made
+
+
+def _vocab_size(model: Any) -> int | None:
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except Exception:  # a model without the usual embedding accessor: its ids are not checked here
+        return None
 
 
 def _check_observers(observers: Any) -> None:
