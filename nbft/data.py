@@ -195,7 +195,10 @@ def _file_problem(path: Path, fmt: str, exc: BaseException) -> str:
     root = exc
     while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
         root = root.__cause__ or root.__context__  # type: ignore[assignment]
-    return f"{type(root).__name__}: {str(root).splitlines()[0] if str(root) else 'no details'}"
+    detail = f"{type(root).__name__}: {str(root).splitlines()[0] if str(root) else 'no details'}"
+    if fmt == "parquet":
+        return f"it is not a readable Parquet file ({detail}); re-export it, e.g. with DataFrame.to_parquet(path)"
+    return f"{detail}; check that the file is valid {fmt}"
 
 
 def load_hub_dataset(name: str, *, split: str = "train", config: str | None = None) -> datasets.Dataset:
@@ -645,11 +648,6 @@ def mix(
             chosen.append(part)
     common = [c for c in chosen[0].column_names if all(c in p.column_names for p in chosen)]
     dropped = sorted({c for p in chosen for c in p.column_names} - set(common))
-    if not ({"prompt", "completion"} <= set(common) or {"input_ids", "labels"} <= set(common)):
-        raise DataError(
-            f"mix(): the datasets do not share prompt/completion (or input_ids/labels) columns; they have "
-            f"{ {k: parts[k].column_names for k in names} }"
-        )
     if dropped:  # concatenating would fill them with None for the datasets that lack them
         logger.warning("mix(): columns %s are not in every dataset and were left out", dropped)
         chosen = [p.select_columns(common) for p in chosen]

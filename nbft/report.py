@@ -649,6 +649,11 @@ def weight_change(base: Any, tuned: Any, *, chunk_rows: int = 4096) -> pd.DataFr
             slot[0] += diff_sq
             slot[1] += base_sq
             slot[2] += int(b.numel())
+    if not acc:  # an empty table would read as "nothing changed"
+        raise ValueError(
+            "weight_change: the two models share no parameter of the same name and shape (different architectures "
+            "or sizes?); compare a tuned model with the base it was trained from"
+        )
     rows = [
         {"layer": layer, "module": module, "rel_change": math.sqrt(d) / math.sqrt(bsq) if bsq > 0 else math.nan,
          "n_params": int(npar)}

@@ -133,6 +133,15 @@ _UNSET = _Unset()
 def _config(
     config: EvalConfig | None, n: Any, icl_shots: Sequence[int] | None, overrides: dict[str, Any]
 ) -> EvalConfig:
+    if config is not None and not isinstance(config, EvalConfig):
+        raise TypeError(f"config must be an nbft.EvalConfig, not {type(config).__name__}; e.g. EvalConfig(n=100)")
+    fields = [f.name for f in dataclasses.fields(EvalConfig)]
+    for key in overrides:
+        if key not in fields:
+            raise TypeError(
+                f"compare() got an unknown setting {key!r}.{did_you_mean(key, fields)} EvalConfig fields: "
+                f"{', '.join(fields)}"
+            )
     cfg = dataclasses.replace(config or EvalConfig(), **overrides)
     if not isinstance(n, _Unset):
         cfg.n = n
@@ -150,13 +159,24 @@ def _materialize(spec: Any, tokenizer: Any) -> tuple[Any, Any, bool]:
     if isinstance(spec, (str, bytes)) or hasattr(spec, "__fspath__"):
         from nbft.models import load_model
 
-        path = Path(str(spec))
+        text = spec.decode() if isinstance(spec, bytes) else str(spec)
+        path = Path(text)
+        if (path / "run.json").exists() and not (path / "model").is_dir():
+            raise FileNotFoundError(
+                f"{path} is a run directory without a final model/ (the run has not completed): resume it with "
+                "nbft.resume(...), or pass a checkpoint's model folder"
+            )
         if (path / "run.json").exists() and (path / "model").is_dir():  # a run directory: its final model
-            path = path / "model"
-        model, tok = load_model(str(path))
+            text = str(path / "model")
+        model, tok = load_model(text)  # the text as given: "./x" stays a path, never a Hub name
         return model, tokenizer or tok, True
     if hasattr(spec, "model") and not hasattr(spec, "generate"):  # a training Run handle
         return spec.model, tokenizer or getattr(spec, "tokenizer", None), False
+    if not hasattr(spec, "generate"):
+        raise TypeError(
+            f"cannot evaluate {spec!r:.80}: a model is a loaded model, (model, tokenizer), a folder or Hub name, a "
+            "run directory or a Run"
+        )
     return spec, tokenizer, False
 
 
@@ -355,6 +375,11 @@ def compare_models(
                                  target="sentiment", n=100, icl_shots=(0, 3), chat_template=True)
     """
     cfg = _config(config, n, icl_shots, overrides)
+    if not isinstance(models, Mapping):
+        raise TypeError(
+            f"models must be a dict {{column name: model}}, e.g. {{'base': (model, tok), 'tuned': run}}, not "
+            f"{type(models).__name__}"
+        )
     if not models:
         raise ValueError("compare() needs at least one model, e.g. {'base': model}")
     unknown_names = sorted(set(training_data or {}) - set(models))

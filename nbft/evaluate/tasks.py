@@ -556,6 +556,8 @@ for _task in (
 
 def resolve_tasks(tasks: Sequence[str | Task] | str | Task) -> list[Task]:
     """Names or Task objects to Task objects, keeping order, rejecting duplicates."""
+    if not isinstance(tasks, str | Task) and not isinstance(tasks, Sequence | set | tuple):
+        raise TaskError(f"tasks must be task names or Task objects, e.g. ['sentiment', 'qa'], not {tasks!r}")
     items = [tasks] if isinstance(tasks, (str, Task)) else list(tasks)
     if not items:
         raise TaskError("no tasks given; e.g. tasks=['sentiment', 'qa', 'reply']")

@@ -89,6 +89,24 @@ class ComparePanel(widgets.VBox):
         tokenizer: Any = None,
         **compare_kwargs: Any,
     ) -> None:
+        from nbft.evaluate import get_task
+
+        if not callable(models) and not isinstance(models, Mapping):
+            raise TypeError(
+                "models must be a dict {column name: model} (first = the base), or a function returning one, e.g. "
+                f"{{'base': (model, tok), 'tuned': run}}; got {type(models).__name__}"
+            )
+        if isinstance(models, Mapping) and not models:
+            raise ValueError("models is empty: give at least the base model, e.g. {'base': (model, tok)}")
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        if not tasks:
+            raise ValueError("no tasks given; e.g. ComparePanel(models, ['sentiment', 'qa'])")
+        for t in tasks:
+            if isinstance(t, str):
+                get_task(t)  # an unknown name fails here, with "did you mean", not at the first click
+        if target is not None and target not in {_task_name(t) for t in tasks}:
+            raise ValueError(f"target {target!r} is not among the tasks {[_task_name(t) for t in tasks]}")
         self.models = models
         self.tasks = {_task_name(t): t for t in tasks}
         self.target = target

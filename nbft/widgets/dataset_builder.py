@@ -261,6 +261,19 @@ class DatasetBuilder(widgets.VBox):
         preview_sample: int = 200,
         preview_rows: int = 5,
     ) -> None:
+        from nbft.config import DataConfig, check_int
+
+        tasks = _tasks()
+        if task not in tasks:
+            from nbft._utils import unknown
+
+            raise unknown("task", str(task), tasks)
+        n = check_int("DatasetBuilder(n=...)", n, 0, "the number of examples, e.g. n=1000 (0: all)")
+        seed = check_int("DatasetBuilder(seed=...)", seed, 0, "e.g. seed=0")
+        split = DataConfig(split=split).split  # three fractions summing to 1
+        if not 0.5 <= split[0] <= 0.95:
+            raise ValueError(f"DatasetBuilder(split=...): the train share must be in [0.5, 0.95], got {split[0]}")
+        max_length = check_int("DatasetBuilder(max_length=...)", max_length, 2, "e.g. max_length=512 (in tokens)")
         self.source = source
         self.tokenizer = tokenizer
         self.dataset: Any = None
@@ -279,7 +292,6 @@ class DatasetBuilder(widgets.VBox):
         self._offline: bool | None = None
         self._hub_only = _hub_only_tasks()
 
-        tasks = _tasks()
         self.task = widgets.Dropdown(
             options=self._task_options(tasks), value=task if task in tasks else tasks[0], description="task"
         )
@@ -673,8 +685,10 @@ class DatasetBuilder(widgets.VBox):
         """The HTML that the saved notebook keeps for this panel (preview, label mask, statistics, histogram)."""
         return self.static.html
 
-    def export(self, path: str | None = None, format: str | None = None) -> Any:
-        """Write the built dataset with :func:`nbft.data.save_dataset` (what Export does); returns the path."""
+    def export(self, path: str | None = None, format: str | None = None, *, overwrite: bool = False) -> Any:
+        """Write the built dataset with :func:`nbft.data.save_dataset` (what Export does); returns the path.
+
+        A folder nbft did not write is never replaced unless ``overwrite=True``."""
         from nbft._quiet import quiet
         from nbft.data import save_dataset
 
@@ -682,7 +696,7 @@ class DatasetBuilder(widgets.VBox):
             raise RuntimeError("nothing to export yet: click Build first")
         target = path or self.export_path.value.strip() or f"data/{self.task.value}"
         with quiet(sink=self.log_area.add):
-            written = save_dataset(self.dataset, target, format or self.export_format.value)
+            written = save_dataset(self.dataset, target, format or self.export_format.value, overwrite=overwrite)
         self.export_label.value = f"<span style='color:#1a7f37'>wrote {html.escape(str(written))}</span>"
         return written
 

@@ -175,6 +175,16 @@ class TrainPanel(widgets.VBox):
         plot: LivePlot | None = None,
         runs_folder: str | Path | None = None,
     ) -> None:
+        from nbft.config import TrainConfig
+
+        if isinstance(model, tuple):
+            raise TypeError("model is a (model, tokenizer) pair: unpack it, TrainPanel(model, tok, train_data)")
+        if isinstance(config, dict):
+            raise TypeError(f"config must be a TrainConfig, not a dict: use TrainConfig(**{config!r})")
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be an nbft.TrainConfig, not {type(config).__name__}")
+        if run_dir is not None and not isinstance(run_dir, str | Path):
+            raise TypeError(f"run_dir must be a folder path, not {run_dir!r}")
         self._model = model
         self.tokenizer = tokenizer
         self.train_data = train
