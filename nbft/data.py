@@ -120,11 +120,23 @@ def _load_path_or_hub(text: str, split: str | None) -> datasets.Dataset:
         fmt = FILE_FORMATS[suffix]
         if fmt != "parquet":
             _check_text_file(path)  # the builders accept bytes that are not UTF-8 and fail later, far away
+        if suffix == ".json":
+            shaped = _json_document(path)
+            if shaped is not None:
+                return shaped
         try:
             # load_dataset's packaged builders run offline; keep_in_memory avoids writing a cache per file.
-            return datasets.load_dataset(fmt, data_files=str(path), split="train", keep_in_memory=True)
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train", keep_in_memory=True)
         except Exception as exc:  # the builders raise many types for a bad file; find the row and the reason
             raise DataError(f"could not read {path} as {fmt}: {_file_problem(path, fmt, exc)}") from None
+        if fmt == "csv" and len(ds.column_names) == 1:
+            sep = next((s for s in (";", "\t", "|") if s in ds.column_names[0]), None)
+            if sep is not None:
+                raise DataError(
+                    f"{path} has one column {ds.column_names[0]!r}: its fields seem separated by {sep!r}, not commas. "
+                    f"Read it with pandas and pass the DataFrame, e.g. pd.read_csv(path, sep={sep!r})"
+                )
+        return ds
     if suffix in FILE_FORMATS or text.startswith((".", "/", "~")):
         raise DataError(f"file not found: {path}")
     return load_hub_dataset(text, split=split or "train")
@@ -152,6 +164,35 @@ def _check_text_file(path: Path) -> None:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise DataError(f"{path}: the file ends inside a character (line {line}); it was cut short") from None
+
+
+def _json_document(path: Path) -> datasets.Dataset | None:
+    """A ``.json`` file holding one document: a list of records, columns (``{"text": [...], "label": [...]}``) or
+    records under one key (``{"data": [...]}``). ``None`` when it is JSON Lines (the datasets loader reads those)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    if isinstance(doc, dict) and len(doc) == 1 and isinstance(next(iter(doc.values())), list):
+        key, doc = next(iter(doc.items()))
+        if doc and all(isinstance(r, Mapping) for r in doc):
+            logger.info("%s: reading the records under the key %r", path, key)
+    if isinstance(doc, list):
+        for n, record in enumerate(doc, 1):
+            if not isinstance(record, Mapping):
+                raise DataError(
+                    f"could not read {path}: item {n} of its JSON array is a {type(record).__name__}, not an object "
+                    'like {"text": ..., "label": ...}'
+                )
+        return datasets.Dataset.from_list([dict(r) for r in doc]) if doc else datasets.Dataset.from_dict({})
+    if isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
+        lengths = {k: len(v) for k, v in doc.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"could not read {path}: its columns have different lengths {lengths}; make them equal")
+        return datasets.Dataset.from_dict(doc)
+    if isinstance(doc, dict):
+        return datasets.Dataset.from_list([doc])
+    raise DataError(f"could not read {path}: it holds a JSON {type(doc).__name__}, not records")
 
 
 def _file_problem(path: Path, fmt: str, exc: BaseException) -> str:
@@ -486,6 +527,12 @@ def _check_rows(ds: datasets.Dataset, templates: Sequence[PromptTemplate]) -> No
                 t.render(row)
             except TemplateError as exc:
                 raise TemplateError(f"row {i + 1} of the data: {exc}") from None
+
+
+def check_examples(ds: datasets.Dataset, templates: Sequence[PromptTemplate]) -> None:
+    """Refuse, with the row number, examples a template cannot turn into a proper prompt and completion."""
+    _check_rows(ds, templates)
+    _check_completions(ds, templates, sorted({f for t in templates for f in (*t.fields, t.target)}))
 
 
 def _check_completions(ds: datasets.Dataset, templates: Sequence[PromptTemplate], fields: Sequence[str]) -> None:
@@ -971,7 +1018,13 @@ def length_stats(
         >>> int(length_stats(ds, tok)["total_max"].iloc[0])
         5
     """
-    splits = data.items() if isinstance(data, datasets.DatasetDict) else [("data", data)]
+    splits = data.items() if isinstance(data, datasets.DatasetDict) else [("data", _as_dataset(data))]
+    for _, ds in splits:
+        if not {"prompt", "completion"} <= set(ds.column_names):
+            raise DataError(
+                f"length_stats needs prompt and completion columns (it has {ds.column_names}); "
+                "build the data with build_instruction_dataset() first"
+            )
     rows = []
     for split_name, ds in splits:
         tasks = ds["task"] if "task" in ds.column_names else ["-"] * ds.num_rows

@@ -270,7 +270,7 @@ def _convert_registry_gguf(known: KnownModel, folder: Path) -> None:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.name_or_path = known.name
-        with atomic_path(folder) as tmp:
+        with atomic_path(folder, overwrite=True) as tmp:  # nbft's own cache folder
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             (tmp / "NBFT_SOURCE.txt").write_text(

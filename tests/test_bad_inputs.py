@@ -482,6 +482,63 @@ case(
     check=lambda r, ws: len((ws / "out.jsonl").read_text().splitlines()) == 3,
 )
 
+case(
+    "data",
+    "CSV separated by semicolons",
+    lambda ws: build_instruction_dataset(file(ws, "semi.csv", "question;answer\na;b\nc;d\n"), "qa"),
+    DataError,
+    r"fields seem separated by ';'.*pd.read_csv\(path, sep=';'\)",
+)
+case(
+    "data",
+    "a JSON array of numbers",
+    lambda ws: build_instruction_dataset(file(ws, "nums.json", "[1, 2, 3]"), "qa"),
+    DataError,
+    r"item 1 of its JSON array is a int, not an object",
+)
+case(
+    "data",
+    "JSON columns of different lengths",
+    lambda ws: build_instruction_dataset(file(ws, "cols.json", '{"question": ["a", "b"], "answer": ["c"]}'), "qa"),
+    DataError,
+    r"columns have different lengths",
+)
+case(
+    "data",
+    "a column-oriented JSON file is read as rows",
+    lambda ws: build_instruction_dataset(
+        file(ws, "cols.json", json.dumps({k: [r[k] for r in QA] for k in ("question", "answer")})), "qa"
+    ),
+    None,
+    check=lambda r, ws: sum(s.num_rows for s in r.values()) == 30,
+)
+case(
+    "data",
+    "records under one key of a JSON file are read",
+    lambda ws: build_instruction_dataset(file(ws, "wrapped.json", json.dumps({"data": QA})), "qa"),
+    None,
+    check=lambda r, ws: sum(s.num_rows for s in r.values()) == 30,
+)
+case(
+    "data",
+    "a CSV with a byte-order mark",
+    lambda ws: build_instruction_dataset(
+        file(
+            ws, "bom.csv", b"\xef\xbb\xbf" + ("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(20))).encode()
+        ),
+        "qa",
+    ),
+    None,
+    check=lambda r, ws: sum(s.num_rows for s in r.values()) == 20,
+)
+case(
+    "data",
+    "length_stats of raw rows",
+    lambda ws: nbft.data.length_stats(datasets.Dataset.from_list(QA), tiny()[1]),
+    DataError,
+    r"needs prompt and completion columns .*build_instruction_dataset",
+)
+
 # --- templates
 case(
     "templates",
@@ -999,6 +1056,31 @@ def _mutated(ws: Path) -> Any:
 case("finetune", "a config changed after it was made", _mutated, ValueError, r"learning_rate must be a finite number")
 
 
+def _completed_run(ws: Path) -> Any:
+    from nbft.train.loop import Run
+
+    run_dir = run_copy(ws, "completed")
+    model, tok = fresh()
+    handle = Run.__new__(Run)  # a finished run's handle, as finetune returns it
+    handle.model, handle.tokenizer, handle.run_dir, handle.status = model, tok, run_dir, "completed"
+    return handle
+
+
+case(
+    "finetune",
+    "run.save(run.run_dir)",
+    lambda ws: (lambda r: r.save(r.run_dir))(_completed_run(ws)),
+    FileExistsError,
+    r"is a run directory: save the model into a folder of its own",
+)
+case(
+    "finetune",
+    "run.save into a user's folder",
+    lambda ws: _completed_run(ws).save(ws / "exports"),
+    FileExistsError,
+    r"did not write.*overwrite=True",
+)
+
 case("resume", "a folder that does not exist", lambda ws: resume(ws / "nope"), FileNotFoundError, r"nbft.runs")
 case(
     "resume",
@@ -1202,6 +1284,20 @@ case(
     lambda ws: Task.from_data(QA, "qa/1", metric="bleurt"),
     LookupError,
     r"unknown metric 'bleurt'",
+)
+case(
+    "compare",
+    "Task.from_data with one example (no test split)",
+    lambda ws: Task.from_data([QA[0]], "qa/1"),
+    TaskError,
+    r"empty test split .*give more examples",
+)
+case(
+    "compare",
+    "Task.from_data with a None field",
+    lambda ws: Task.from_data(qa_rows(question=None), "qa/1"),
+    TemplateError,
+    r"row 4 .*'question' is missing",
 )
 case(
     "report",

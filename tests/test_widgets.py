@@ -597,7 +597,8 @@ def test_dataset_builder_mixes_replay_and_exports(tmp_path, monkeypatch):
     assert set(data["test"]["task"]) == {"sentiment"}, "evaluation splits stay on the target task"
     assert "Training mixture" in builder.mix_html.value
     path = builder.export(str(tmp_path / "out"), "jsonl")
-    assert sorted(p.name for p in Path(path).iterdir()) == ["test.jsonl", "train.jsonl", "validation.jsonl"]
+    # (.nbft marks the folder as nbft's own: a second export may replace it; a user's folder is never replaced)
+    assert sorted(p.name for p in Path(path).iterdir()) == [".nbft", "test.jsonl", "train.jsonl", "validation.jsonl"]
     builder.export_path.value = str(tmp_path / "clicked")
     builder.export_format.value = "parquet"
     builder.export_button.click()
@@ -675,7 +676,9 @@ def test_compare_panel_runs_in_a_worker_and_renders_the_table(capfd):
 
 def test_compare_panel_reports_failures_in_the_panel():
     _, tok = tiny_random("llama")
-    panel = ComparePanel({}, _toy_tasks(), tokenizer=tok)
+    with pytest.raises(ValueError, match="give at least the base model"):  # a literal empty dict: at the door
+        ComparePanel({}, _toy_tasks(), tokenizer=tok)
+    panel = ComparePanel(lambda: {}, _toy_tasks(), tokenizer=tok)  # models made at the click: reported there
     panel.compare_button.click()
     with pytest.raises(ValueError, match="at least one model"):
         panel.wait(60)

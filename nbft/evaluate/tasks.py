@@ -288,7 +288,7 @@ class Task:
         """
         import datasets
 
-        from nbft.data import DataError, OfflineError, prepare_source, split_examples
+        from nbft.data import DataError, OfflineError, check_examples, prepare_source, split_examples
         from nbft.evaluate.metrics import get_metric
         from nbft.templates import PROMPT_COMPLETION, get_template
 
@@ -313,8 +313,15 @@ class Task:
                 )
             else:
                 ds = prepare_source(source, [tmpl], columns=columns)
+                check_examples(ds, [tmpl])  # None, NaN, nested values, empty prompts: now, not mid-evaluation
                 stratify = tmpl.target if tmpl.is_classification else None
                 splits = split_examples(ds, split, seed, key_fields=fields, stratify=stratify)
+            if "test" not in splits or splits["test"].num_rows == 0:
+                sizes = {k: v.num_rows for k, v in splits.items()}
+                raise TaskError(
+                    f"Task.from_data: the data gives an empty test split ({sizes} examples with split="
+                    f"{tuple(split)}): give more examples, or a larger test fraction"
+                )
         except OfflineError as exc:
             raise OfflineError(
                 f"{exc}. Offline, evaluate on a local copy: nbft.Task.from_data('path/to/data.csv', "

@@ -232,18 +232,31 @@ class Run:
     def checkpoints(self) -> list[Path]:
         return list_checkpoints(self.run_dir)
 
-    def save(self, path: str | Path | None = None, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    def save(
+        self,
+        path: str | Path | None = None,
+        *,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
         """Write the model (safetensors), tokenizer and a model card (``README.md``) to ``path``, atomically.
 
         Defaults to ``<run_dir>/model``; a completed run saves there by itself. With several processes only the
-        main process writes (the others return the path). ``state_dict`` replaces the model's own (FSDP).
+        main process writes (the others return the path). ``state_dict`` replaces the model's own (FSDP). A folder
+        nbft did not write (a run directory, your own folder) is never replaced, unless ``overwrite=True``.
         """
         if self.status == "running" and threading.current_thread() is not self._thread:
             raise RuntimeError("the run is still training: call run.stop() and run.wait() before run.save()")
         path = Path(path) if path is not None else self.run_dir / "model"
         if not is_main_process():
             return path
-        with atomic_path(path) as tmp:
+        own = path.resolve() == (self.run_dir / "model").resolve()  # the run's own model folder, whoever wrote it
+        if not own and (path / "run.json").exists():
+            raise FileExistsError(
+                f"{path} is a run directory: save the model into a folder of its own, e.g. {path / 'model'} "
+                "(the default, run.save())"
+            )
+        with atomic_path(path, kind="dir", overwrite=overwrite or own) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
