@@ -100,8 +100,10 @@ def test_run_save_into_its_run_directory_is_refused_and_deletes_nothing(tmp_path
     model, tok = tiny_random("llama")
     run = finetune(model, tok, records(8), config=TrainConfig(max_steps=1, **FP32), run_dir=tmp_path / "r")
     before = tree(tmp_path)
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match="is a run directory: save the model into a folder of its own"):
         run.save(run.run_dir)
+    with pytest.raises(FileExistsError, match="is a run directory"):
+        run.save(run.run_dir, overwrite=True)  # not even with overwrite: a run directory is never a model folder
     assert tree(tmp_path) == before
     run.save()  # the default, <run_dir>/model, is nbft's own folder: saved again
     assert (tmp_path / "r" / "model" / "model.safetensors").is_file()
@@ -160,9 +162,12 @@ time.sleep(120)
 
 def test_a_run_directory_locked_by_another_process_is_refused_naming_it(tmp_path):
     run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"config": {}}))
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
+        assert read_run(run_dir).status == "running", "nbft.runs() sees the other process's run as running"
         with pytest.raises(RunInUseError, match=rf"process {holder.pid} on {socket.gethostname()}"):
             RunLock(run_dir).acquire()
         model, tok = tiny_random("llama")
@@ -171,8 +176,9 @@ def test_a_run_directory_locked_by_another_process_is_refused_naming_it(tmp_path
     finally:
         holder.kill()
         holder.wait()
-    # kill -9 leaves the file, but not the OS lock: the next writer takes it
+    # kill -9 leaves the file, but not the OS lock: the next writer takes it, and runs() no longer says running
     assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == holder.pid
+    assert read_run(run_dir).status == "not started"
     with RunLock(run_dir) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert not (run_dir / LOCK_NAME).exists()
@@ -340,6 +346,35 @@ def test_resume_of_a_completed_run_needs_more_steps(tmp_path):
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="more_steps must be a positive integer"):
             resume(tmp_path / "r", more_steps=bad)
+
+
+def test_resume_after_a_torn_history_line_keeps_every_line_readable(stopped_run, tmp_path):
+    source, whole = stopped_run
+    run_dir = tmp_path / "r"
+    shutil.copytree(source, run_dir)
+    with (run_dir / "history.jsonl").open("a") as f:
+        f.write('{"kind": "train", "step": 5, "lo')  # a kill in the middle of a line
+    run = resume(run_dir)
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line parses
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert losses(run) == whole
+
+
+def test_the_run_model_folder_of_an_older_nbft_is_still_replaced_by_its_run(tmp_path):
+    model, tok = tiny_random("llama")
+    run = finetune(model, tok, records(8), config=TrainConfig(max_steps=1, **FP32), run_dir=tmp_path / "r")
+    (tmp_path / "r" / "model" / OWNER_MARKER).unlink()  # as written before folders were marked
+    run.save()
+    assert (tmp_path / "r" / "model" / OWNER_MARKER).is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="did not write.*overwrite=True"):
+        run.save(mine)
+    assert (mine / "notes.txt").read_text() == "x"
+    run.save(mine, overwrite=True)  # asked for explicitly
+    assert (mine / "model.safetensors").is_file() and not (mine / "notes.txt").exists()
 
 
 def test_resume_refuses_a_changed_config_unless_allowed(stopped_run, tmp_path, caplog):
