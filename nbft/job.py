@@ -252,12 +252,23 @@ def _dataclass_from(cls: type, raw: Any, where: str) -> Any:
     for key, value in raw.items():
         if key not in hints or key not in fields:
             allowed = [f for f in fields if f not in ("tasks",)]
-            raise ConfigError(f"{where}.{key}: unknown {cls.__name__} field.{did_you_mean(str(key), allowed)}")
+            hint = did_you_mean(str(key), allowed)
+            if not hint and _SYNONYMS.get(str(key).lower()) in allowed:
+                hint = f" Did you mean {_SYNONYMS[str(key).lower()]!r}?"
+            raise ConfigError(f"{where}.{key}: unknown {cls.__name__} field.{hint or ' Fields: ' + ', '.join(allowed)}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+_SYNONYMS = {
+    "lr": "learning_rate", "steps": "max_steps", "bs": "batch_size", "warmup": "warmup_steps", "wd": "weight_decay",
+    "accumulation": "grad_accum", "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "dtype": "precision",
+}  # fmt: skip
+"""Names from other trainers (HF TrainingArguments, common shorthands) and the nbft field they mean."""
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -428,13 +439,17 @@ def run_job(
             f"{job.source}: output_dir {run_dir} already holds a run; continue it with `nbft train "
             f"{job.source} {further}`, or set another output_dir (--set output_dir=...)"
         )
+    _check_reachable(job)  # a task that needs the Hub fails now, not after training
     state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
     progress = [ProgressObserver()] if main else []
     if resume:
         run = resume_run(run_dir, observers=[*progress, *observers], more_steps=more_steps)
     else:
-        with state.main_process_first():  # downloads and caches: one process fills them, the others read them
+        from nbft._quiet import quiet
+
+        # downloads and caches: one process fills them, the others read them; no library bars in the output
+        with state.main_process_first(), quiet():
             model, tokenizer = _load_model(job.model)
             train, val = job_data(job, tokenizer)
         if main:
@@ -454,6 +469,21 @@ def run_job(
         result["comparison"] = text
         say(text)
     return result
+
+
+def _check_reachable(job: JobConfig) -> None:
+    """Tasks and datasets that live on the Hugging Face Hub need it: say so before anything is loaded."""
+    from nbft._registry import hub_reachable
+    from nbft.evaluate import list_tasks
+
+    offline = set(list_tasks(offline_only=True))
+    needs = [job.data] if job.data_kind == "hub" or (job.data_kind == "task" and job.data not in offline) else []
+    needs += [t for t in (job.eval or {}).get("tasks", []) if t not in offline]
+    if needs and not hub_reachable():
+        raise ConfigError(
+            f"{job.source}: {sorted(set(needs))} need the Hugging Face Hub, which this machine cannot reach; use "
+            f"tasks that work offline ({', '.join(sorted(offline))}) or a local data file"
+        )
 
 
 def _compare(job: JobConfig, tuned: Path) -> Any:
