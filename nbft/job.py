@@ -422,6 +422,8 @@ def run_job(
 
     say = echo or (lambda line: logger.info("%s", line))
     run_dir = Path(job.output_dir) if job.output_dir else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{job.source}: output_dir {run_dir} is a file; set output_dir to a folder for the run")
     holds_run = bool(list_checkpoints(run_dir)) or (run_dir / "model").exists() or (run_dir / "run.json").exists()
     completed = (run_dir / "model" / "config.json").exists()
     if more_steps is not None and not resume:

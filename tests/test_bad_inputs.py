@@ -1413,6 +1413,18 @@ for body, extra, says in [
     ("model: tiny\ndata: sentiment\n", ("--more-steps", "3"), r"--more-steps continues a completed run: add --resume"),
     ("model: tiny\ndata: sentiment\n", ("--more-steps", "0"), r"--more-steps: must be >= 1"),
     ("- a\n- b\n", (), r"must be a mapping of fields"),
+    (
+        "model: tiny\ndata: sentiment\ntrain: {lr: 0.001}\n",
+        (),
+        r"train.lr: unknown TrainConfig field. Did you mean 'learning_rate'",
+    ),
+    (
+        "model: tiny\ndata: sentiment\neval: {tasks: [qa, summarize]}\n",
+        (),
+        r"\['summarize'\] need the Hugging Face Hub",
+    ),
+    ("model: tiny\ndata: sentiment\ntrain: {seed: 1.5}\n", (), r"train.seed: expected an integer, got 1.5"),
+    ("model: tiny\ndata: sentiment\noutput_dir: mydata.jsonl\n", (), r"output_dir mydata.jsonl is a file; set"),
     ("model: tiny\ndata: [unclosed\n", (), r"not valid YAML"),
 ]:
     case(
