@@ -215,6 +215,9 @@ def test_a_run_directory_holding_another_run_is_not_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match=r"already holds a run \(history.jsonl with 1 step.*overwrite=True"):
         finetune(model, tok, records(8), config=TrainConfig(max_steps=1, **FP32), run_dir=run_dir)
     assert tree(tmp_path) == before
+    with pytest.raises(ValueError, match="no labelled token"):  # bad data: the earlier run keeps its files
+        finetune(model, tok, [{"input_ids": [1, 2], "labels": [-100, -100]}], run_dir=run_dir, overwrite=True)
+    assert tree(tmp_path) == before
     run = finetune(model, tok, records(8), config=TrainConfig(max_steps=1, **FP32), run_dir=run_dir, overwrite=True)
     assert run.status == "completed" and (run_dir / "notes.txt").read_text() == "mine", "only nbft's files go"
     assert [json.loads(ln)["step"] for ln in (run_dir / "history.jsonl").read_text().splitlines()] == [1]

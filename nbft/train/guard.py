@@ -36,10 +36,8 @@ RUN_FILES = ("run.json", "history.jsonl", "checkpoints", "model", "data", "token
 
 
 def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse a ``run_dir`` that already holds a run (or is a file); with ``overwrite``, remove that run's files.
-
-    Call it while holding the run directory's lock.
-    """
+    """Refuse a ``run_dir`` that already holds a run (or is a file), unless ``overwrite`` (then
+    :func:`clear_old_run` removes that run's files when the new run is ready). Call it holding the lock."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"run_dir {run_dir} is a file; give a folder path for the run")
     held = _what_it_holds(run_dir)
@@ -55,6 +53,13 @@ def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
             f"{run_dir} already holds a run ({held}): {hint}choose a new run_dir, or pass overwrite=True to replace "
             "that run's files"
         )
+
+
+def clear_old_run(run_dir: Path) -> None:
+    """``overwrite=True``: remove an earlier run's files (only nbft's names) once the new run is ready to start."""
+    held = _what_it_holds(run_dir)
+    if not held:
+        return
     for name in RUN_FILES:
         path = run_dir / name
         if path.is_dir() and not path.is_symlink():

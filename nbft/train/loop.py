@@ -66,7 +66,15 @@ from nbft.train.checkpoint import (
     save_checkpoint,
 )
 from nbft.train.events import PROCESS_OBSERVERS, Events, HistoryWriter, Observer, StepState, StopTraining
-from nbft.train.guard import check_new_run_dir, claim_model, plan_resume, read_meta, release_model, tidy_run_dir
+from nbft.train.guard import (
+    check_new_run_dir,
+    claim_model,
+    clear_old_run,
+    plan_resume,
+    read_meta,
+    release_model,
+    tidy_run_dir,
+)
 from nbft.train.layout import AttentionLayout, choose_layout
 from nbft.train.lock import RunLock
 from nbft.train.loss import CausalLMLoss, Seq2SeqLoss, check_fused_head
@@ -355,6 +363,8 @@ def finetune(
                 base_model=base_model,
             )
             run.train_hashes = training_hashes(train)  # what compare() checks test splits against (nbft.hashes)
+            if overwrite and is_main_process():  # only now: bad data must not cost the earlier run its files
+                clear_old_run(run_dir)
             claim_model(model, run)  # one run per model object at a time
         except BaseException:
             lock.release()
