@@ -368,7 +368,10 @@ class TrainPanel(widgets.VBox):
         if info.status == "running":
             raise RuntimeError(f"{self.run_dir} is still training (here or in another process): stop it there first")
         if info.status == "completed":
-            raise RuntimeError(f"{self.run_dir} has completed: its model is in {self.run_dir}/model")
+            raise RuntimeError(
+                f"{self.run_dir} has completed: its model is in {self.run_dir}/model. To train it further, use "
+                f"nbft.resume({str(self.run_dir)!r}, more_steps=N)"
+            )
         if not any(h.get("kind") == "train" for h in self.plot.history):
             self._show_disk_run(info)  # a new kernel: the curve so far comes from the disk
         self._begin("starting", f"loading the checkpoint from {self.run_dir}")
