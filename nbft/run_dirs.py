@@ -228,10 +228,14 @@ def read_run(run_dir: str | os.PathLike[str], *, _live: list[Any] | None = None)
             "one of their paths"
         )
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(errors="replace"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{meta_path} is damaged ({exc}); this run cannot be resumed from its files") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
+        raise ValueError(f"{meta_path} is damaged (not a run description); this run cannot be resumed from its files")
     history = load_history(path)
+    # a record whose step is not a number (edited by hand, or damaged) says nothing about progress
+    history = [h for h in history if isinstance(h.get("step", 0), int | float) and not isinstance(h.get("step"), bool)]
     train = [h for h in history if h.get("kind") == "train"]
     evals = [h for h in history if h.get("kind") == "eval" and h.get("val_loss") is not None]
     checkpoints = _checkpoints(path)

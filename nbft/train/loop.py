@@ -320,6 +320,8 @@ def finetune(
     config = _check_arguments(model, config, observers, background=background, overwrite=overwrite)
     if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
         raise TypeError(f"run_dir must be a folder path (str or Path), not {run_dir!r}")
+    if val is None and config.eval_every:
+        logger.warning("TrainConfig.eval_every=%d but no val= data: no validation loss is computed", config.eval_every)
     positions = getattr(model.config, "max_position_embeddings", None)
     if isinstance(positions, int) and config.max_length > positions:
         logger.warning(
