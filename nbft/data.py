@@ -693,6 +693,7 @@ def mix(
             if "task" not in part.column_names:  # the loss per task needs it: the dict key names the task
                 part = part.add_column("task", [k] * part.num_rows)
             chosen.append(part)
+    _warn_mix_mistakes(parts)
     common = [c for c in chosen[0].column_names if all(c in p.column_names for p in chosen)]
     dropped = sorted({c for p in chosen for c in p.column_names} - set(common))
     if dropped:  # concatenating would fill them with None for the datasets that lack them
@@ -705,6 +706,24 @@ def mix(
         ", ".join(f"{k} {counts[k]} ({counts[k] / max(total, 1):.1%}, asked {norm[k]:.1%})" for k in names),
     )
     return mixed
+
+
+def _warn_mix_mistakes(parts: Mapping[str, datasets.Dataset]) -> None:
+    """Say when the same examples sit under two names, or a name differs from the data's own task column."""
+    seen: dict[str, set[str]] = {}
+    for key, part in parts.items():
+        if "task" in part.column_names:
+            tasks = set(part.unique("task"))
+            if len(tasks) == 1 and key not in tasks:
+                logger.warning("mix(): the data under %r is task %r (its task column); ratios use the name %r",
+                               key, next(iter(tasks)), key)  # fmt: skip
+        if "example_id" in part.column_names:
+            ids = set(part["example_id"])
+            for other, other_ids in seen.items():
+                if ids & other_ids:
+                    logger.warning("mix(): %d examples are both in %r and %r: they would be trained on twice",
+                                   len(ids & other_ids), other, key)  # fmt: skip
+            seen[key] = ids
 
 
 def mix_report(dataset: datasets.Dataset) -> pd.DataFrame:
@@ -1075,6 +1094,12 @@ def save_dataset(
         raise DataError(f"path must be a file or folder path, not {path!r}")
     path = Path(path)
     kind = "dir" if format == "disk" or isinstance(data, datasets.DatasetDict) else "file"
+    if isinstance(data, datasets.DatasetDict) and format != "disk" and path.suffix.lower() in FILE_FORMATS:
+        raise DataError(
+            f"a DatasetDict is written as a folder with one {format} file per split, but {path.name!r} looks like a "
+            f"file name: give a folder, e.g. {path.with_suffix('')}, or save one split, e.g. "
+            f"save_dataset(data['train'], {str(path)!r}, {format!r})"
+        )
     if kind == "file" and path.is_dir():
         raise FileExistsError(
             f"{path} is a folder: give a file path for the {format} file, e.g. {path / ('data.' + format)}"

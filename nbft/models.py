@@ -168,6 +168,8 @@ def _load_model(
         )
     torch_dtype = _dtype_arg(dtype)
     name = ALIASES.get(str(name_or_path).lower(), str(name_or_path))
+    if name != str(name_or_path) and str(name_or_path).lower() != "default":
+        logger.warning("%r is nbft's short name for %s", str(name_or_path), name)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
 
     path = Path(name).expanduser()

@@ -539,6 +539,14 @@ case(
     r"needs prompt and completion columns .*build_instruction_dataset",
 )
 
+case(
+    "data",
+    "save_dataset of a DatasetDict to a file name",
+    lambda ws: save_dataset(datasets.DatasetDict({"train": pairs()}), ws / "all.jsonl", "jsonl"),
+    DataError,
+    r"written as a folder with one jsonl file per split.*save one split",
+)
+
 # --- templates
 case(
     "templates",
