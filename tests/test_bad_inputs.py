@@ -707,6 +707,43 @@ case(
     check=lambda r, ws: set(r["task"]) == {"a", "b"},
 )
 
+
+def _warned(fn: Callable[[], Any], logger: str = "nbft") -> list[str]:
+    """Run ``fn`` and return the warnings nbft logged meanwhile."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                seen.append(record.getMessage())
+
+    handler, log = Keep(), logging.getLogger(logger)
+    log.addHandler(handler)
+    try:
+        fn()
+    finally:
+        log.removeHandler(handler)
+    return seen
+
+
+_QA_BUILT = build_instruction_dataset(QA, "qa")["train"]
+case(
+    "mixing",
+    "the same examples under two names are trained twice: said",
+    lambda ws: _warned(lambda: mix({"qa": _QA_BUILT, "qa-again": _QA_BUILT})),
+    None,
+    check=lambda r, ws: any("both in 'qa' and 'qa-again'" in m for m in r),
+)
+case(
+    "mixing",
+    "a name that differs from the data's task: said",
+    lambda ws: _warned(lambda: mix({"sentiment": _QA_BUILT, "b": _B})),
+    None,
+    check=lambda r, ws: any("under 'sentiment' is task 'qa'" in m for m in r),
+)
+
 # --- tokenization
 case(
     "tokenization",
