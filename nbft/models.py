@@ -162,6 +162,13 @@ def _load_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
 
     path = Path(name).expanduser()
+    if path.exists() and not (path / "config.json").exists() and (path / "model" / "config.json").exists():
+        # a training checkpoint (<run_dir>/checkpoints/step-N, e.g. run.best_checkpoint()): its weights, and the
+        # tokenizer the run saved in <run_dir>/tokenizer
+        tokenizer_dir = path.parent.parent / "tokenizer"
+        return _load_folder(
+            path / "model", task_type, device, kwargs, tokenizer_dir if tokenizer_dir.is_dir() else None
+        )
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(
@@ -205,13 +212,19 @@ def _load_model(
     )
 
 
-def _load_folder(path: Path, task_type: TaskType | None, device: str | None, kwargs: dict[str, Any]):
+def _load_folder(
+    path: Path,
+    task_type: TaskType | None,
+    device: str | None,
+    kwargs: dict[str, Any],
+    tokenizer_dir: Path | None = None,
+):
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
     kind = _resolve_task_type(config, task_type)
     model = _auto_class(kind).from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or path, trust_remote_code=kwargs["trust_remote_code"])
     return _finish(model, tokenizer, kind, device)
 
 

@@ -21,7 +21,7 @@ import ipywidgets
 from nbft.models import tiny_random
 from nbft.train import StepState, TrainConfig
 from nbft.widgets import ComparePanel, DatasetBuilder, LivePlot, Throttle, TrainPanel, compare_runs
-from nbft.widgets._figures import debiased_ema, loss_limits, png_size, training_figure
+from nbft.widgets._figures import debiased_ema, loss_limits, monitor_figure, png_size, training_figure
 from nbft.widgets.train_panel import _ProgressView
 
 PNG = b"\x89PNG"
@@ -116,9 +116,23 @@ def test_training_figure_is_small_multiples_with_markers_and_monitor():
     assert any("resumed" in t.get_text() for t in fig.axes[0].texts)
     monitor = [{"kind": "monitor", "step": s, "task": "qa", "value": 40.0 + s, "base": 40.0} for s in (0, 5, 10)]
     fig = training_figure(history + monitor, yscale="log")
-    visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(visible) == 5 and "task scores" in visible[4].get_title()
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 4, "monitor scores have their own figure"
     assert fig.axes[0].get_yscale() == "log"
+    scores = monitor_figure(monitor)
+    (ax,) = scores.axes
+    assert "Task scores" in ax.get_title()
+    assert [list(line.get_ydata()) for line in ax.lines] == [[40.0, 45.0, 50.0], [40.0, 40.0]]  # scores, base dashed
+    assert ax.lines[1].get_linestyle() == "--"
+
+
+def test_training_figure_draws_one_loss_line_per_task_in_a_mixture():
+    history = [{"kind": "train", "step": s, "loss": 2.0, "task_losses": {"sentiment": 1.5, "qa": 3.0} if s % 2
+                else {"sentiment": 1.4}} for s in range(1, 9)]  # fmt: skip
+    ax = training_figure(history, smoothing=0.0).axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
+    assert lines["sentiment"] == [1.5, 1.4] * 4 and lines["qa"] == [3.0] * 4  # qa is absent from even steps
+    single = training_figure([{"kind": "train", "step": 1, "loss": 2.0}]).axes[0]
+    assert {line.get_label() for line in single.lines} == {"train (raw)", "train (EMA 0.6)"}
 
 
 # --------------------------------------------------------------------------------------------------- LivePlot
