@@ -243,6 +243,55 @@ def test_liveplot_snapshot_is_a_static_png_output_at_natural_width():
     assert _is_png(plot.image.value)
 
 
+def _monitor_row(step, sentiment, qa, output, **extra):
+    return {"kind": "monitor", "step": step, "monitor": "forgetting", "target": "sentiment",
+            "scores": {"sentiment": sentiment, "qa": qa}, "base": {"sentiment": 40.0, "qa": 20.0},
+            "metric": {"sentiment": "accuracy", "qa": "token_f1"},
+            "samples": {"qa": [{"input": "Who wrote Hamlet?", "output": output, "reference": "Shakespeare"}]},
+            **extra}  # fmt: skip
+
+
+def test_liveplot_shows_task_scores_and_live_samples_of_a_forgetting_monitor():
+    plot = LivePlot(min_interval=0.0)
+    plot.on_train_begin({"total_steps": 4})
+    assert plot.monitor_image.layout.display == "none" and plot.samples.layout.display == "none"
+    plot.on_monitor(None, _monitor_row(0, 40.0, 20.0, "Shakespeare wrote it", best_step=None))
+    plot.on_step(_state(1, 2.0, total=4))
+    plot.on_step(_state(2, 1.5, total=4))
+    plot.on_monitor(_state(2, 1.5, total=4), _monitor_row(2, 60.0, 10.0, "neutral", best_step=2, max_drop=0.6,
+                                                          share=0.25, floors={"qa": 0.4}))  # fmt: skip
+    assert _shown_at_natural_size(plot.monitor_image) and plot.monitor_image.value == plot.last_monitor_png
+    samples = plot.samples.value
+    assert plot.samples.layout.display is None
+    assert "Who wrote Hamlet?" in samples and "Shakespeare wrote it" in samples and "step 2" in samples
+    assert "<del" in samples and "<ins" in samples and "neutral" in samples, "a word diff against the base answer"
+    ax = plot.monitor_figure().axes[0]
+    assert "monitor 25% of wall time" in ax.get_title() and "dotted: floor" in ax.get_title()
+    labels = [line.get_label() for line in ax.lines]
+    assert (
+        labels[0].startswith("sentiment (accuracy) · target") and "best checkpoint (within 60% drop): step 2" in labels
+    )
+    floor = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert [list(line.get_ydata()) for line in floor] == [[8.0, 8.0]], "qa's floor: 40% of its base 20"
+    plot.on_train_end({"status": "completed", "steps": 4, "monitor_s": 3.0, "wall_s": 30.0})
+    assert "monitor 10% of wall time" in plot.monitor_figure().axes[0].get_title(), "the whole run's share at the end"
+
+
+def test_train_panel_keeps_the_monitor_figure_and_samples_in_its_static_result(tmp_path):
+    from nbft.evaluate import ForgettingMonitor
+
+    model, tok = tiny_random("llama")
+    monitor = ForgettingMonitor(["qa"], every=2, n=1, samples=1)
+    panel = TrainPanel(model, tok, _pairs(), config=TrainConfig(max_steps=4, batch_size=4), run_dir=tmp_path / "r",
+                       observers=[monitor])  # fmt: skip
+    panel.train()
+    panel.wait(120)
+    assert [h["step"] for h in panel.plot.history if h["kind"] == "monitor"] == [0, 2, 4]
+    static = panel.static_html()
+    assert 'alt="task scores during training"' in static and "Live samples" in static
+    assert "monitor" in panel.status_label.value and "% of the time" in panel.status_label.value
+
+
 # --------------------------------------------------------------------------------------------------- TrainPanel
 def test_train_panel_click_train_runs_to_completion(tmp_path, capfd):
     model, tok = tiny_random("llama")
