@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LIBRARY_LOGGERS", "Quiet", "quiet"]
+__all__ = ["LIBRARY_LOGGERS", "Quiet", "current_scope", "enter", "quiet"]
 
 Sink = Callable[[str, str], None]
 """``sink(level, text)``: ``level`` is ``"warning"`` or ``"error"``; ``text`` is the message, once."""
@@ -136,6 +136,25 @@ def quiet(sink: Sink | None = None) -> Quiet:
         scope.start(); ...; scope.stop()
     """
     return Quiet(sink)
+
+
+def current_scope() -> Quiet | None:
+    """The active scope that claims the calling thread (e.g. a panel's), or ``None``."""
+    ident = threading.get_ident()
+    with _LOCK:
+        for scope in reversed(_ACTIVE):
+            if ident in scope._threads:
+                return scope
+    return None
+
+
+def enter() -> tuple[Quiet, bool]:
+    """The scope for an nbft call: the one that already claims this thread (a panel's, whose log area must get
+    the warnings), else a new started one. Returns ``(scope, owned)``: stop it when done only if ``owned``."""
+    scope = current_scope()
+    if scope is not None:
+        return scope, False
+    return quiet().start(), True
 
 
 def _scope_for_current_thread() -> Quiet | None:

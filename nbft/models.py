@@ -141,11 +141,16 @@ def load_model(
         >>> model, tok = load_model()  # doctest: +SKIP
         >>> model, tok = load_model("runs/sentiment-1/model")  # doctest: +SKIP
     """
-    from nbft._quiet import quiet
+    from nbft import _quiet
 
-    # No "Loading weights 272/272" bars from the libraries, and each of their warnings once.
-    with quiet():
+    # No "Loading weights 272/272" bars from the libraries, and each of their warnings once (into the scope that
+    # already owns this thread, e.g. a panel's log area, else this call's own).
+    scope, owned = _quiet.enter()
+    try:
         return _load_model(name_or_path, task_type, device, dtype, trust_remote_code)
+    finally:
+        if owned:
+            scope.stop()
 
 
 def _load_model(

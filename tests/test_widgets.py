@@ -6,6 +6,7 @@ The same file runs under ipywidgets 8 (the venv) and 7.7 (Colab's version; see `
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 import warnings
@@ -718,6 +719,8 @@ def test_compare_panel_runs_in_a_worker_and_renders_the_table(capfd):
     main = threading.get_ident()
     seen = []
     panel.result.observe(lambda change: seen.append(threading.get_ident()), names="value")
+    statuses: list[str] = []
+    panel.status_label.observe(lambda change: statuses.append(change["new"]), names="value")
     panel.compare_button.click()
     assert panel.compare_button.disabled
     table = panel.wait(120)
@@ -727,6 +730,8 @@ def test_compare_panel_runs_in_a_worker_and_renders_the_table(capfd):
     assert _shown_at_natural_size(panel.heatmap)
     assert 'data-status="done"' in panel.status_label.value
     assert not panel.compare_button.disabled
+    # real progress, not only a clock: which task of how many, which model, examples done
+    assert any(re.search(r"task [12]/2 · (base|base 1-shot|tuned) · \d/4", s) for s in statuses), statuses
     static = panel.static_html()
     assert "<table" in static and 'src="data:image/png;base64,' in static
     # random models answer nothing: compare() warns and logs the same text; the panel shows each once, no cell does
