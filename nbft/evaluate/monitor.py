@@ -89,6 +89,9 @@ class ForgettingMonitor:
         max_drop: the forgetting budget for the checkpoint the monitor marks as best (and that retention keeps): the
             largest relative drop allowed on any other task (0.2 = each keeps at least 80% of its base score).
         samples: prompts per task regenerated at each point and kept in the row (live samples).
+        max_new_tokens: a cap on each task's answer length while monitoring (``None``: the task's own). Long answers
+            (a summary) dominate a point's cost; the first 32 tokens show forgetting as well, the same way at every
+            point. The comparison table after training uses each task's own budget.
         checkpoints: ask for a checkpoint at each point (needed by ``run.best_checkpoint``).
         budget: the largest share of the run's wall time the monitor may take (it warns when it would take more).
         chat_template: wrap prompts in the tokenizer's chat template (match how the training data was tokenized).
@@ -113,6 +116,7 @@ class ForgettingMonitor:
         floors: Mapping[str, float] | None = None,
         max_drop: float | None = 0.2,
         samples: int = 2,
+        max_new_tokens: int | None = 32,
         checkpoints: bool = True,
         budget: float = 0.15,
         chat_template: bool = False,
@@ -122,6 +126,8 @@ class ForgettingMonitor:
     ) -> None:
         self.tasks: list[Task] = resolve_tasks(tasks)  # unknown names: "did you mean", now, before any training
         names = [t.name for t in self.tasks]
+        self.max_new_tokens = max_new_tokens
+        self._capped: list[Task] | None = None
         if target is not None and target not in names:
             raise TaskError(
                 f"ForgettingMonitor: target {target!r} is not among its tasks {names}.{did_you_mean(target, names)}"
@@ -131,6 +137,12 @@ class ForgettingMonitor:
             raise ValueError(f"ForgettingMonitor: every must be a whole number of steps >= 0 or None, got {every!r}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"ForgettingMonitor: n must be a positive whole number of examples per task, got {n!r}")
+        if max_new_tokens is not None and (
+            isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1
+        ):
+            raise ValueError(
+                f"ForgettingMonitor: max_new_tokens must be a positive whole number or None, got {max_new_tokens!r}"
+            )
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
             raise ValueError(f"ForgettingMonitor: samples must be a whole number >= 0, got {samples!r}")
         if not (isinstance(budget, int | float) and 0 < budget < 1):
@@ -196,6 +208,16 @@ class ForgettingMonitor:
             self.examples[task.name] = task.sample(self.n, split=split, seed=self.seed)
             self.splits[task.name] = split
 
+    def _scored_tasks(self) -> list[Task]:
+        """The tasks as scored while monitoring: answers capped at ``max_new_tokens``."""
+        if self._capped is None:
+            cap = self.max_new_tokens
+            self._capped = [
+                t if cap is None or t.max_new_tokens <= cap else dataclasses.replace(t, max_new_tokens=cap)
+                for t in self.tasks
+            ]
+        return self._capped
+
     @property
     def others(self) -> list[str]:
         return [t.name for t in self.tasks if t.name != self.target]
@@ -259,7 +281,7 @@ class ForgettingMonitor:
         scores: dict[str, float] = {}
         metric: dict[str, str] = {}
         samples: dict[str, list[dict[str, str]]] = {}
-        for task in self.tasks:
+        for task in self._scored_tasks():
             examples = self.examples[task.name]
             r = score(model, tokenizer, task, examples, self.config, desc=f"monitor · {task.name}")
             scores[task.name] = float(r["value"])
