@@ -172,3 +172,19 @@ def test_relative_drop():
     assert relative_drop(50.0, 40.0) == pytest.approx(0.2)
     assert relative_drop(50.0, 60.0) == pytest.approx(-0.2)
     assert relative_drop(0.0, 0.0) == 0.0 and relative_drop(0.0, 5.0) < 0
+
+
+def test_a_mixture_shows_one_loss_line_per_task_beside_the_monitor(tmp_path):
+    from nbft.widgets import LivePlot
+
+    model, tok = tiny_random("llama")
+    data = nbft.mix({"sentiment": get_task("sentiment").train(n=12), "qa": get_task("qa").train(n=4)})
+    plot = LivePlot(min_interval=0.0)
+    mon = ForgettingMonitor(["sentiment", "qa"], every=2, n=1, samples=1)
+    cfg = TrainConfig(max_steps=4, batch_size=8, **FP32)
+    run = finetune(model, tok, data, config=cfg, run_dir=tmp_path / "r", observers=[mon, plot])
+    assert all(set(h["task_losses"]) <= {"sentiment", "qa"} for h in run.history if h["kind"] == "train")
+    loss_ax = plot.figure().axes[0]
+    assert {"sentiment", "qa"} <= {line.get_label() for line in loss_ax.lines}, "one loss line per task"
+    assert [h["step"] for h in plot.history if h["kind"] == "monitor"] == [0, 2, 4]
+    assert plot.last_monitor_png is not None and "Live samples" in plot.samples.value
