@@ -200,7 +200,9 @@ def forgetting_experiment(
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if model is not None and not isinstance(model, str | tuple | Path) and tokenizer is not None:
+    if model is not None and not isinstance(model, str | tuple | Path):
+        if tokenizer is None:
+            raise ValueError("a model object needs its tokenizer: forgetting_experiment(model, tokenizer=tok, ...)")
         mdl, tok, label = model, tokenizer, getattr(model, "name_or_path", "") or type(model).__name__
     else:
         mdl, tok, label, _ = _load(model)
