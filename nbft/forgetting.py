@@ -170,6 +170,8 @@ def forgetting_experiment(
     from nbft.train import ProgressObserver, TrainConfig, finetune
 
     shares = check_replay(replay)
+    if model is not None and not isinstance(model, str | tuple | Path) and tokenizer is None:
+        raise ValueError("a model object needs its tokenizer: forgetting_experiment(model, tokenizer=tok, ...)")
     say = echo or (lambda line: logger.info("%s", line))
     target_task = get_task(target)  # a misspelt name fails here, before anything is loaded
     other_names = [t for t in (others if others is not None else DEFAULT_OTHERS) if t != target]
@@ -201,8 +203,6 @@ def forgetting_experiment(
 
     t0 = time.perf_counter()
     if model is not None and not isinstance(model, str | tuple | Path):
-        if tokenizer is None:
-            raise ValueError("a model object needs its tokenizer: forgetting_experiment(model, tokenizer=tok, ...)")
         mdl, tok, label = model, tokenizer, getattr(model, "name_or_path", "") or type(model).__name__
     else:
         mdl, tok, label, _ = _load(model)
