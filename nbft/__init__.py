@@ -47,6 +47,8 @@ _EXPORTS = {
     "launch": "nbft.launcher",
     # evaluation
     "compare": "nbft.report",
+    "ForgettingMonitor": "nbft.evaluate",
+    "forgetting_experiment": "nbft.forgetting",
     "get_task": "nbft.evaluate",
     "list_tasks": "nbft.evaluate",
     "Task": "nbft.evaluate",
@@ -60,6 +62,7 @@ __all__ = [
     "ComparisonTable",
     "DataConfig",
     "EvalConfig",
+    "ForgettingMonitor",
     "HistoryWriter",
     "Observer",
     "ProgressObserver",
@@ -72,6 +75,7 @@ __all__ = [
     "build_instruction_dataset",
     "compare",
     "finetune",
+    "forgetting_experiment",
     "get_task",
     "get_template",
     "launch",
@@ -112,7 +116,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.config import DataConfig, EvalConfig, TrainConfig
     from nbft.data import build_instruction_dataset, mix, tokenize_for_training
     from nbft.demo import run_demo
-    from nbft.evaluate import Task, get_task, list_tasks
+    from nbft.evaluate import ForgettingMonitor, Task, get_task, list_tasks
+    from nbft.forgetting import forgetting_experiment
     from nbft.launcher import launch
     from nbft.models import load_model, tiny_random
     from nbft.report import ComparisonTable, compare

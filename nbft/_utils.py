@@ -36,6 +36,16 @@ def did_you_mean(name: str, options: Iterable[str], n: int = 3) -> str:
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
+def user_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel that points at the first frame outside nbft: the user's call, however deep
+    inside nbft the warning is raised (call it from the function that warns)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def unknown(kind: str, name: str, options: Iterable[str]) -> UnknownNameError:
     """Build the standard error for an unknown ``kind`` name, with suggestions and the full list."""
     options = sorted(options)

@@ -33,7 +33,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nbft.demo import run_demo
 
-    result = run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n, echo=print)
+    result = run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n,
+                      replay=args.replay, echo=print)  # fmt: skip
     print(f"\nwrote {result['out_dir']}: " + ", ".join(sorted(Path(p).name for p in result["files"].values())))
     return 0
 
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n", type=_positive_int, default=None, help="evaluation examples per task (default: the demo's default)"
     )
+    p.add_argument(
+        "--replay", type=float, nargs="+", default=[], metavar="SHARE",
+        help="add a variant per share in (0, 1): the same base and target examples, plus that share replayed from "
+        "the other tasks' train splits (e.g. --replay 0.1): the table shows what replay does to forgetting",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,12 +64,18 @@ class DemoSettings:
     max_new_tokens_other: int | None = None
     """A cap on the other tasks' generation budgets (``None``: each task's own, long enough for an answer; the
     tiny smoke run caps it to stay fast)."""
+    monitor_n: int | None = 8
+    """Examples per task that a :class:`~nbft.evaluate.monitor.ForgettingMonitor` scores during each fine-tune (from
+    the validation splits; ``None``: no monitor). It spaces its points to stay within 15% of the run's time."""
+    replay_max_length: int = 384
+    """Longest example of a replay variant (``--replay``): the other tasks' prompts are longer than tweets (a
+    paper abstract is about 250 tokens)."""
 
 
 DEMO_DEFAULTS = DemoSettings()
 TINY_DEFAULTS = DemoSettings(
     steps=6, batch_size=4, learning_rate=1e-3, max_length=96, n=12, n_other=6, n_per_task={}, icl_shots=(0, 2),
-    icl_n=6, eval_batch_size=8, max_new_tokens_other=6,
+    icl_n=6, eval_batch_size=8, max_new_tokens_other=6, monitor_n=2, replay_max_length=96,
 )  # fmt: skip
 
 
@@ -147,6 +154,7 @@ def run_demo(
     n: int | None = None,
     tasks: Sequence[str] | None = None,
     settings: DemoSettings | None = None,
+    replay: Sequence[float] = (),
     seed: int = 0,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
@@ -163,17 +171,24 @@ def run_demo(
         tasks: the other tasks (default ``settings.others``: sentiment, qa, reply, ner, summarize-paper, less the
             target).
         settings: a :class:`DemoSettings` (``steps``/``n`` arguments override it).
+        replay: replay shares in (0, 1) (``nbft demo --replay 0.1``): each adds a column, the same base fine-tuned
+            on the same target examples plus that share of examples replayed from the other tasks' train splits
+            (see :func:`nbft.forgetting.forgetting_experiment`), so the table shows what replay does to forgetting.
         echo: called with each line meant for a person (the CLI passes ``print``); library code never prints.
 
     Returns a dict: ``table`` (the :class:`~nbft.report.ComparisonTable`), ``run`` (the training run),
-    ``text`` (the printed table), ``files`` (paths written), ``timings`` (seconds per phase), ``out_dir``.
+    ``text`` (the printed table), ``files`` (paths written), ``timings`` (seconds per phase), ``out_dir``,
+    ``replay_runs`` (the replay variants' runs).
 
     Example::
 
         result = run_demo(model="tiny", out_dir="/tmp/nbft-demo")
     """
+    import torch
+
     from nbft.data import tokenize_for_training
-    from nbft.evaluate import evaluate_model, get_task, list_tasks
+    from nbft.evaluate import ForgettingMonitor, evaluate_model, get_task, list_tasks
+    from nbft.forgetting import check_replay, replay_effect, replay_mixture, variant_label
     from nbft.report import compare
     from nbft.train import ProgressObserver, TrainConfig, finetune
 
@@ -186,6 +201,7 @@ def run_demo(
         cfg.steps = steps
     if n is not None:
         cfg.n = n
+    shares = [r for r in check_replay(replay) if r > 0] if replay else []  # 0 is the tuned column itself
     target_task = get_task(target)
     others = list(tasks) if tasks is not None else [t for t in cfg.others if t != target]
     names = [target, *[t for t in others if t != target]]
@@ -210,6 +226,10 @@ def run_demo(
     for task in task_objs[1:]:
         task.load()  # fetch and cache every task's data now, so a missing source fails before any compute
     train_rows, val_rows = _training_data(target_task, cfg.steps * cfg.batch_size, seed)
+    replay_rows = {}
+    if shares:  # the other tasks' train splits, for the replay variants (never their test splits)
+        need = math.ceil(round(len(train_rows) * max(shares) / (1 - max(shares))) / max(1, len(task_objs) - 1))
+        replay_rows = {t.name: t.train(n=need, templates=t.template, seed=seed) for t in task_objs[1:]}
     timings["data_s"] = time.perf_counter() - t0
     say(
         f"[1/6] data: {len(train_rows)} training examples of {target!r} "
@@ -254,17 +274,64 @@ def run_demo(
         max_length=cfg.max_length,
         seed=seed,
     )
-    observers = [ProgressObserver()] if progress else []
-    run = finetune(mdl, tok, train_tok, val=val_tok, config=tcfg, observers=observers, run_dir=out)
+
+    def observers() -> list[Any]:
+        out_: list[Any] = [ProgressObserver()] if progress else []
+        if cfg.monitor_n:  # the tasks scored while training: forgetting seen as it happens (history.jsonl)
+            out_.append(ForgettingMonitor(task_objs, n=cfg.monitor_n, checkpoints=False, chat_template=chat, seed=seed))
+        return out_
+
+    base_state = {k: v.detach().clone() for k, v in mdl.state_dict().items()} if shares else None
+    run = finetune(mdl, tok, train_tok, val=val_tok, config=tcfg, observers=observers(), run_dir=out)
     run.wait()
     timings["train_s"] = time.perf_counter() - t0
-    say(f"[3/6] full fine-tune: {cfg.steps} steps, final loss {run.final_loss:.3f}, in {timings['train_s']:.0f}s")
+    say(f"[3/6] full fine-tune: {cfg.steps} steps, final loss {run.final_loss:.3f}, in {timings['train_s']:.0f}s"
+        + _monitor_line(run))  # fmt: skip
 
     # 4. tuned evaluation, against the stored base results ------------------------------------------------------
     t0 = time.perf_counter()
-    # the run itself (not its bare model): compare() reads what it trained on and checks every test example
-    table = compare({"base": base_eval, "tuned": run}, task_objs, target=target, config=ecfg, tokenizer=tok)
-    timings["eval_tuned_s"] = time.perf_counter() - t0
+    changes = _weight_changes(base_folder, mdl)  # now: a replay variant below trains the same model object
+    models: dict[str, Any] = {"base": base_eval, "tuned": run}
+    training: dict[str, Any] = {}
+    replay_runs = []
+    if shares:
+        # the tuned model is evaluated now, before the replay variants retrain the same weights from the base
+        zero_shot = dataclasses.replace(ecfg, icl_shots=(0,))  # k-shot columns are the base model's only
+        models["tuned"] = evaluate_model(mdl, task_objs, name="tuned", tokenizer=tok, target=target, config=zero_shot)
+        training["tuned"] = out
+        timings["eval_tuned_s"] = time.perf_counter() - t0
+        for share in shares:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                mdl.load_state_dict(base_state)  # the same base, the same seed, the same target examples
+            mixed, counts = replay_mixture(train_rows, replay_rows, share, seed=seed)
+            mixed_tok = tokenize_for_training(mixed, tok, max_length=max(cfg.max_length, cfg.replay_max_length),
+                                              chat_template=chat)  # fmt: skip
+            rcfg = dataclasses.replace(tcfg, max_steps=math.ceil(len(mixed) / cfg.batch_size),
+                                       max_length=max(cfg.max_length, cfg.replay_max_length))  # fmt: skip
+            name = variant_label(share)
+            rrun = finetune(mdl, tok, mixed_tok, val=val_tok, config=rcfg, observers=observers(),
+                            run_dir=out / f"replay-{share:g}")  # fmt: skip
+            replay_runs.append(rrun)
+            timings[f"train_{name}_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            models[name] = evaluate_model(mdl, task_objs, name=name, tokenizer=tok, target=target, config=zero_shot)
+            training[name] = rrun.run_dir
+            timings[f"eval_{name}_s"] = time.perf_counter() - t0
+            say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}, final loss {rrun.final_loss:.3f}, in "
+                f"{timings[f'train_{name}_s']:.0f}s, evaluated in {timings[f'eval_{name}_s']:.0f}s"
+                + _monitor_line(rrun))  # fmt: skip
+        del base_state
+        t0 = time.perf_counter()
+    # the runs themselves (not bare models): compare() reads what each trained on and checks every test example
+    table = compare(models, task_objs, target=target, config=ecfg, tokenizer=tok, training_data=training or None)
+    if shares:  # what replay did, in one line per share: AF removed, G kept
+        from nbft.report import ComparisonTable
+
+        effect = replay_effect(table.results, reference="tuned")
+        table = ComparisonTable({**table.results, "notes": [*table.notes, *(e["line"] for e in effect)],
+                                 "replay_effect": effect})  # fmt: skip
+    timings["eval_tuned_s" if not shares else "compare_s"] = time.perf_counter() - t0
     say(f"[4/6] tuned model evaluated in {timings['eval_tuned_s']:.0f}s")
 
     # 5. the table ----------------------------------------------------------------------------------------------
@@ -273,14 +340,36 @@ def run_demo(
 
     # 6. files --------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    files = _write_outputs(table, run, out, base_folder, timings, label)
+    files = _write_outputs(table, run, out, changes, timings, label)
     timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
-    _write_json(out / "metrics.json", {**table.to_dict(), "timings": timings, "model": label,
-                                        "train": run.summary, "settings": dataclasses.asdict(cfg)})  # fmt: skip
+    replay_train = {variant_label(s): r.summary for s, r in zip(shares, replay_runs, strict=True)}
+    _write_json(out / "metrics.json", {**table.to_dict(), "timings": timings, "model": label, "train": run.summary,
+                                        "replay_train": replay_train, "settings": dataclasses.asdict(cfg)})  # fmt: skip
     say(f"[6/6] wrote {', '.join(str(p) for p in files.values())} in {timings['report_s']:.0f}s")
     say(f"total {timings['total_s']:.0f}s")
-    return {"table": table, "run": run, "text": text, "files": files, "timings": timings, "out_dir": out}
+    return {"table": table, "run": run, "text": text, "files": files, "timings": timings, "out_dir": out,
+            "replay_runs": replay_runs}  # fmt: skip
+
+
+def _monitor_line(run: Any) -> str:
+    s = run.summary
+    if not s.get("monitor_s") or not s.get("wall_s"):
+        return ""
+    points = sum(1 for h in run.history if h.get("kind") == "monitor")
+    return f"; monitor: {points} points, {s['monitor_s']:.0f}s = {s['monitor_s'] / s['wall_s']:.0%} of the run"
+
+
+def _weight_changes(base_folder: Path | None, model: Any) -> Any:
+    if base_folder is None:
+        return None
+    from nbft import report
+
+    try:
+        return report.weight_change(base_folder, model)  # streams the base from disk, tensor by tensor
+    except Exception as exc:  # the report is still useful without this figure
+        logger.warning("weight-change view skipped: %s", exc)
+        return None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -291,7 +380,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _write_outputs(
-    table: Any, run: Any, out: Path, base_folder: Path | None, timings: dict[str, float], label: str
+    table: Any, run: Any, out: Path, changes: Any, timings: dict[str, float], label: str
 ) -> dict[str, Path]:
     from nbft import report
     from nbft.train import update_model_card
@@ -301,12 +390,6 @@ def _write_outputs(
     loss_png = out / "loss.png"
     loss_png.write_bytes(report.figure_to_png(report.loss_curve(history, title=f"Full fine-tune of {label}")))
     files["loss_plot"] = loss_png
-    changes = None
-    if base_folder is not None:
-        try:
-            changes = report.weight_change(base_folder, run.model)  # streams the base from disk, tensor by tensor
-        except Exception as exc:  # the report is still useful without this figure
-            logger.warning("weight-change view skipped: %s", exc)
     files["report"] = report.export_html(
         table, out / "report.html", history=history, weight_changes=changes, title=f"nbft demo: {label}"
     )

@@ -145,11 +145,16 @@ def load_model(
         >>> model, tok = load_model()  # doctest: +SKIP
         >>> model, tok = load_model("runs/sentiment-1/model")  # doctest: +SKIP
     """
-    from nbft._quiet import quiet
+    from nbft import _quiet
 
-    # No "Loading weights 272/272" bars from the libraries, and each of their warnings once.
-    with quiet():
+    # No "Loading weights 272/272" bars from the libraries, and each of their warnings once (into the scope that
+    # already owns this thread, e.g. a panel's log area, else this call's own).
+    scope, owned = _quiet.enter()
+    try:
         return _load_model(name_or_path, task_type, device, dtype, trust_remote_code)
+    finally:
+        if owned:
+            scope.stop()
 
 
 def _load_model(
@@ -181,6 +186,13 @@ def _load_model(
         raise ModelNotFoundError(
             f"no such folder: {name} (looked in {Path.cwd()}). Pass the folder written by save_pretrained, e.g. a "
             "run's model/ folder, or a Hub name such as HuggingFaceTB/SmolLM2-135M-Instruct"
+        )
+    if path.exists() and not (path / "config.json").exists() and (path / "model" / "config.json").exists():
+        # a training checkpoint (<run_dir>/checkpoints/step-N, e.g. run.best_checkpoint()): its weights, and the
+        # tokenizer the run saved in <run_dir>/tokenizer
+        tokenizer_dir = path.parent.parent / "tokenizer"
+        return _load_folder(
+            path / "model", task_type, device, kwargs, tokenizer_dir if tokenizer_dir.is_dir() else None
         )
     if path.exists():
         if not (path / "config.json").exists():
@@ -236,13 +248,19 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _load_folder(path: Path, task_type: TaskType | None, device: str | None, kwargs: dict[str, Any]):
+def _load_folder(
+    path: Path,
+    task_type: TaskType | None,
+    device: str | None,
+    kwargs: dict[str, Any],
+    tokenizer_dir: Path | None = None,
+):
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
     kind = _resolve_task_type(config, task_type)
     model = _auto_class(kind).from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or path, trust_remote_code=kwargs["trust_remote_code"])
     return _finish(model, tokenizer, kind, device)
 
 

@@ -28,10 +28,30 @@ def test_models_lists_sources(capsys):
 
 def test_demo_with_tiny_model_writes_the_run(capsys, tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--model", "tiny", "--out", str(out)]) == 0
+    assert main(["demo", "--model", "tiny", "--out", str(out), "--replay", "0.2"]) == 0
     printed = capsys.readouterr().out
     assert "[6/6]" in printed and "Forgetting" in printed and f"wrote {out}" in printed
     assert (out / "report.html").exists() and (out / "metrics.json").exists() and (out / "model").is_dir()
+    # --replay 0.2: the same base fine-tuned on the same target examples plus 20% replayed, side by side
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["columns"][-2:] == ["tuned", "replay 0.2"]
+    assert [f["model"] for f in metrics["forgetting"]] == ["tuned", "replay 0.2"]
+    assert metrics["models"]["replay 0.2"]["training"]["checked"], "overlap checked against the replay mixture"
+    assert "replay 0.2 vs tuned: AF" in printed and (out / "replay-0.2" / "model").is_dir()
+    effect = metrics["replay_effect"][0]
+    assert effect["model"] == "replay 0.2" and effect["reference"] == "tuned"
+    # the monitor watched both fine-tunes: its points are in each run's history, its share in the printed lines
+    for run_dir in (out, out / "replay-0.2"):
+        rows = [json.loads(ln) for ln in (run_dir / "history.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if r["kind"] == "monitor"] == [0, 6 if run_dir == out else 8]
+    assert "monitor: 2 points" in printed
+
+
+def test_demo_replay_outside_zero_one_is_one_clear_line(capsys, tmp_path):
+    assert main(["demo", "--model", "tiny", "--replay", "1.2", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "replay=1.2 is outside [0, 1)" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_demo_bad_input_is_one_clear_line(capsys, tmp_path):

@@ -305,3 +305,72 @@ print('ok', 'nbft.report' in sys.modules)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "ok False"
+
+
+# --------------------------------------------------------------------------------------------------- quiet, progress
+def test_compare_runs_quiet_each_warning_once_pointing_at_the_callers_line(tiny, caplog):
+    model, tok = tiny
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare({"base": model}, [QA], n=500, tokenizer=tok, progress=False)
+    said = [w for w in caught if "n=500 is larger" in str(w.message)]
+    logged = [r for r in caplog.records if "n=500 is larger" in r.getMessage()]
+    # before: a UserWarning and the same text as a log line; now once, at the caller's line (not inside nbft)
+    assert len(said) + len(logged) == 1, (said, logged)
+    assert said and said[0].filename == __file__
+
+
+def test_compare_inside_a_panels_scope_delivers_warnings_to_it(tiny, capfd):
+    from nbft._quiet import quiet
+
+    model, tok = tiny
+    seen: list[str] = []
+    with quiet(sink=lambda level, text: seen.append(text)):
+        compare({"base": model}, [QA], n=500, tokenizer=tok, progress=False)
+    assert [t for t in seen if "n=500" in t] and "n=500" not in capfd.readouterr().err
+
+
+def test_compare_reports_progress_per_model_task_and_batch(tiny):
+    model, tok = tiny
+    events: list[dict] = []
+    compare({"base": model, "tuned": model}, [SENT, QA], target="toy-sentiment", n=6, tokenizer=tok, batch_size=4,
+            icl_shots=(0, 1), progress=False, on_progress=events.append)  # fmt: skip
+    seen = {(e["model"], e["task"], e["task_index"], e["n_tasks"]) for e in events}
+    assert seen == {("base", "toy-sentiment", 1, 2), ("base 1-shot", "toy-sentiment", 1, 2), ("base", "toy-qa", 2, 2),
+                    ("tuned", "toy-sentiment", 1, 2), ("tuned", "toy-qa", 2, 2)}  # fmt: skip
+    for key in seen:
+        done = [e["done"] for e in events if (e["model"], e["task"], e["task_index"], e["n_tasks"]) == key]
+        assert done[0] == 0 and done[-1] == 6 and done == sorted(done), (key, done)
+        assert {4, 6} <= set(done), "one report per batch of 4"
+
+
+def test_only_models_the_runner_loaded_are_released_after_its_last_reference(tiny, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import nbft.evaluate.runner as runner
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    loaded: list[weakref.ref] = []
+    alive_at_release: list[bool] = []
+    import nbft.models as models
+
+    real_load = models.load_model
+
+    def tracking_load(*args, **kwargs):
+        m, t = real_load(*args, **kwargs)
+        loaded.append(weakref.ref(m))
+        return m, t
+
+    def spy_release():
+        gc.collect()
+        alive_at_release.append(any(ref() is not None for ref in loaded))
+
+    monkeypatch.setattr(models, "load_model", tracking_load)
+    monkeypatch.setattr(runner, "_release", spy_release)
+    compare({"base": (model, tok)}, [QA], n=3, progress=False)
+    assert alive_at_release == [], "a caller's model is never released by the runner"
+    compare({"base": (model, tok), "saved": str(tmp_path / "m")}, [QA], n=3, progress=False)
+    assert alive_at_release == [False], "the loaded model is gone when the device memory is returned"

@@ -121,24 +121,7 @@ def test_notebook_runs_with_tiny_parameters(path, executed):
         assert (workdir / "report.html").exists()
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(
-            p,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="notebook 3 calls finetune() and compare() directly: their tokenize/save bars and compare's "
-                "warning+log pairs go quiet once finetune/resume/compare enter nbft._quiet.quiet() (engine and "
-                "evaluation owners; the panels already do)",
-            ),
-        )
-        if p.name.startswith("03")
-        else p
-        for p in NOTEBOOKS
-    ],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_cells_hold_no_library_progress_bars_or_repeated_warnings(path, executed):
     nb, _ = executed(path)
     code = _code(nb)

@@ -6,6 +6,7 @@ The same file runs under ipywidgets 8 (the venv) and 7.7 (Colab's version; see `
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 import warnings
@@ -21,7 +22,7 @@ import ipywidgets
 from nbft.models import tiny_random
 from nbft.train import StepState, TrainConfig
 from nbft.widgets import ComparePanel, DatasetBuilder, LivePlot, Throttle, TrainPanel, compare_runs
-from nbft.widgets._figures import debiased_ema, loss_limits, png_size, training_figure
+from nbft.widgets._figures import debiased_ema, loss_limits, monitor_figure, png_size, training_figure
 from nbft.widgets.train_panel import _ProgressView
 
 PNG = b"\x89PNG"
@@ -116,9 +117,23 @@ def test_training_figure_is_small_multiples_with_markers_and_monitor():
     assert any("resumed" in t.get_text() for t in fig.axes[0].texts)
     monitor = [{"kind": "monitor", "step": s, "task": "qa", "value": 40.0 + s, "base": 40.0} for s in (0, 5, 10)]
     fig = training_figure(history + monitor, yscale="log")
-    visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(visible) == 5 and "task scores" in visible[4].get_title()
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 4, "monitor scores have their own figure"
     assert fig.axes[0].get_yscale() == "log"
+    scores = monitor_figure(monitor)
+    (ax,) = scores.axes
+    assert "Task scores" in ax.get_title()
+    assert [list(line.get_ydata()) for line in ax.lines] == [[40.0, 45.0, 50.0], [40.0, 40.0]]  # scores, base dashed
+    assert ax.lines[1].get_linestyle() == "--"
+
+
+def test_training_figure_draws_one_loss_line_per_task_in_a_mixture():
+    history = [{"kind": "train", "step": s, "loss": 2.0, "task_losses": {"sentiment": 1.5, "qa": 3.0} if s % 2
+                else {"sentiment": 1.4}} for s in range(1, 9)]  # fmt: skip
+    ax = training_figure(history, smoothing=0.0).axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
+    assert lines["sentiment"] == [1.5, 1.4] * 4 and lines["qa"] == [3.0] * 4  # qa is absent from even steps
+    single = training_figure([{"kind": "train", "step": 1, "loss": 2.0}]).axes[0]
+    assert {line.get_label() for line in single.lines} == {"train (raw)", "train (EMA 0.6)"}
 
 
 # --------------------------------------------------------------------------------------------------- LivePlot
@@ -227,6 +242,55 @@ def test_liveplot_snapshot_is_a_static_png_output_at_natural_width():
     assert image.data.startswith(PNG)
     assert image.width == png_size(image.data)[0] // 2
     assert _is_png(plot.image.value)
+
+
+def _monitor_row(step, sentiment, qa, output, **extra):
+    return {"kind": "monitor", "step": step, "monitor": "forgetting", "target": "sentiment",
+            "scores": {"sentiment": sentiment, "qa": qa}, "base": {"sentiment": 40.0, "qa": 20.0},
+            "metric": {"sentiment": "accuracy", "qa": "token_f1"},
+            "samples": {"qa": [{"input": "Who wrote Hamlet?", "output": output, "reference": "Shakespeare"}]},
+            **extra}  # fmt: skip
+
+
+def test_liveplot_shows_task_scores_and_live_samples_of_a_forgetting_monitor():
+    plot = LivePlot(min_interval=0.0)
+    plot.on_train_begin({"total_steps": 4})
+    assert plot.monitor_image.layout.display == "none" and plot.samples.layout.display == "none"
+    plot.on_monitor(None, _monitor_row(0, 40.0, 20.0, "Shakespeare wrote it", best_step=None))
+    plot.on_step(_state(1, 2.0, total=4))
+    plot.on_step(_state(2, 1.5, total=4))
+    plot.on_monitor(_state(2, 1.5, total=4), _monitor_row(2, 60.0, 10.0, "neutral", best_step=2, max_drop=0.6,
+                                                          share=0.25, floors={"qa": 0.4}))  # fmt: skip
+    assert _shown_at_natural_size(plot.monitor_image) and plot.monitor_image.value == plot.last_monitor_png
+    samples = plot.samples.value
+    assert plot.samples.layout.display is None
+    assert "Who wrote Hamlet?" in samples and "Shakespeare wrote it" in samples and "step 2" in samples
+    assert "<del" in samples and "<ins" in samples and "neutral" in samples, "a word diff against the base answer"
+    ax = plot.monitor_figure().axes[0]
+    assert "monitor 25% of wall time" in ax.get_title() and "dotted: floor" in ax.get_title()
+    labels = [line.get_label() for line in ax.lines]
+    assert (
+        labels[0].startswith("sentiment (accuracy) · target") and "best checkpoint (within 60% drop): step 2" in labels
+    )
+    floor = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert [list(line.get_ydata()) for line in floor] == [[8.0, 8.0]], "qa's floor: 40% of its base 20"
+    plot.on_train_end({"status": "completed", "steps": 4, "monitor_s": 3.0, "wall_s": 30.0})
+    assert "monitor 10% of wall time" in plot.monitor_figure().axes[0].get_title(), "the whole run's share at the end"
+
+
+def test_train_panel_keeps_the_monitor_figure_and_samples_in_its_static_result(tmp_path):
+    from nbft.evaluate import ForgettingMonitor
+
+    model, tok = tiny_random("llama")
+    monitor = ForgettingMonitor(["qa"], every=2, n=1, samples=1)
+    panel = TrainPanel(model, tok, _pairs(), config=TrainConfig(max_steps=4, batch_size=4), run_dir=tmp_path / "r",
+                       observers=[monitor])  # fmt: skip
+    panel.train()
+    panel.wait(120)
+    assert [h["step"] for h in panel.plot.history if h["kind"] == "monitor"] == [0, 2, 4]
+    static = panel.static_html()
+    assert 'alt="task scores during training"' in static and "Live samples" in static
+    assert "monitor" in panel.status_label.value and "% of the time" in panel.status_label.value
 
 
 # --------------------------------------------------------------------------------------------------- TrainPanel
@@ -656,6 +720,8 @@ def test_compare_panel_runs_in_a_worker_and_renders_the_table(capfd):
     main = threading.get_ident()
     seen = []
     panel.result.observe(lambda change: seen.append(threading.get_ident()), names="value")
+    statuses: list[str] = []
+    panel.status_label.observe(lambda change: statuses.append(change["new"]), names="value")
     panel.compare_button.click()
     assert panel.compare_button.disabled
     table = panel.wait(120)
@@ -665,6 +731,8 @@ def test_compare_panel_runs_in_a_worker_and_renders_the_table(capfd):
     assert _shown_at_natural_size(panel.heatmap)
     assert 'data-status="done"' in panel.status_label.value
     assert not panel.compare_button.disabled
+    # real progress, not only a clock: which task of how many, which model, examples done
+    assert any(re.search(r"task [12]/2 · (base|base 1-shot|tuned) · \d/4", s) for s in statuses), statuses
     static = panel.static_html()
     assert "<table" in static and 'src="data:image/png;base64,' in static
     # random models answer nothing: compare() warns and logs the same text; the panel shows each once, no cell does

@@ -13,6 +13,7 @@ module                    does one thing
 ``scoring``               ``score``: one model, one task, a list of examples → a plain dict (fast, reusable)
 ``runner``                ``evaluate_model``, ``compare_models``: test sets, models, overlap, → the results dict
 ``results``               assembles that dict: CIs, paired Δs, forgetting, notes
+``monitor``               ``ForgettingMonitor``: the tasks scored during training (an engine observer)
 ========================  ====================================================================================
 
 Example::
@@ -26,12 +27,14 @@ Example::
 from nbft.evaluate import stats
 from nbft.evaluate.generation import generate, score_choices
 from nbft.evaluate.metrics import Metric, MetricError, UserMetric, get_metric, list_metrics
+from nbft.evaluate.monitor import ForgettingMonitor
 from nbft.evaluate.overlap import find_overlap, training_source
 from nbft.evaluate.runner import compare_models, evaluate_model
 from nbft.evaluate.scoring import prompt_hash, score
 from nbft.evaluate.tasks import Task, TaskError, get_task, list_tasks, register_task, split_dataset
 
 __all__ = [
+    "ForgettingMonitor",
     "Metric",
     "MetricError",
     "Task",

@@ -15,8 +15,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,10 +72,26 @@ def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(order[i : i + size])
 
 
+BATCH_DONE: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "nbft_batch_done", default=None
+)
+"""Called with the number of examples each generation or scoring batch finished (the runner's progress report)."""
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm  # plain tqdm: tqdm.auto would import IPython, which the core never does
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="ex")
+    bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="ex")
+    hook = BATCH_DONE.get()
+    if hook is not None:  # a panel's progress line counts the same batches the bar counts
+        update = bar.update
+
+        def counted(n: float | None = 1) -> Any:
+            hook(int(n or 0))
+            return update(n)
+
+        bar.update = counted
+    return bar
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nbft._utils import user_stacklevel
 from nbft.config import EvalConfig
 from nbft.evaluate import stats
 from nbft.evaluate.overlap import TrainingSource, find_overlap
@@ -87,12 +88,12 @@ def _model_notes(
             + (f" (log-likelihood tasks: {ll_tasks})" if ll_tasks else "")
         )
         if ll_tasks:
-            warnings.warn(msg, stacklevel=3)
+            warnings.warn(msg, stacklevel=user_stacklevel())
         notes.append(msg)
     dtypes = {m: e["dtype"] for m, e in evaluations.items()}
     if len(set(dtypes.values())) > 1:
         msg = f"the models run in different dtypes {dtypes}; cast them to one dtype for a fair comparison"
-        warnings.warn(msg, stacklevel=3)
+        warnings.warn(msg, stacklevel=user_stacklevel())
         notes.append(msg)
     for m, e in evaluations.items():
         for r in e["results"]:

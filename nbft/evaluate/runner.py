@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -28,12 +29,13 @@ import json
 import logging
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nbft._utils import did_you_mean
+from nbft._utils import did_you_mean, user_stacklevel
 from nbft.config import EvalConfig
+from nbft.evaluate.generation import BATCH_DONE
 from nbft.evaluate.overlap import TrainingSource, training_source
 from nbft.evaluate.results import RESULTS_FORMAT, _assemble, _columns_for, _mark_overlap, _model_notes
 from nbft.evaluate.scoring import _scored, _select, prompt_hash, score
@@ -73,7 +75,7 @@ def _prepare(task: Task, n: int | None, shots_k: Sequence[int], seed: int) -> _T
     n_avail = len(test_ds)
     if n is not None and n > n_avail:
         msg = f"task {task.name!r}: n={n} is larger than its test split ({n_avail} examples); using all {n_avail}"
-        warnings.warn(msg, stacklevel=4)
+        warnings.warn(msg, stacklevel=user_stacklevel())
         logger.warning(msg)
     idx = list(range(n_avail)) if n is None or n >= n_avail else sorted(random.Random(seed).sample(range(n_avail), n))
     test = [test_ds[i] for i in idx]
@@ -180,7 +182,48 @@ def _materialize(spec: Any, tokenizer: Any) -> tuple[Any, Any, bool]:
     return spec, tokenizer, False
 
 
+Progress = Callable[[dict[str, Any]], None]
+"""``on_progress(event)``: ``{"model", "task", "task_index" (1-based), "n_tasks", "k", "done", "total"}`` after every
+generation batch, e.g. to show "task 2/5 · tuned · 40/100" in a panel."""
+
+
+@contextlib.contextmanager
+def _quiet_call() -> Iterator[None]:
+    """No library progress bars, each warning once: into the scope that already owns this thread (a panel's log
+    area), else a scope of this call's own."""
+    from nbft import _quiet
+
+    scope, owned = _quiet.enter()
+    try:
+        yield
+    finally:
+        if owned:
+            scope.stop()
+
+
+@contextlib.contextmanager
+def _reporting(on_progress: Progress | None, event: dict[str, Any]) -> Iterator[None]:
+    if on_progress is None:
+        yield
+        return
+    done = [0]
+
+    def batch_done(n: int) -> None:
+        # log-likelihood scoring may count the same examples again after generation: never past the total
+        done[0] = min(event["total"], done[0] + n)
+        on_progress({**event, "done": done[0]})
+
+    token = BATCH_DONE.set(batch_done)
+    try:
+        on_progress({**event, "done": 0})
+        yield
+    finally:
+        BATCH_DONE.reset(token)
+
+
 def _release() -> None:
+    """Return freed memory to the device: called only after the runner dropped the last reference to a model it
+    loaded itself (a caller's model is never released here, it still holds it)."""
     gc.collect()
     try:
         import torch
@@ -215,28 +258,33 @@ def _evaluate_one(
     cfg: EvalConfig,
     icl_tasks: set[str],
     shots_k: Sequence[int],
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     model, tok, owned = _materialize(spec, tokenizer)
     if tok is None:
         raise ValueError(f"model {name!r} was given without a tokenizer: pass tokenizer=..., or (model, tokenizer)")
     results: list[dict[str, Any]] = []
     try:
-        for td in prepared.values():
+        for index, td in enumerate(prepared.values(), start=1):
             ks = [0, *(shots_k if td.task.name in icl_tasks else ())]
             for k in ks:
                 # k-shot prompts are several times longer: `icl_n` evaluates them on the first examples only
                 positions = td.keep if not k or cfg.icl_n is None else td.keep[: cfg.icl_n]
                 examples = [td.examples[i] for i in positions]
                 shots = [td.shots[k][i] for i in positions] if k else None
-                r = score(
-                    model, tok, td.task, examples, cfg, shots=shots, desc=f"{_columns_for(name, k)} · {td.task.name}"
-                )
+                event = {"model": _columns_for(name, k), "task": td.task.name, "task_index": index,
+                         "n_tasks": len(prepared), "k": k, "total": len(examples)}  # fmt: skip
+                with _reporting(on_progress, event):
+                    r = score(
+                        model, tok, td.task, examples, cfg, shots=shots,
+                        desc=f"{_columns_for(name, k)} · {td.task.name}",
+                    )  # fmt: skip
                 r.update(k=k, positions=list(positions))
                 results.append(r)
         dtype = _dtype(model)
     finally:
         if owned:
-            del model
+            del model  # the runner's only reference: now the memory can really be returned
             _release()
     return {
         "format": _EVALUATION,
@@ -259,6 +307,7 @@ def evaluate_model(
     n: int | _Unset | None = _UNSET,
     icl_shots: Sequence[int] | None = None,
     config: EvalConfig | None = None,
+    on_progress: Progress | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate one model now (with its k-shot baselines) and keep the results, a plain dict, for a later compare.
@@ -276,8 +325,9 @@ def evaluate_model(
                              icl_shots=(0, 3))
     """
     cfg = _config(config, n, icl_shots, overrides)
-    _, icl_tasks, shots_k, prepared = _setup(tasks, target, cfg)
-    return _evaluate_one(name, model, tokenizer, prepared, cfg, icl_tasks, shots_k)
+    with _quiet_call():
+        _, icl_tasks, shots_k, prepared = _setup(tasks, target, cfg)
+        return _evaluate_one(name, model, tokenizer, prepared, cfg, icl_tasks, shots_k, on_progress)
 
 
 def _reuse(
@@ -334,6 +384,7 @@ def compare_models(
     config: EvalConfig | None = None,
     training_data: Mapping[str, Any] | None = None,
     keep_overlap: bool = False,
+    on_progress: Progress | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate every model on every task with identical prompts and decoding; return the results as a plain dict.
@@ -356,6 +407,8 @@ def compare_models(
             (a bare model object): the dataset, or the run directory.
         keep_overlap: score test examples found in a model's training data too (flagged in the examples and the
             notes) instead of leaving them out.
+        on_progress: called after every generation batch with ``{"model", "task", "task_index", "n_tasks", "k",
+            "done", "total"}`` (a panel's progress line).
 
     Every test example is checked against the training data of every model whose training data is known (a run
     directory, a ``Run``, a model loaded from ``<run_dir>/model``, or ``training_data``): exact matches under any
@@ -382,6 +435,20 @@ def compare_models(
         )
     if not models:
         raise ValueError("compare() needs at least one model, e.g. {'base': model}")
+    with _quiet_call():  # no library bars; each warning once (into a panel's log area when a panel calls)
+        return _compare(models, tasks, cfg, target, tokenizer, training_data, keep_overlap, on_progress)
+
+
+def _compare(
+    models: Mapping[str, Any],
+    tasks: Sequence[str | Task] | str | Task,
+    cfg: EvalConfig,
+    target: str | None,
+    tokenizer: Any,
+    training_data: Mapping[str, Any] | None,
+    keep_overlap: bool,
+    on_progress: Progress | None,
+) -> dict[str, Any]:
     unknown_names = sorted(set(training_data or {}) - set(models))
     if unknown_names:
         raise ValueError(
@@ -422,7 +489,7 @@ def compare_models(
         else:
             tok = tokenizer.get(mname) if isinstance(tokenizer, Mapping) else tokenizer
             icl = icl_tasks if mname == ref_name else set()
-            evaluations[mname] = _evaluate_one(mname, spec, tok, prepared, cfg, icl, shots_k)
+            evaluations[mname] = _evaluate_one(mname, spec, tok, prepared, cfg, icl, shots_k, on_progress)
     _model_notes(evaluations, task_list, cfg, notes)
     columns = [ref_name]
     columns += sorted({_columns_for(ref_name, r["k"]) for r in evaluations[ref_name]["results"] if r["k"]},

@@ -33,6 +33,7 @@ import re
 import shutil
 import struct
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,10 @@ def save_checkpoint(
     rng_states: list[dict[str, Any]] | None = None,
     is_main: bool = True,
     barrier: Any = None,
+    keep: Collection[int] = (),
 ) -> Path:
-    """Write a checkpoint for ``step`` atomically, then delete all but the newest ``keep_last``.
+    """Write a checkpoint for ``step`` atomically, then delete all but the newest ``keep_last`` and those of the
+    steps in ``keep`` (e.g. the best one a monitor marked, see :func:`nbft.train.selection.protected_steps`).
 
     ``weights`` replaces the model's own state dict (the fp32 master weights); ``optimizer_state`` replaces
     ``optimizer.state_dict()``. With several processes, every process calls this: ``rng_states`` holds each
@@ -116,7 +119,8 @@ def save_checkpoint(
         if barrier is not None:
             barrier()  # every process got here: only now may the checkpoint be called complete
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if int(old.name.removeprefix("step-")) not in keep:
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -19,7 +19,11 @@ It is called:
 A returned dict ``record`` becomes the history row ``{"kind": "monitor", "step": step, **record, "measure_s": t}``
 (in ``run.history`` and ``history.jsonl``) and is emitted as ``on_monitor(state, row)`` to every observer
 (``state`` is the :class:`StepState` of that step, ``None`` at step 0). ``"save_checkpoint": True`` in the record
-writes a checkpoint at that step (once; ignored at step 0, where the base model needs none). Raising
+writes a checkpoint at that step (once; ignored at step 0, where the base model needs none);
+``"keep_checkpoints": [steps]`` in the latest record that has it protects those checkpoints from
+``TrainConfig.keep_last`` retention, and ``"target_score"``/``"worst_drop"`` let ``run.best_checkpoint(max_drop)``
+choose among the points (:mod:`nbft.train.selection`; :class:`nbft.evaluate.monitor.ForgettingMonitor` writes
+them). Raising
 ``StopTraining("reason")`` from ``measure`` stops the run after this step, with a checkpoint and status
 ``"stopped"``; the reason is kept in ``run.stop_reason`` and the summary's ``stop_reason``. Other exceptions are
 logged and switch that observer off. Time spent measuring is accounted apart: ``measure_s`` per row,

@@ -78,6 +78,7 @@ from nbft.train.guard import (
 from nbft.train.layout import AttentionLayout, choose_layout
 from nbft.train.lock import RunLock
 from nbft.train.loss import CausalLMLoss, Seq2SeqLoss, check_fused_head
+from nbft.train.selection import best_checkpoint, protected_steps
 from nbft.train.sync import (
     GradSync,
     MasterWeights,
@@ -239,6 +240,18 @@ class Run:
     @property
     def checkpoints(self) -> list[Path]:
         return list_checkpoints(self.run_dir)
+
+    def best_checkpoint(self, max_drop: float | None = None) -> Path:
+        """With a :class:`~nbft.evaluate.monitor.ForgettingMonitor`: the checkpoint with the best target score whose
+        worst drop on the other tasks stays within ``max_drop`` (a fraction of each task's base score; default the
+        monitor's). See :func:`nbft.train.selection.best_checkpoint`.
+
+        Example:
+            >>> path = run.best_checkpoint(max_drop=0.2)  # doctest: +SKIP
+            >>> model, tok = nbft.load_model(path)  # doctest: +SKIP
+        """
+        total = self.summary.get("total_steps") if self.status == "completed" else None
+        return best_checkpoint(self.run_dir, self.history, max_drop, total_steps=total)
 
     def save(
         self,
@@ -1025,6 +1038,7 @@ def _checkpoint(run: Run, state: TrainState) -> None:
         rng_states=gather_to_all(rng_state()),
         is_main=state.is_main,
         barrier=state.accelerator.wait_for_everyone,
+        keep=protected_steps(run.history),  # a monitor's best checkpoint outlives keep_last
     )
     state.last_saved = state.step
     state.last_save_time = time.perf_counter()

@@ -13,7 +13,16 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Png", "debiased_ema", "loss_limits", "png", "runs_figure", "training_figure"]
+__all__ = [
+    "Png",
+    "debiased_ema",
+    "loss_limits",
+    "monitor_figure",
+    "monitor_share",
+    "png",
+    "runs_figure",
+    "training_figure",
+]
 
 SCALE = 2
 """Pixels per CSS pixel in every PNG (2 = sharp on HiDPI screens, shown at half its pixel width)."""
@@ -139,13 +148,102 @@ def _monitor_series(history: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
             add(str(h["task"]), step, h.get("value", h.get("score")), str(h.get("metric", "")), h.get("base"))
         elif isinstance(h.get("scores"), Mapping):
             bases = h.get("base") if isinstance(h.get("base"), Mapping) else {}
+            metrics = h.get("metric") if isinstance(h.get("metric"), Mapping) else {}
             for task, value in h["scores"].items():
-                add(str(task), step, value, base=bases.get(task))
+                add(str(task), step, value, str(metrics.get(task, "")), bases.get(task))
         else:
             for key, value in h.items():
                 if key not in skip and isinstance(value, int | float):
                     add(key, step, value)
     return out
+
+
+def _task_loss_series(history: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """``{task: (steps, losses)}`` from the ``task_losses`` of training rows (a mixture of tasks)."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for h in history:
+        if h.get("kind") == "train" and isinstance(h.get("task_losses"), Mapping) and h.get("step") is not None:
+            for task, value in h["task_losses"].items():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    xs, ys = out.setdefault(str(task), ([], []))
+                    xs.append(float(h["step"]))
+                    ys.append(float(value))
+    return out
+
+
+def monitor_share(history: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> float | None:
+    """The monitor's share of the wall time: from the run's summary when it ended (``monitor_s / wall_s``), else
+    what the latest monitor row measured so far (``None`` before the first training step).
+
+    Example:
+        >>> monitor_share([], {"monitor_s": 3.0, "wall_s": 30.0})
+        0.1
+    """
+    if summary and summary.get("monitor_s") is not None and summary.get("wall_s"):
+        return float(summary["monitor_s"]) / float(summary["wall_s"])
+    rows = [h for h in history if h.get("kind") == "monitor" and h.get("share") is not None]
+    return float(rows[-1]["share"]) if rows else None
+
+
+def monitor_figure(
+    history: Sequence[Mapping[str, Any]],
+    *,
+    summary: Mapping[str, Any] | None = None,
+    markers: Sequence[tuple[float, str]] = (),
+) -> Any:
+    """Task scores during training: one line per task (the headline metric, points), its base-model value as a
+    dashed line of the same colour, its floor (if any) dotted, and a star on the best checkpoint within the
+    monitor's forgetting budget. The title gives the monitor's share of the wall time.
+
+    Example:
+        >>> rows = [{"kind": "monitor", "step": s, "scores": {"qa": 40.0 - s}, "base": {"qa": 40.0}} for s in (0, 5)]
+        >>> fig = monitor_figure(rows)
+        >>> len(fig.axes[0].lines)
+        2
+    """
+    from matplotlib.figure import Figure
+
+    series = _monitor_series(history)
+    rows = [h for h in history if h.get("kind") == "monitor" and h.get("step") is not None]
+    last = rows[-1] if rows else {}
+    target = last.get("target")
+    floors = last.get("floors") if isinstance(last.get("floors"), Mapping) else {}
+    fig = Figure(figsize=(7.4, 3.0), dpi=CSS_DPI)
+    fig.subplots_adjust(left=0.08, right=0.70, top=0.86, bottom=0.15)
+    ax = fig.add_subplot(1, 1, 1)
+    order = sorted(series, key=lambda t: (t != target, list(series).index(t)))  # the target first
+    for i, task in enumerate(order):
+        s = series[task]
+        colour = f"C{i % 10}"
+        label = task + (f" ({s['metric']})" if s["metric"] else "") + (" · target" if task == target else "")
+        ax.plot(s["x"], s["y"], "o-", ms=3.5, lw=1.8 if task == target else 1.2, color=colour, label=label)
+        if s["base"] is not None:
+            ax.axhline(s["base"], color=colour, ls="--", lw=0.8)
+            if task in floors:
+                ax.axhline(float(floors[task]) * s["base"], color=colour, ls=":", lw=0.8)
+    best = last.get("best_step")
+    if best is not None and target in series and float(best) in series[target]["x"]:
+        y = series[target]["y"][series[target]["x"].index(float(best))]
+        budget = last.get("max_drop")
+        within = f"within {float(budget):.0%} drop" if budget is not None else "best target score"
+        ax.plot([best], [y], marker="*", ms=15, color="#f2c12e", markeredgecolor="#57606a", ls="none",
+                label=f"best checkpoint ({within}): step {best}", zorder=5)  # fmt: skip
+    for step, _label in markers:
+        ax.axvline(step, color="#57606a", ls=":", lw=1)
+    share = monitor_share(history, summary)
+    title = "Task scores during training (dashed: base model"
+    title += ", dotted: floor)" if floors else ")"
+    if share is not None:
+        title += f" · monitor {share:.0%} of wall time"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("score (points)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.25, lw=0.5)
+    ax.set_xlim(left=0)
+    if series:
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
 
 
 def training_figure(
@@ -157,7 +255,8 @@ def training_figure(
     markers: Sequence[tuple[float, str]] = (),
     previous: Sequence[tuple[str, Sequence[Mapping[str, Any]]]] = (),
 ) -> Any:
-    """Small multiples of a training history: loss, learning rate, tokens/s, memory (and monitor scores).
+    """Small multiples of a training history: loss (one dashed line per task in a mixture), learning rate,
+    tokens/s, memory. Monitor scores have their own figure, :func:`monitor_figure`.
 
     Args:
         history: ``Run.history`` records (``kind`` ``"train"``, ``"eval"``, ``"monitor"``).
@@ -175,8 +274,7 @@ def training_figure(
 
     if yscale not in ("auto", "log", "linear"):
         raise ValueError(f"yscale must be 'auto', 'log' or 'linear', not {yscale!r}")
-    monitor = _monitor_series(history)
-    n_panels = 4 + (1 if monitor else 0)
+    n_panels = 4
     rows = math.ceil(n_panels / 2)
     fig = Figure(figsize=(7.4, 2.1 * rows + 0.5), dpi=CSS_DPI)
     fig.subplots_adjust(left=0.09, right=0.98, top=1 - 0.42 / (2.1 * rows + 0.5), bottom=0.09, wspace=0.24, hspace=0.5)
@@ -197,6 +295,10 @@ def training_figure(
     if steps:
         loss_ax.plot(steps, losses, color=_TRAIN, lw=0.8, alpha=0.35, label="train (raw)")
         loss_ax.plot(steps, smooth, color=_TRAIN, lw=1.6, label=f"train (EMA {smoothing:g})" if smoothing else "train")
+    for i, (task, (tx_, ty_)) in enumerate(_task_loss_series(history).items()):
+        # a mixture: one line per task (a replayed task is absent from some steps; its EMA spans the gaps)
+        loss_ax.plot(tx_, debiased_ema(ty_, smoothing) if smoothing else ty_, color=f"C{(i + 2) % 10}", lw=1,
+                     ls="--", label=f"{task}")  # fmt: skip
     if vx:
         loss_ax.plot(vx, vy, "o-", color=_VAL, ms=3.5, lw=1, label="validation")
     if yscale == "log":
@@ -234,20 +336,6 @@ def training_figure(
     if mx:
         mem_ax.plot(mx, [m / 1024 for m in mem], color="#8c564b", lw=1.2)
     mem_ax.set_title("peak memory (GiB)", fontsize=9)
-
-    if monitor:
-        ax = axes[4]
-        for i, (task, s) in enumerate(sorted(monitor.items())):
-            colour = f"C{i % 10}"
-            ax.plot(s["x"], s["y"], "o-", ms=3, lw=1.2, color=colour, label=task)
-            if s["base"] is not None:
-                ax.axhline(s["base"], color=colour, ls="--", lw=0.8)
-        metrics = {s["metric"] for s in monitor.values() if s["metric"]}
-        ax.set_title("task scores (dashed: base model)" + (f" · {', '.join(sorted(metrics))}" if metrics else ""),
-                     fontsize=9)  # fmt: skip
-        ax.legend(fontsize=7, frameon=False)
-    for extra in axes[n_panels:]:
-        extra.set_visible(False)
 
     for ax in axes:
         ax.tick_params(labelsize=7)

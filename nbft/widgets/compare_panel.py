@@ -119,6 +119,8 @@ class ComparePanel(widgets.VBox):
         self._thread: threading.Thread | None = None
         self._started = 0.0
         self._what = ""
+        self._where = ""  # the latest progress report: "task 2/5 · tuned · 40/100"
+        self._last_status = 0.0
         self._finished = threading.Event()
         self._status_lock = threading.Lock()
 
@@ -169,6 +171,7 @@ class ComparePanel(widgets.VBox):
         self._started = time.monotonic()
         self._finished.clear()
         self._what = f"{len(selected)} task(s), n={kwargs['n']}, in-context k={kwargs['icl_shots']}"
+        self._where = ""
         self._set_status("running", self._what)
         self._thread = threading.Thread(target=self._work, args=(selected, target, kwargs), daemon=True)
         self._thread.name = "nbft-compare"
@@ -196,12 +199,26 @@ class ComparePanel(widgets.VBox):
         return self.static.html
 
     def _tick(self) -> None:
-        # compare() reports no progress of its own to a panel: at least show that time passes, and what runs.
+        # between progress reports (a long batch), the clock still shows that time passes
         while not self._finished.wait(1.0):
-            with self._status_lock:
-                if not self._finished.is_set():
-                    elapsed = time.monotonic() - self._started
-                    self._set_status("running", f"{elapsed:.0f} s · generating and scoring: {self._what}")
+            self._show_progress()
+
+    def _on_progress(self, event: Mapping[str, Any]) -> None:
+        """compare()'s progress report (worker thread): which task, which model, how many examples done."""
+        self._where = (
+            f"task {event['task_index']}/{event['n_tasks']} · {event['model']} · {event['done']}/{event['total']}"
+        )
+        if time.monotonic() - self._last_status >= 0.25:  # a browser needs far fewer updates than batches
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        with self._status_lock:
+            if self._finished.is_set():
+                return
+            self._last_status = time.monotonic()
+            elapsed = self._last_status - self._started
+            where = self._where or f"preparing: {self._what}"
+            self._set_status("running", f"{where} · {elapsed:.0f} s")
 
     def _work(self, tasks: list[Any], target: str | None, kwargs: dict[str, Any]) -> None:
         from nbft._quiet import quiet
@@ -212,7 +229,9 @@ class ComparePanel(widgets.VBox):
         try:
             with quiet(sink=self.log_area.add):
                 models = self.models() if callable(self.models) else self.models
-                table = compare(models, tasks, target=target, tokenizer=self.tokenizer, **kwargs)
+                table = compare(
+                    models, tasks, target=target, tokenizer=self.tokenizer, on_progress=self._on_progress, **kwargs
+                )
                 notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
                 notes_html = f"<ul class='nbft-notes'>{notes}</ul>" if notes else ""
                 table_html = f"<div class='nbft-table' style='overflow-x:auto'>{side_by_side(table).to_html()}</div>"

@@ -2,8 +2,11 @@
 
 Why a PNG in a core ``widgets.Image`` rather than an interactive plot: it needs no extra JavaScript, so it works the
 same in JupyterLab, Colab, VS Code and Binder. The history is plain data and the picture is a function of it
-(small multiples: loss with a debiased moving average and validation points, learning rate, tokens/s, memory, and
-task scores when a monitor records them), so the same figure can be drawn again at any time.
+(small multiples: loss with a debiased moving average, one line per task in a mixture, validation points, learning
+rate, tokens/s, memory), so the same figure can be drawn again at any time. When a monitor records task scores
+(:class:`~nbft.evaluate.monitor.ForgettingMonitor`), a second figure shows the score per task against the step with
+its base value dashed and the best checkpoint starred, and a table shows the live samples beside the base model's
+answers, word-diffed.
 
 Drawing runs in the training thread, so it is rationed: at most once per ``min_interval`` seconds and at most a
 ``budget`` share of the wall time (a 0.15 s redraw on a slow CPU then happens every 6 s, not every second).
@@ -27,7 +30,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from nbft.widgets._common import natural_image, placeholder_html, set_image
-from nbft.widgets._figures import Png, png, training_figure
+from nbft.widgets._figures import Png, monitor_figure, png, training_figure
+from nbft.widgets._samples import samples_html
 
 __all__ = ["LivePlot", "Throttle"]
 
@@ -95,6 +99,7 @@ class LivePlot:
         markers: ``(step, label)`` where the run stopped and resumed.
         image: the ``ipywidgets.Image`` that shows the PNG; ``view`` is what is displayed (with a placeholder).
         redraws: how many times the PNG was drawn.
+        monitor_image, samples: the task-score figure and the live-samples table (shown once a monitor reports).
     """
 
     def __init__(
@@ -117,6 +122,7 @@ class LivePlot:
         self.phase: str | None = None
         self.redraws = 0
         self.last_png: Png | None = None
+        self.last_monitor_png: Png | None = None
         self.throttle = Throttle(min_interval, clock)
         self.budget = budget
         self.clock = clock
@@ -139,7 +145,12 @@ class LivePlot:
         self.smoothing_slider.observe(lambda _: self._redraw_if_any(), names="value")
         self.yscale_toggle.observe(lambda _: self._redraw_if_any(), names="value")
         self.controls = widgets.HBox([self.smoothing_slider, self.yscale_toggle])
-        self.view = widgets.VBox([self.placeholder, self.image, self.controls])
+        self.monitor_image = natural_image()
+        self.monitor_image.add_class("nbft-monitor-plot")
+        self.monitor_image.layout.display = "none"
+        self.samples = widgets.HTML("", layout=widgets.Layout(display="none", max_width="100%"))
+        self.samples.add_class("nbft-samples")
+        self.view = widgets.VBox([self.placeholder, self.image, self.controls, self.monitor_image, self.samples])
         # The worker draws; a notebook cell may call snapshot() or move the slider at the same moment.
         self._lock = threading.RLock()
 
@@ -190,6 +201,7 @@ class LivePlot:
             row["step"] = _row(state).get("step") if state is not None else None
         with self._lock:
             self.history.append(row)
+        self.redraw_monitor()  # a point every N steps: rare enough to draw each one
         self._maybe_redraw()
 
     def on_phase(self, event: Mapping[str, Any]) -> None:
@@ -202,12 +214,14 @@ class LivePlot:
             if summary.get("status") == "stopped" and steps:
                 self.markers = [*[m for m in self.markers if m[0] != steps], (float(steps), "stopped")]
         self.redraw()  # always: the last points may have fallen inside the throttle window
+        self.redraw_monitor()  # its title gives the monitor's share of the whole run
 
     def extend(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Add history rows (e.g. a finished ``run.history``) and redraw now."""
         with self._lock:
             self.history.extend(dict(r) for r in rows)
         self.redraw()
+        self.redraw_monitor()
 
     def load(
         self, history: Iterable[Mapping[str, Any]], *, markers: Sequence[tuple[float, str]] = (), info=None
@@ -220,6 +234,7 @@ class LivePlot:
             self.summary = None
         if self.history:
             self.redraw()
+        self.redraw_monitor()
 
     # -------------------------------------------------------------------------------------------- drawing
     def _maybe_redraw(self) -> None:
@@ -275,6 +290,40 @@ class LivePlot:
         if self._width:
             self.image.width = self._width
         self.redraws += 1
+
+    @property
+    def has_monitor(self) -> bool:
+        return any(h.get("kind") == "monitor" for h in self.history)
+
+    def monitor_figure(self) -> Any:
+        """A new ``Figure`` of the monitor's task scores (``None`` when no monitor has reported)."""
+        with self._lock:
+            history = list(self.history)
+            markers = list(self.markers)
+            summary = dict(self.summary) if self.summary is not None else None
+        if not any(h.get("kind") == "monitor" for h in history):
+            return None
+        return monitor_figure(history, summary=summary, markers=markers)
+
+    def samples_html(self) -> str:
+        """The live-samples table (HTML; ``""`` without samples)."""
+        with self._lock:
+            return samples_html(list(self.history))
+
+    def redraw_monitor(self) -> None:
+        """Draw the task-score figure and the live samples now (hidden while no monitor has reported)."""
+        fig = self.monitor_figure()
+        if fig is None:
+            self.monitor_image.layout.display = "none"
+            self.samples.layout.display = "none"
+            self.last_monitor_png = None
+            return
+        data = png(fig)
+        self.last_monitor_png = data
+        set_image(self.monitor_image, data)
+        table = self.samples_html()
+        self.samples.value = table
+        self.samples.layout.display = None if table else "none"
 
     def snapshot(self) -> Any:
         """The current figure as an ``IPython.display.Image`` at its natural size: make it a cell's last line so

@@ -7,7 +7,10 @@ be stopped. Stop calls ``Run.stop()`` (the current step finishes and a checkpoin
 
 After a kernel restart (or a Colab disconnect) the run is still on disk: :meth:`TrainPanel.from_run_dir` (or the
 panel's *Resume from disk* control) restores its whole curve from ``history.jsonl`` and resumes it from its newest
-checkpoint. :meth:`TrainPanel.for_trainer` drives a ``transformers.Trainer`` (or TRL) run the same way.
+checkpoint. With a :class:`~nbft.evaluate.monitor.ForgettingMonitor` among the observers, the panel also shows the
+score per task against the step (base values dashed, the best checkpoint starred, the monitor's share of the time
+in the title) and the live samples beside the base model's answers. :meth:`TrainPanel.for_trainer` drives a
+``transformers.Trainer`` (or TRL) run the same way.
 
 Library progress bars and repeated warnings are silenced while the panel's calls run (:mod:`nbft._quiet`); each
 distinct warning appears once in the panel's log area. When a run ends, the final figure and a summary also go into
@@ -129,8 +132,12 @@ class _ProgressView:
         if summary.get("val_loss") is not None:
             detail += f" · val {summary['val_loss']:.4f}"
         detail += f" · {_duration(time.monotonic() - self.started)}"
+        if summary.get("monitor_s") and summary.get("wall_s"):
+            detail += f" · monitor {summary['monitor_s'] / summary['wall_s']:.0%} of the time"
         if status == "stopped":
             detail += " · checkpoint kept: Resume continues it"
+            if summary.get("stop_reason"):
+                detail += f" · {summary['stop_reason']}"
         if summary.get("error"):
             detail = str(summary["error"])
         panel._set_status(status, detail)
@@ -483,6 +490,8 @@ class TrainPanel(widgets.VBox):
         body = f"<div class='nbft-summary'><b>{html.escape(status)}</b> {html.escape(detail)}{html.escape(where)}</div>"
         if figure is not None:
             body = image_html(figure, "training curve") + body
+        if self.plot.last_monitor_png is not None:  # a ForgettingMonitor ran: its scores and live samples stay too
+            body += image_html(self.plot.last_monitor_png, "task scores during training") + self.plot.samples_html()
         self.static.update(body + self.log_area.html(), f"{status}: {detail}{where}")
         try:
             self.refresh_runs()
