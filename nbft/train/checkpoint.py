@@ -145,7 +145,9 @@ def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dic
                 tensors[f"{pid}/{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(pid), {})[name] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    # Some optimizers (torchao's) keep the learning rate as a tensor: the metadata is JSON, so store numbers.
+    groups = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
