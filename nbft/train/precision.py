@@ -99,6 +99,8 @@ class LossScaler:
 
     def __init__(self, device: torch.device, init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
         self.scaler = torch.amp.GradScaler(device.type, init_scale=init_scale, growth_interval=growth_interval)
+        # GradScaler creates its scale on the first scale(); a process with no micro-batch in a step still unscales.
+        self.scaler.scale(torch.zeros((), device=device))
         self.skipped_in_a_row = 0
         self.skipped_total = 0
 
