@@ -47,8 +47,10 @@ def split_attention(module, query, key, value, attention_mask, *, nbft_bounds, i
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    # A tensor (not a list) reaches us through compiled layers: lists make torch.compile recompile for every count.
+    bounds = nbft_bounds.tolist() if isinstance(nbft_bounds, torch.Tensor) else nbft_bounds
     # split (not slicing): its backward is one concatenation, where slices would each zero-fill a full-size grad.
-    sizes = [b - a for a, b in itertools.pairwise(nbft_bounds)]
+    sizes = [b - a for a, b in itertools.pairwise(bounds)]
     if module is None:  # plain use (docs, tests): SDPA directly
         outputs = [
             torch.nn.functional.scaled_dot_product_attention(
@@ -109,26 +111,39 @@ def _flex():
 
 
 @torch.compiler.disable
-def flex_attention(module, query, key, value, attention_mask, *, nbft_block_mask, scaling=None, **kwargs):
-    """FlexAttention with a document-causal block mask (one per batch, built by :func:`document_block_mask`)."""
+def flex_attention(module, query, key, value, attention_mask, *, nbft_document, scaling=None, **kwargs):
+    """FlexAttention with a document-causal block mask, built once per batch from ``nbft_document`` (the example
+    index of every token of the row) and shared by all layers."""
     out = _flex()(
-        query, key, value, block_mask=nbft_block_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+        query,
+        key,
+        value,
+        block_mask=_block_mask(nbft_document),
+        scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
     )
     return out.transpose(1, 2).contiguous(), None
 
 
-def document_block_mask(bounds: list[int], device: torch.device) -> Any:
+_MASK_CACHE: list[Any] = [None, None]  # [key, BlockMask]: the last batch's mask (every layer asks for it)
+
+
+def _block_mask(document: torch.Tensor) -> Any:
+    key = (document.data_ptr(), document.shape[0], document.device)
+    if _MASK_CACHE[0] != key:
+        _MASK_CACHE[:] = [key, document_block_mask(document)]
+    return _MASK_CACHE[1]
+
+
+def document_block_mask(document: torch.Tensor) -> Any:
     """FlexAttention ``BlockMask``: token ``q`` sees ``k`` when both are in the same example and ``k <= q``."""
     from torch.nn.attention.flex_attention import create_block_mask
-
-    lengths = torch.tensor([b - a for a, b in itertools.pairwise(bounds)], device=device)
-    document = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (document[q_idx] == document[kv_idx]) & (kv_idx <= q_idx)
 
-    total = bounds[-1]
-    return create_block_mask(mask_mod, None, None, total, total, device=device)
+    total = document.shape[0]
+    return create_block_mask(mask_mod, None, None, total, total, device=document.device)
 
 
 def register() -> None:
@@ -144,12 +159,14 @@ def register() -> None:
 def attention_kwargs(implementation: str, bounds: list[int], device: torch.device) -> dict[str, Any]:
     """The extra forward kwargs ``implementation`` needs for a row whose examples start at ``bounds``."""
     if implementation == SPLIT:
-        return {"nbft_bounds": list(bounds)}
+        return {"nbft_bounds": torch.tensor(bounds)}  # on the CPU: read back without a device sync
     if implementation == FLASH_VARLEN:
         cu = torch.tensor(bounds, dtype=torch.int32, device=device)
         return {"nbft_cu_seqlens": cu, "nbft_max_len": max(b - a for a, b in itertools.pairwise(bounds))}
     if implementation == FLEX:
-        return {"nbft_block_mask": document_block_mask(bounds, device)}
+        lengths = torch.tensor([b - a for a, b in itertools.pairwise(bounds)])
+        document = torch.repeat_interleave(torch.arange(len(bounds) - 1), lengths).to(device)
+        return {"nbft_document": document}
     raise ValueError(f"unknown packed attention implementation {implementation!r}")
 
 

@@ -164,19 +164,19 @@ def _candidates(model: Any, device: torch.device, packing: bool, prefer: str = "
             if device.type == "cpu":
                 chain.append(VarlenLayout)
         chain.append(BlockMaskLayout)
-        if varlen_ok and device.type not in ("cpu",):
+        if varlen_ok and device.type != "cpu":
             chain.append(VarlenLayout)  # per-example SDPA on a GPU: many small kernels, but no mask
     chain += [PaddedLayout, SingleLayout]
     if prefer != "auto":
         wanted = {"varlen": (FlashVarlenLayout, VarlenLayout), "flex": (FlexLayout,)}.get(prefer)
         names = [c for c in chain if (wanted and c in wanted) or c.name == prefer]
         if not names:
-            if prefer in ("varlen", "flex") and not getattr(model, "_can_set_attn_implementation", lambda: False)():
-                logger.warning(
-                    "attention=%r: %s cannot switch its attention implementation", prefer, type(model).__name__
-                )
-            else:
-                logger.warning("attention=%r is not available on %s; choosing automatically", prefer, device.type)
+            logger.warning(
+                "attention=%r is not available for %s on %s; choosing automatically",
+                prefer,
+                type(model).__name__,
+                device.type,
+            )
             return chain
         chain = chain[chain.index(names[0]) :]
     return chain
