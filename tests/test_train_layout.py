@@ -128,7 +128,7 @@ def test_flash_varlen_and_flex_are_skipped_on_cpu_and_a_preference_starts_the_ch
     with caplog.at_level(logging.INFO, logger="nbft.train"):
         assert choose_layout(module, packing=True, pad_id=0, device=CPU, prefer="varlen").name == "varlen"
         assert choose_layout(module, packing=True, pad_id=0, device=CPU, prefer="flex").name == "varlen"
-    assert "not available on cpu" in caplog.text
+    assert "not available for LlamaForCausalLM on cpu" in caplog.text
     assert choose_layout(module, packing=True, pad_id=0, device=CPU, prefer="mask").name == "mask"
     assert choose_layout(module, packing=True, pad_id=0, device=CPU, prefer="single").name == "single"
     assert FlashVarlenLayout.supported(CPU) and FlexLayout.supported(CPU)  # each says why it cannot run here
