@@ -49,7 +49,6 @@ def qwen05b_random(device: str, dtype: torch.dtype):
 
 def real_prompts(tokenizer, count: int, chat: bool) -> list[list[int]]:
     """Sentiment and QA prompts from nbft's offline tasks, encoded as nbft encodes them."""
-    from nbft.evaluate.compare import build_prompt
     from nbft.evaluate.generation import encode_prompt
     from nbft.evaluate.tasks import get_task
 
@@ -58,7 +57,7 @@ def real_prompts(tokenizer, count: int, chat: bool) -> list[list[int]]:
         task = get_task(name)
         test = task.load()["test"]
         for i in range(count // 2):
-            text = build_prompt(task, test[i], (), tokenizer, chat)
+            text = task.prompt(test[i], tokenizer, chat=chat)
             out.append(encode_prompt(tokenizer, text, chat=chat))
     return out
 

@@ -46,12 +46,12 @@ _EXPORTS = {
     "HistoryWriter": "nbft.train",
     "launch": "nbft.launcher",
     # evaluation
-    "compare": "nbft.evaluate",
+    "compare": "nbft.report",
     "get_task": "nbft.evaluate",
     "list_tasks": "nbft.evaluate",
     "Task": "nbft.evaluate",
-    "ComparisonTable": "nbft.evaluate",
-    "run_demo": "nbft.evaluate.demo",
+    "ComparisonTable": "nbft.report",
+    "run_demo": "nbft.demo",
     # runs on disk
     "runs": "nbft.run_dirs",
 }
@@ -111,10 +111,11 @@ def load_ipython_extension(ipython: Any) -> None:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.config import DataConfig, EvalConfig, TrainConfig
     from nbft.data import build_instruction_dataset, mix, tokenize_for_training
-    from nbft.evaluate import ComparisonTable, Task, compare, get_task, list_tasks
-    from nbft.evaluate.demo import run_demo
+    from nbft.demo import run_demo
+    from nbft.evaluate import Task, get_task, list_tasks
     from nbft.launcher import launch
     from nbft.models import load_model, tiny_random
+    from nbft.report import ComparisonTable, compare
     from nbft.run_dirs import runs
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (

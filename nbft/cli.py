@@ -30,7 +30,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from nbft.evaluate.demo import run_demo
+    from nbft.demo import run_demo
 
     result = run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n, echo=print)
     print(f"\nwrote {result['out_dir']}: " + ", ".join(sorted(Path(p).name for p in result["files"].values())))

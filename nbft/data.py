@@ -1,4 +1,5 @@
-"""Building instruction datasets: load -> validate -> render templates -> dedupe -> split -> (mix) -> tokenize.
+"""Building instruction datasets: load -> validate -> dedupe + split (:func:`split_examples`) -> render templates
+-> (mix) -> tokenize. A built-in task's training set comes from the task's train split (``task="sentiment"``).
 
 Example:
     >>> rows = [{"text": f"review {i}", "label": ["negative", "positive"][i % 2]} for i in range(40)]
@@ -26,8 +27,9 @@ import pandas as pd
 
 from nbft._registry import hub_reachable
 from nbft._utils import atomic_path
+from nbft.hashes import content_hash, near_duplicate_groups, normalize_text
 from nbft.models import tokenizer_kind
-from nbft.templates import PromptTemplate, TemplateError, resolve_templates
+from nbft.templates import PromptTemplate, TemplateError, phrasings, resolve_templates
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ def load_hub_dataset(name: str, *, split: str = "train", config: str | None = No
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Building prompt -> completion pairs
+# Splitting: the one place nbft makes a train/validation/test split
 
 
 def example_id(task: str, example: Mapping[str, Any], fields: Sequence[str]) -> str:
@@ -134,110 +136,72 @@ def example_id(task: str, example: Mapping[str, Any], fields: Sequence[str]) -> 
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def build_instruction_dataset(
-    source: Source,
-    templates: str | PromptTemplate | Sequence[str | PromptTemplate],
-    *,
-    task: str | None = None,
-    split: Sequence[float] = (0.8, 0.1, 0.1),
+def split_examples(
+    source: datasets.Dataset,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
-    stratify: bool | None = None,
-    columns: Mapping[str, str] | None = None,
-    max_examples: int | None = None,
+    *,
+    key_fields: Sequence[str] | None = None,
+    stratify: str | None = None,
 ) -> datasets.DatasetDict:
-    """Render labelled examples into a train/validation/test ``DatasetDict`` of prompt → completion pairs.
+    """Split raw examples into disjoint train/validation/test splits: the only split function in nbft.
 
-    Each example gets one phrasing, chosen at random among ``templates`` with ``seed`` (same seed, same dataset).
-    Exact duplicate examples are dropped; empty completions are an error. Classification data is split stratified
-    by label unless ``stratify=False``.
-
-    Args:
-        source: anything :func:`load_source` accepts.
-        templates: a task name (all its phrasings, e.g. ``"summarize"``), template ids, or ``PromptTemplate`` objects.
-        task: the task name recorded in the ``task`` column (default: the templates' task).
-        split: fractions of train, validation and test.
-        columns: rename data columns to the template's field names, ``{"field": "column"}``.
-        max_examples: keep a seeded random subset of this many unique examples.
+    Every task's ``load()`` and :func:`build_instruction_dataset` call it, so a task's test split and a training set
+    built from the same data with the same ``seed`` and ``fractions`` never share an example. Duplicates (equal
+    values of ``key_fields``, default all columns, ignoring case and spacing) are dropped first; near duplicates
+    (texts sharing a 13-word window, e.g. a retweet) are kept on the same side of the split. Examples are put in an
+    order given by their content, so the split depends on *which* examples there are, not on their order in the
+    file. ``stratify`` names a label column whose proportions each split keeps (when every label has enough
+    examples). Sizes are exact when there are no near-duplicate groups (a group counts as one).
 
     Example:
-        >>> rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(10)]
-        >>> build_instruction_dataset(rows, ["qa/1", "qa/2"], split=(0.6, 0.2, 0.2))["test"].num_rows
-        2
+        >>> rows = datasets.Dataset.from_list([{"q": f"q{i}", "a": str(i)} for i in range(10)])
+        >>> {k: v.num_rows for k, v in split_examples(rows, (0.6, 0.2, 0.2)).items()}
+        {'train': 6, 'validation': 2, 'test': 2}
     """
     from nbft.config import DataConfig
 
-    split = DataConfig(split=tuple(split)).split  # one place validates split fractions
-    tmpl = resolve_templates(templates)
-    tasks = {t.task for t in tmpl}
-    if task is None:
-        if len(tasks) > 1:
-            raise DataError(f"templates of several tasks {sorted(tasks)} given for one source; pass task=...")
-        task = tmpl[0].task
-    ds = load_source(source)
-    if columns:
-        missing = [c for c in columns.values() if c not in ds.column_names]
-        if missing:
-            raise DataError(f"columns= names {missing}, which the data lacks; it has {ds.column_names}")
-        ds = ds.rename_columns({col: field for field, col in columns.items() if col != field})
-    for t in tmpl:
-        t.check_columns(ds.column_names)
-    fields = sorted({f for t in tmpl for f in (*t.fields, t.target)})
-    rows = ds.select_columns(fields).to_list()
-
-    # Drop exact duplicates of the source example before phrasing, so one example can never be in two splits.
-    seen: set[str] = set()
-    unique: list[tuple[str, dict[str, Any]]] = []
-    for row in rows:
-        eid = example_id(task, row, fields)
-        if eid not in seen:
-            seen.add(eid)
-            unique.append((eid, row))
-    if len(unique) < len(rows):
-        logger.info("dropped %d exact duplicate examples of %d", len(rows) - len(unique), len(rows))
-    rng = random.Random(seed)
-    if max_examples is not None and max_examples < len(unique):
-        unique = rng.sample(unique, max_examples)
-
-    records, empty = [], []
-    for eid, row in unique:
-        t = tmpl[rng.randrange(len(tmpl))]
-        completion = t.completion(row)
-        if not completion.strip():
-            empty.append(row)
-            continue
-        records.append(
-            {"prompt": t.render(row), "completion": completion, "task": task, "template_id": t.id, "example_id": eid}
+    fractions = DataConfig(split=tuple(fractions)).split  # one place validates split fractions
+    fields = list(key_fields or source.column_names)
+    missing = [f for f in fields if f not in source.column_names]
+    if missing:
+        raise DataError(f"split_examples: the data has no field(s) {missing}; it has {source.column_names}")
+    rows = source.select_columns(fields).to_list()
+    first: dict[str, int] = {}
+    raw = [json.dumps([row[f] for f in fields], default=str, ensure_ascii=False) for row in rows]
+    for i, row in enumerate(rows):
+        # case and spacing do not make a different example; which copy is kept depends on content, not order
+        key = json.dumps(
+            [normalize_text(row[f]) if isinstance(row[f], str) else row[f] for f in fields],
+            default=str,
+            ensure_ascii=False,
         )
-    if empty:
-        raise DataError(
-            f"{len(empty)} of {len(unique)} examples have an empty completion (field {tmpl[0].target!r}), "
-            f"e.g. {empty[:3]}; drop or fill them before building (e.g. dataset.filter(lambda x: x[...].strip()))"
-        )
-    classification = all(t.is_classification for t in tmpl)
-    do_stratify = classification if stratify is None else stratify
-    parts = _split(records, split, seed, do_stratify)
+        if key not in first or raw[i] < raw[first[key]]:
+            first[key] = i
+    if len(first) < len(rows):
+        logger.info("dropped %d exact duplicate examples of %d", len(rows) - len(first), len(rows))
+    keys, unique = list(first), list(first.values())
+    # near duplicates (a shared 13-word window) stay together: one side of the split, never both
+    groups = near_duplicate_groups([[v for v in rows[i].values() if isinstance(v, str)] for i in unique])
+    members: dict[int, list[int]] = {}
+    for j, g in enumerate(groups):
+        members.setdefault(g, []).append(j)
+    # content order, not file order: the same examples give the same split however they were loaded
+    digest = {g: min(hashlib.sha1(keys[j].encode("utf-8")).hexdigest() for j in js) for g, js in members.items()}
+    order = sorted(members, key=digest.__getitem__)
+    labels = [str(rows[unique[members[g][0]]][stratify]) for g in order] if stratify else None
+    parts = _assign_splits(len(order), fractions, seed, labels)
     return datasets.DatasetDict(
-        {
-            name: datasets.Dataset.from_dict({c: [r[c] for r in part] for c in COLUMNS}, features=_features())
-            for name, part in parts.items()
-        }
+        {name: source.select([unique[j] for k in idx for j in members[order[k]]]) for name, idx in parts.items()}
     )
 
 
-def _features() -> datasets.Features:
-    return datasets.Features({c: datasets.Value("string") for c in COLUMNS})
-
-
-def _split(
-    records: list[dict[str, Any]], fractions: Sequence[float], seed: int, stratify: bool
-) -> dict[str, list[dict[str, Any]]]:
+def _assign_splits(n: int, fractions: Sequence[float], seed: int, labels: list[str] | None) -> dict[str, list[int]]:
     from sklearn.model_selection import train_test_split
 
-    n = len(records)
     n_val, n_test = round(n * fractions[1]), round(n * fractions[2])
     if n - n_val - n_test < 1:
         raise DataError(f"only {n} examples: too few to split {tuple(fractions)}; add data or change split")
-    labels = [r["completion"] for r in records] if stratify else None
     if labels is not None:
         counts = Counter(labels)
         rare = {k: v for k, v in counts.items() if v < 2}
@@ -266,11 +230,201 @@ def _split(
         )
     elif n_test:
         val_idx, test_idx = [], hold_idx
-    return {
-        "train": [records[i] for i in train_idx],
-        "validation": [records[i] for i in val_idx],
-        "test": [records[i] for i in test_idx],
-    }
+    return {"train": list(train_idx), "validation": list(val_idx), "test": list(test_idx)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building prompt -> completion pairs
+
+
+def render_examples(
+    rows: datasets.Dataset | Sequence[Mapping[str, Any]],
+    templates: str | PromptTemplate | Sequence[str | PromptTemplate],
+    *,
+    task: str | None = None,
+    seed: int = 0,
+) -> datasets.Dataset:
+    """Render raw examples into prompt → completion rows, one phrasing per example chosen at random with ``seed``.
+
+    Columns: ``prompt``, ``completion``, ``task``, ``template_id``, ``example_id``. Empty completions are an error.
+
+    Example:
+        >>> list(render_examples([{"question": "2+2?", "answer": "4"}], "qa/1")["completion"])
+        ['4']
+    """
+    tmpl = resolve_templates(templates)
+    task = task or tmpl[0].task
+    fields = sorted({f for t in tmpl for f in (*t.fields, t.target)})
+    rows = rows.to_list() if isinstance(rows, datasets.Dataset) else [dict(r) for r in rows]
+    rng = random.Random(seed)
+    records, empty = [], []
+    for row in rows:
+        t = tmpl[rng.randrange(len(tmpl))]
+        completion = t.completion(row)
+        if not completion.strip():
+            empty.append({f: row.get(f) for f in fields})
+            continue
+        records.append(
+            {
+                "prompt": t.render(row),
+                "completion": completion,
+                "task": task,
+                "template_id": t.id,
+                "example_id": example_id(task, row, fields),
+            }
+        )
+    if empty:
+        raise DataError(
+            f"{len(empty)} of {len(rows)} examples have an empty completion (field {tmpl[0].target!r}), "
+            f"e.g. {empty[:3]}; drop or fill them before building (e.g. dataset.filter(lambda x: x[...].strip()))"
+        )
+    return datasets.Dataset.from_dict({c: [r[c] for r in records] for c in COLUMNS}, features=_features())
+
+
+def _subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    if n is None or n >= ds.num_rows:
+        return ds
+    return ds.select(sorted(random.Random(seed).sample(range(ds.num_rows), n)))
+
+
+def build_instruction_dataset(
+    source: Source | None = None,
+    templates: str | PromptTemplate | Sequence[str | PromptTemplate] | None = None,
+    *,
+    task: Any = None,
+    n: int | None = None,
+    n_validation: int | None = None,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    stratify: bool | None = None,
+    columns: Mapping[str, str] | None = None,
+    max_examples: int | None = None,
+) -> datasets.DatasetDict:
+    """Render labelled examples into prompt → completion pairs, split by :func:`split_examples`.
+
+    **A built-in task** (``source`` left out, ``task="sentiment"``, or a :class:`~nbft.evaluate.Task`): the training
+    set comes from the task's own *train* split and the validation set from its *validation* split; its *test* split
+    stays with the task, for :func:`nbft.compare`, and is not returned. ``n`` training examples (default: all).
+
+    **Your own data** (``source``: anything :func:`load_source` accepts): the data is split with
+    :func:`split_examples` into train/validation/test, exactly as ``Task.from_data(source, ...)`` splits it with the
+    same ``split`` and ``seed``, so evaluating on that task never scores a training example.
+
+    Each example gets one phrasing, chosen at random among ``templates`` with ``seed`` (same seed, same dataset).
+    Exact duplicate examples are dropped; empty completions are an error. Classification data is split stratified
+    by label unless ``stratify=False``.
+
+    Args:
+        source: your data, or ``None`` for a built-in task's data.
+        templates: a task name (all its phrasings, e.g. ``"summarize"``), template ids, or ``PromptTemplate`` objects.
+            Default for a built-in task: all phrasings of its template family.
+        task: without ``source``, the built-in task (name or Task) whose splits are used; with ``source``, the task
+            name recorded in the ``task`` column (default: the templates' task).
+        n: training examples to keep (a seeded sample of the train split); ``None``: all.
+        n_validation: validation examples to keep; default for a built-in task: ``max(8, n // 8)`` (all when
+            ``n`` is ``None``), for your own data: all of its validation split.
+        split: fractions of train, validation and test (your own data only: a task's split is the task's).
+        columns: rename data columns to the template's field names, ``{"field": "column"}``.
+        max_examples: your own data: keep a seeded share of each split so that the total is about this many.
+
+    Example:
+        >>> rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(10)]
+        >>> build_instruction_dataset(rows, ["qa/1", "qa/2"], split=(0.6, 0.2, 0.2))["test"].num_rows
+        2
+    """
+    if source is None:
+        if task is None:
+            raise DataError(
+                "give a source (your data) or a built-in task, e.g. build_instruction_dataset(task='sentiment', n=800)"
+            )
+        return _from_task(task, templates, n=n, n_validation=n_validation, seed=seed)
+    if templates is None:
+        raise DataError(
+            "templates= is needed with your own data, e.g. build_instruction_dataset(rows, 'sentiment') or "
+            "['qa/1', 'qa/2']; rows that already hold prompt/completion use 'prompt-completion/1'"
+        )
+    tmpl = resolve_templates(templates)
+    tasks = {t.task for t in tmpl}
+    if task is None:
+        if len(tasks) > 1:
+            raise DataError(f"templates of several tasks {sorted(tasks)} given for one source; pass task=...")
+        task = tmpl[0].task
+    ds = prepare_source(source, tmpl, columns=columns)
+    fields = sorted({f for t in tmpl for f in (*t.fields, t.target)})
+    _check_completions(ds, tmpl, fields)
+    classification = all(t.is_classification for t in tmpl)
+    do_stratify = classification if stratify is None else stratify
+    splits = split_examples(ds, split, seed, key_fields=fields, stratify=tmpl[0].target if do_stratify else None)
+    total = sum(s.num_rows for s in splits.values())
+    out = {}
+    for name, part in splits.items():
+        keep = None if max_examples is None or max_examples >= total else round(part.num_rows * max_examples / total)
+        if name == "train" and n is not None:
+            keep = n if keep is None else min(n, keep)
+        if name == "validation" and n_validation is not None:
+            keep = n_validation if keep is None else min(n_validation, keep)
+        out[name] = render_examples(_subsample(part, keep, seed), tmpl, task=task, seed=seed)
+    return datasets.DatasetDict(out)
+
+
+def _check_completions(ds: datasets.Dataset, templates: Sequence[PromptTemplate], fields: Sequence[str]) -> None:
+    """Refuse empty completions over the whole source, before it is split (the count then means the whole data)."""
+    by_target = {t.target: t for t in templates}
+    rows = ds.select_columns(list(fields)).to_list()
+    empty = [row for row in rows if any(not t.completion(row).strip() for t in by_target.values())]
+    if empty:
+        target = next(iter(by_target))
+        raise DataError(
+            f"{len(empty)} of {len(rows)} examples have an empty completion (field {target!r}), "
+            f"e.g. {empty[:3]}; drop or fill them before building (e.g. dataset.filter(lambda x: x[...].strip()))"
+        )
+
+
+def prepare_source(
+    source: Source, templates: Sequence[PromptTemplate], *, columns: Mapping[str, str] | None = None
+) -> datasets.Dataset:
+    """Load ``source`` (:func:`load_source`), rename ``columns``, and check the templates' fields are there."""
+    ds = load_source(source)
+    if columns:
+        missing = [c for c in columns.values() if c not in ds.column_names]
+        if missing:
+            raise DataError(f"columns= names {missing}, which the data lacks; it has {ds.column_names}")
+        ds = ds.rename_columns({col: field for field, col in columns.items() if col != field})
+    for t in templates:
+        t.check_columns(ds.column_names)
+    return ds
+
+
+def _from_task(
+    task: Any,
+    templates: Any,
+    *,
+    n: int | None,
+    n_validation: int | None,
+    seed: int,
+) -> datasets.DatasetDict:
+    if isinstance(task, str):
+        from nbft import sources
+
+        name, splits = task, sources.load_splits(task)
+        family = sources.template_family(task)
+    else:  # a Task object (duck-typed: evaluate sits above data)
+        name, splits, family = task.name, task.load(), phrasings(task.template)
+    tmpl = resolve_templates(templates if templates is not None else family)
+    if "train" not in splits or splits["train"].num_rows == 0:
+        raise DataError(f"task {name!r} has no train split to build a training set from")
+    train = _subsample(splits["train"], n, seed)
+    if n_validation is None:
+        n_validation = None if n is None else max(8, n // 8)
+    out = {"train": render_examples(train, tmpl, task=name, seed=seed)}
+    if "validation" in splits and splits["validation"].num_rows:
+        val = _subsample(splits["validation"], n_validation, seed)
+        out["validation"] = render_examples(val, tmpl, task=name, seed=seed + 1)
+    return datasets.DatasetDict(out)
+
+
+def _features() -> datasets.Features:
+    return datasets.Features({c: datasets.Value("string") for c in COLUMNS})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -383,21 +537,52 @@ class TruncationReport:
         )
 
 
-def format_prompt(tokenizer: Any, prompt: str, chat_template: bool = False) -> str:
+def format_prompt(
+    tokenizer: Any,
+    prompt: str,
+    chat_template: bool = False,
+    shots: Sequence[tuple[str, str]] = (),
+) -> str:
     """The exact text a model sees before its completion, in training and in evaluation alike.
 
-    With ``chat_template=True`` the prompt becomes a user turn followed by the assistant's generation prompt.
+    ``shots`` are solved examples ``(prompt, completion)`` put before the prompt (in-context learning). Plain text:
+    each shot is its prompt, its completion and a blank line. With ``chat_template=True`` each shot is a user turn
+    and an assistant turn, and the prompt becomes the last user turn followed by the assistant's generation prompt.
+
+    Example:
+        >>> format_prompt(None, "Q: 3+3?\\nA:", shots=[("Q: 1+1?\\nA:", " 2")])
+        'Q: 1+1?\\nA: 2\\n\\nQ: 3+3?\\nA:'
     """
     if not chat_template:
-        return prompt
+        return "".join(p + c + "\n\n" for p, c in shots) + prompt
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
             f"chat_template=True but tokenizer {type(tokenizer).__name__} has no chat template; "
             "use chat_template=False or an instruct model's tokenizer"
         )
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt.rstrip("\n")}], add_generation_prompt=True, tokenize=False
-    )
+    messages: list[dict[str, str]] = []
+    for p, c in shots:
+        messages += [{"role": "user", "content": p.rstrip("\n")}, {"role": "assistant", "content": c}]
+    messages.append({"role": "user", "content": prompt.rstrip("\n")})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_prompt(tokenizer: Any, text: str, *, chat: bool = False, seq2seq: bool = False) -> list[int]:
+    """Token ids of a formatted prompt (:func:`format_prompt`), the same in training and in evaluation.
+
+    Plain prompts get the tokenizer's special tokens (BOS) but never a trailing EOS; chat-formatted prompts already
+    hold their special tokens as text. A seq2seq encoder input ends with EOS.
+    """
+    if seq2seq:
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        eos = tokenizer.eos_token_id
+        return ids if (ids and ids[-1] == eos) or eos is None else [*ids, eos]
+    if chat:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]  # some tokenizers append EOS to every text; a prompt must not end there
+    return ids
 
 
 def encode_pair(
@@ -408,8 +593,8 @@ def encode_pair(
     Tokenizing the two parts separately makes the label mask exact: the completion's tokens are exactly the
     labelled ones, whatever the tokenizer would merge across the boundary.
     """
+    prompt_text = format_prompt(tokenizer, prompt, chat_template)
     if chat_template:
-        prompt_text = format_prompt(tokenizer, prompt, True)
         full = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt.rstrip("\n")}, {"role": "assistant", "content": completion}],
             tokenize=False,
@@ -417,12 +602,9 @@ def encode_pair(
         if not full.startswith(prompt_text):
             raise DataError("the chat template renders the user turn differently with and without an answer")
         completion_text = full[len(prompt_text) :].rstrip("\n")
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     else:
         completion_text = completion
-        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        if prompt_ids and tokenizer.eos_token_id is not None and prompt_ids[-1] == tokenizer.eos_token_id:
-            prompt_ids = prompt_ids[:-1]  # some tokenizers append EOS to every text; a prompt must not end there
+    prompt_ids = encode_prompt(tokenizer, prompt_text, chat=chat_template)
     completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
     if not completion_ids or completion_ids[-1] != tokenizer.eos_token_id:
         completion_ids = [*completion_ids, tokenizer.eos_token_id]
@@ -504,8 +686,10 @@ def tokenize_for_training(
         raise DataError("the dataset is empty; nothing to tokenize")
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "full_length": []}
+        out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "full_length": [], "content_hash": []}
         for prompt, completion in zip(batch["prompt"], batch["completion"]):
+            # kept with the tokens, so a run can record what it trained on even without the text columns
+            out["content_hash"].append(content_hash(prompt, completion))
             if kind == "seq2seq":
                 src, tgt = _encode_seq2seq(tokenizer, prompt, completion)
                 full = max(len(src), len(tgt))
@@ -630,13 +814,18 @@ __all__ = [
     "TemplateError",
     "TruncationReport",
     "build_instruction_dataset",
+    "content_hash",
     "encode_pair",
+    "encode_prompt",
     "format_prompt",
     "length_stats",
     "load_hub_dataset",
     "load_source",
     "mix",
     "mix_report",
+    "prepare_source",
+    "render_examples",
     "save_dataset",
+    "split_examples",
     "tokenize_for_training",
 ]

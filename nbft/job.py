@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -369,25 +368,11 @@ def job_data(job: JobConfig, tokenizer: Any) -> tuple[Any, Any]:
 def _task_rows(name: str, templates: str | list[str] | None, seed: int) -> tuple[Any, Any]:
     """A built-in task's train and validation splits as prompt/completion rows (the task owns its splits: its
     test split is never trained on)."""
-    import datasets
+    from nbft.data import build_instruction_dataset
 
-    from nbft.evaluate import get_task
-    from nbft.templates import resolve_templates
-
-    task = get_task(name)
-    splits = task.load()
-    phrasings = resolve_templates(templates) if templates is not None else [task.template]
-    rng = random.Random(seed)
-
-    def render(ds: datasets.Dataset) -> datasets.Dataset:
-        rows = []
-        for ex in ds:
-            t = phrasings[rng.randrange(len(phrasings))]
-            rows.append({"prompt": t.render(ex), "completion": t.completion(ex), "task": name, "template_id": t.id})
-        return datasets.Dataset.from_list(rows)
-
-    val = render(splits["validation"]) if "validation" in splits and len(splits["validation"]) else None
-    return render(splits["train"]), val
+    data = build_instruction_dataset(task=name, templates=templates, seed=seed)
+    val = data["validation"] if "validation" in data and len(data["validation"]) else None
+    return data["train"], val
 
 
 # ------------------------------------------------------------------------------------------------------- run
@@ -463,7 +448,7 @@ def run_job(
 
 def _compare(job: JobConfig, tuned: Path) -> Any:
     """The one call into evaluation: ``nbft.compare`` of the base and tuned models on the config's tasks."""
-    from nbft.evaluate import compare
+    from nbft.report import compare
 
     spec = job.eval or {}
     config = spec["config"]

@@ -1,22 +1,30 @@
-"""Pure rendering of a comparison: styled tables, figures, per-example diffs, HTML/markdown/CSV export, model card.
+"""Pure rendering of a comparison's results dict: styled tables, figures, per-example diffs, HTML/markdown/CSV export,
+model card; and :class:`ComparisonTable`, the results dict with its tidy views, which :func:`compare` returns.
 
+:func:`nbft.evaluate.compare_models` computes the comparison and returns a plain dict; this module only reads it.
 Nothing here imports widgets or IPython, and nothing draws with pyplot's global state: figures are
 ``matplotlib.figure.Figure`` objects (safe in threads and in scripts), tables are pandas Stylers or DataFrames.
 
 Example::
 
+    import nbft
     from nbft import report
+    table = nbft.compare({"base": base, "tuned": run}, ["sentiment", "qa"], target="sentiment")
     report.side_by_side(table)                     # pandas Styler: tasks x (base, k-shot, tuned), Δ coloured
     report.delta_heatmap(table)                    # seaborn heatmap of Δ (task x model)
     report.loss_curve(run.history)                 # train/validation loss
     report.weight_change_heatmap(report.weight_change(base_model, tuned_model))
     report.export_html(table, "report.html", history=run.history)
+
+Every function that takes a ``table`` also takes the plain results dict.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import difflib
+import functools
 import html
 import io
 import math
@@ -32,9 +40,11 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from pandas.io.formats.style import Styler
 
-    from nbft.evaluate.compare import ComparisonTable
+    from nbft.config import EvalConfig
 
 __all__ = [
+    "ComparisonTable",
+    "compare",
     "delta_heatmap",
     "example_view",
     "export_csv",
@@ -44,6 +54,7 @@ __all__ = [
     "forgetting_summary",
     "loss_curve",
     "model_card_section",
+    "prompt_tokens_frame",
     "side_by_side",
     "table_frame",
     "to_text",
@@ -53,29 +64,242 @@ __all__ = [
 ]
 
 GREEN, RED, GREY = "#1a7f37", "#cf222e", "#6e7781"
+NO_LABEL = "no label (%)"
+"""How the share of generated answers with no recognisable label is named in tables (metric ``unparseable_rate``)."""
+
+
+# --------------------------------------------------------------------------------------------------- the table
+class ComparisonTable:
+    """What :func:`nbft.compare` returns: the plain results dict of :func:`nbft.evaluate.compare_models`, with tidy
+    DataFrame views and renderings. ``table.results`` (or :meth:`to_dict`) is the dict itself.
+
+    Views (full precision; the renderings round): ``summary`` (task, role, model, metric, value, CI, n, prompt
+    tokens...), ``delta`` (per task and column: base, value, Δ, paired 95% CI, wins/ties/losses, significant,
+    regression), ``forgetting`` (per tuned model: G, BWT′, AF, worst drop with CIs, significant regressions),
+    ``examples`` (per test example: prompt, hash, reference, overlap, each model's output, score and Δ), ``task_info``.
+
+    Example::
+
+        table.summary.query("role == 'target'")
+        table.delta.round(1)
+        nbft.report.export_html(table, "report.html")
+    """
+
+    def __init__(self, results: Mapping[str, Any]) -> None:
+        from nbft.evaluate.results import RESULTS_FORMAT
+
+        if results.get("format") != RESULTS_FORMAT:
+            raise ValueError(
+                f"not an nbft results dict (format {results.get('format')!r}, expected {RESULTS_FORMAT!r}); "
+                "make one with nbft.evaluate.compare_models(...) or nbft.compare(...)"
+            )
+        self.results = dict(results)
+
+    # plain fields
+    @property
+    def target(self) -> str | None:
+        return self.results["target"]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.results["tasks"])
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.results["columns"])
+
+    @property
+    def reference(self) -> str:
+        return self.results["reference"]
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.results["notes"])
+
+    @property
+    def signatures(self) -> dict[str, str]:
+        return dict(self.results["signatures"])
+
+    @functools.cached_property
+    def config(self) -> EvalConfig:
+        from nbft.config import EvalConfig
+
+        cfg = dict(self.results["config"])
+        names = {f.name for f in dataclasses.fields(EvalConfig)}
+        if cfg.get("icl_tasks") is not None:
+            cfg["icl_tasks"] = tuple(cfg["icl_tasks"])
+        return EvalConfig(**{k: v for k, v in cfg.items() if k in names})
+
+    # views
+    @functools.cached_property
+    def summary(self) -> pd.DataFrame:
+        rows = []
+        for task, info in self.results["tasks"].items():
+            for col in self.columns:
+                r = self.results["scores"][task].get(col)
+                if r is None:
+                    continue
+                for key, value in r["metrics"].items():
+                    lo, hi = r.get("ci", {}).get(key, (math.nan, math.nan))
+                    rows.append(
+                        {
+                            "task": task,
+                            "role": info["role"],
+                            "model": col,
+                            "k": r["k"],
+                            "metric": key,
+                            "value": value,
+                            "ci_low": lo,
+                            "ci_high": hi,
+                            "n": r["n"],
+                            "prompt_tokens": r.get("prompt_tokens_mean", math.nan),
+                            "empty_rate": math.nan if r["empty_rate"] is None else r["empty_rate"],
+                            "is_headline": key == r["keys"][0],
+                            "in_table": key in r["keys"]
+                            or (key == "unparseable_rate" and r["no_label_rate"] is not None),
+                            "dtype": self.results["models"].get(r["model"], {}).get("dtype", ""),
+                        }
+                    )
+        return pd.DataFrame(rows)
+
+    @functools.cached_property
+    def delta(self) -> pd.DataFrame:
+        return pd.DataFrame(self.results["deltas"])
+
+    @functools.cached_property
+    def forgetting(self) -> pd.DataFrame:
+        return pd.DataFrame(self.results["forgetting"])
+
+    @functools.cached_property
+    def task_info(self) -> pd.DataFrame:
+        rows = []
+        for task, info in self.results["tasks"].items():
+            row = {"task": task, **{k: v for k, v in info.items() if k != "overlap"}}
+            row["overlap_left_out"] = info["overlap"]["left_out"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    @functools.cached_property
+    def examples(self) -> pd.DataFrame:
+        ref = self.reference
+        erows = []
+        for task, ex in self.results["examples"].items():
+            scores = self.results["scores"][task]
+            cols = [c for c in self.columns if c in scores]
+            where = {c: {p: j for j, p in enumerate(scores[c]["positions"])} for c in cols}
+            last = next((c for c in reversed(cols) if not c.startswith(f"{ref} ")), None)
+            for i, pos in enumerate(ex["position"]):
+                row: dict[str, Any] = {
+                    "task": task,
+                    "example": pos,
+                    "split_index": ex["split_index"][i],
+                    "prompt": ex["prompt"][i],
+                    "prompt_hash": ex["prompt_hash"][i],
+                    "same_prompt": all(
+                        scores[c]["prompt_hashes"][where[c][pos]] == ex["prompt_hash"][i]
+                        for c in cols
+                        if scores[c]["k"] == 0 and pos in where[c]
+                    ),
+                    "reference": ex["reference"][i],
+                    "overlap": ex["overlap"][i],
+                }
+                for c in cols:
+                    r, j = scores[c], where[c].get(pos)
+                    if j is None:  # a k-shot column evaluated on the first icl_n examples only
+                        row[f"output:{c}"], row[f"score:{c}"] = None, math.nan
+                        if c != ref:
+                            row[f"delta:{c}"] = math.nan
+                        continue
+                    row[f"output:{c}"] = r["outputs"][j] if r["outputs"] is not None else r["ll_choices"][j]
+                    if r["ll_choices"] is not None and r["outputs"] is not None:
+                        row[f"ll_choice:{c}"] = r["ll_choices"][j]
+                    ekey = r.get("example_key")
+                    row[f"score:{c}"] = float(r["per_example"][ekey][j]) if ekey in r["per_example"] else math.nan
+                    if c != ref:
+                        row[f"delta:{c}"] = row[f"score:{c}"] - row[f"score:{ref}"]
+                if last and last != ref:
+                    dv, out = row[f"delta:{last}"], row[f"output:{last}"]
+                    row["status"] = (
+                        "empty" if not str(out or "").strip()
+                        else "improved" if dv > 0 else "regressed" if dv < 0 else "same" if dv == 0 else "n/a"
+                    )  # fmt: skip
+                row["metric"] = scores[ref]["keys"][0]
+                erows.append(row)
+        return pd.DataFrame(erows)
+
+    def headline(self) -> pd.DataFrame:
+        """Tasks × columns of the headline values (points), in task then column order."""
+        s = self.summary[self.summary["is_headline"]]
+        wide = s.pivot_table(index=["task", "metric"], columns="model", values="value", sort=False)
+        return wide.reindex(columns=[c for c in self.columns if c in wide.columns])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results dict (plain data; ``json.dumps`` it for ``metrics.json``)."""
+        return self.results
+
+    def to_text(self) -> str:
+        """A plain-text table for terminals: headline values per task and column, Δ with CI, forgetting, notes."""
+        return to_text(self)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def __repr__(self) -> str:
+        return f"ComparisonTable(tasks={self.tasks}, columns={self.columns}, target={self.target!r})"
+
+    def _repr_html_(self) -> str:
+        return side_by_side(self).to_html() + _notes_html(self)
+
+
+def compare(models: Mapping[str, Any], tasks: Any, **kwargs: Any) -> ComparisonTable:
+    """Base vs tuned (and in-context baselines) on several tasks: :func:`nbft.evaluate.compare_models` wrapped in a
+    :class:`ComparisonTable` for display. Takes the same arguments.
+
+    Example::
+
+        table = nbft.compare({"base": (base, tok), "tuned": run}, ["sentiment", "qa", "reply"], target="sentiment",
+                             n=200, icl_shots=(0, 3), chat_template=True)
+        table                       # the side-by-side table in a notebook
+        print(table.to_text())      # in a terminal
+    """
+    from nbft.evaluate.runner import compare_models
+
+    return ComparisonTable(compare_models(models, tasks, **kwargs))
+
+
+def _table(table: ComparisonTable | Mapping[str, Any]) -> ComparisonTable:
+    return table if isinstance(table, ComparisonTable) else ComparisonTable(table)
 
 
 # --------------------------------------------------------------------------------------------------- tables
-def _fmt(x: float, digits: int = 1) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def _fmt(x: Any, digits: int = 1, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def table_frame(table: ComparisonTable) -> pd.DataFrame:
+def _ci(lo: float, hi: float, sign: bool = False) -> str:
+    return f"[{_fmt(lo, sign=sign)}, {_fmt(hi, sign=sign)}]"
+
+
+def table_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
     """The side-by-side table as a plain DataFrame: one row per (task, metric) shown, one column per model,
     then per non-reference model its Δ, the paired 95% CI of Δ, wins/ties/losses and a flag.
 
-    Values are points (0-100). Example::
+    Values are points (0-100), full precision. Classification tasks get a ``no label (%)`` row: the share of each
+    model's generated answers with no recognisable label. Example::
 
         df = table_frame(table); df.loc[("sentiment", "accuracy")]
     """
+    table = _table(table)
     s = table.summary[table.summary["in_table"]]
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for _, r in s.iterrows():
-        key = (r["task"], r["metric"])
-        row = rows.setdefault(key, {"role": r["role"]})
+        metric = NO_LABEL if r["metric"] == "unparseable_rate" else r["metric"]
+        row = rows.setdefault((r["task"], metric), {"role": r["role"]})
         row[r["model"]] = r["value"]
-        if r["model"] == table.reference:
-            row["CI (base)"] = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+        if r["model"] == table.reference and metric != NO_LABEL:
+            row["CI (base)"] = _ci(r["ci_low"], r["ci_high"])
     for _, d in table.delta.iterrows():
         key = (d["task"], d["metric"])
         if key not in rows:
@@ -83,9 +307,12 @@ def table_frame(table: ComparisonTable) -> pd.DataFrame:
         row = rows[key]
         col = d["model"]
         row[f"Δ {col}"] = d["delta"]
-        row[f"Δ CI {col}"] = f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"
+        row[f"Δ CI {col}"] = _ci(d["ci_low"], d["ci_high"], sign=True)
         row[f"W/T/L {col}"] = f"{d['wins']}/{d['ties']}/{d['losses']}"
         row[f"flag {col}"] = "▼ regression" if d["regression"] else ("▲ gain" if d["significant"] else "")
+    # per task: the headline, its log-likelihood twin, then the no-label share
+    order = {t: i for i, t in enumerate(table.tasks)}
+    rows = dict(sorted(rows.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1] == NO_LABEL)))
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index = pd.MultiIndex.from_tuples(df.index, names=["task", "metric"])
     ordered = ["role", *[c for c in table.columns if c in df.columns]]
@@ -93,59 +320,95 @@ def table_frame(table: ComparisonTable) -> pd.DataFrame:
         ordered.insert(2, "CI (base)")
     for col in table.columns[1:]:
         ordered += [c for c in (f"Δ {col}", f"Δ CI {col}", f"W/T/L {col}", f"flag {col}") if c in df.columns]
-    # A k-shot column covers only some tasks: its text cells there are "not run", not missing data.
-    text_cols = [c for c in df.columns if c.startswith(("Δ CI ", "W/T/L ", "flag "))]
+    # A k-shot column covers only some tasks, and a no-label row has no Δ: such text cells are "not run", not missing.
+    text_cols = [c for c in df.columns if c.startswith(("Δ CI ", "W/T/L ", "flag ", "CI (base)"))]
     df[text_cols] = df[text_cols].fillna("–")
     for c in (c for c in text_cols if c.startswith("flag ")):
         df[c] = df[c].replace("–", "")
     return df[ordered]
 
 
-def prompt_tokens_frame(table: ComparisonTable) -> pd.DataFrame:
-    """Mean prompt tokens per task and column: what k-shot examples cost in context."""
-    s = table.summary.drop_duplicates(["task", "model"])
-    wide = s.pivot_table(index="task", columns="model", values="prompt_tokens", sort=False)
-    return wide.reindex(columns=[c for c in table.columns if c in wide.columns])
+def _significance(table: ComparisonTable, df: pd.DataFrame) -> dict[tuple[tuple[str, str], str], bool]:
+    """(row, "Δ col") -> whether that Δ's CI excludes 0."""
+    return {((d["task"], d["metric"]), f"Δ {d['model']}"): bool(d["significant"]) for _, d in table.delta.iterrows()}
 
 
-def forgetting_summary(table: ComparisonTable) -> str:
-    """One line per tuned model: target gain G with its CI, BWT′, AF, the worst drop and significant regressions.
+def prompt_tokens_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
+    """Mean prompt tokens per task and column, rounded to whole tokens ("–" where a column did not run a task):
+    what k-shot examples cost in context.
 
     Example::
 
-        forgetting_summary(table)  # 'tuned: G (sentiment) = +37.0 pts [95% CI +24.0, +50.0]; BWT′ = -3.5; ...'
+        prompt_tokens_frame(table)      # sentiment: base 62, base 3-shot 187, tuned 62
     """
+    table = _table(table)
+    s = table.summary.drop_duplicates(["task", "model"])
+    wide = s.pivot_table(index="task", columns="model", values="prompt_tokens", sort=False)
+    wide = wide.reindex(
+        index=[t for t in table.tasks if t in wide.index], columns=[c for c in table.columns if c in wide.columns]
+    )
+    return wide.map(lambda x: "–" if pd.isna(x) else round(float(x))).astype(object)
+
+
+def forgetting_summary(table: ComparisonTable | Mapping[str, Any]) -> str:
+    """One line per tuned model: target gain G with its CI, BWT′, AF and the worst drop (with CIs), and the number of
+    significant regressions.
+
+    Example::
+
+        forgetting_summary(table)  # 'tuned: G (sentiment) = +37.0 pts [95% CI +24.0, +50.0]; BWT′ = -3.5 [...]; ...'
+    """
+    table = _table(table)
+
+    def with_ci(f: Mapping[str, Any], name: str, sign: bool = True, unit: str = "") -> str:
+        text = _fmt(f[name], sign=sign) + unit
+        lo, hi = f.get(f"{name}_ci_low"), f.get(f"{name}_ci_high")
+        if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
+            text += f" [95% CI {_fmt(lo, sign=sign)}, {_fmt(hi, sign=sign)}]"
+        return text
+
     lines = []
     for _, f in table.forgetting.iterrows():
         parts = [f"{f['model']}:"]
         if table.target:
-            parts.append(f"G ({table.target}) = {f['G']:+.1f} pts [95% CI {f['G_ci_low']:+.1f}, {f['G_ci_high']:+.1f}]")
+            parts.append(f"G ({table.target}) = {with_ci(f, 'G', unit=' pts')}")
         if f["n_other_tasks"]:
-            parts.append(f"BWT′ = {f['BWT']:+.1f}")
-            parts.append(f"AF = {f['AF']:.1f}")
-            parts.append(f"worst drop = {f['worst_drop']:+.1f} ({f['worst_task']})")
+            parts.append(f"BWT′ = {with_ci(f, 'BWT')}")
+            parts.append(f"AF = {with_ci(f, 'AF', sign=False)}")
+            parts.append(f"worst drop = {with_ci(f, 'worst_drop')} ({f['worst_task']})")
             parts.append(f"significant regressions = {f['significant_regressions']}/{f['n_other_tasks']}")
         lines.append("  ".join(parts[:1]) + " " + "; ".join(parts[1:]))
     return "\n".join(lines)
 
 
-def side_by_side(table: ComparisonTable) -> Styler:
-    """The main table as a pandas Styler: tasks as rows; base, k-shot and tuned columns; Δ green/red;
-    significant regressions flagged; the forgetting summary as the caption.
+def side_by_side(table: ComparisonTable | Mapping[str, Any]) -> Styler:
+    """The main table as a pandas Styler: tasks as rows; base, k-shot and tuned columns; a Δ is green or red only
+    when its paired 95% CI excludes 0 (grey otherwise); significant regressions flagged; the forgetting summary as
+    the caption. Task and model names are HTML-escaped.
 
     Example::
 
         side_by_side(table)          # displays in a notebook
     """
+    table = _table(table)
     df = table_frame(table)
     delta_cols = [c for c in df.columns if c.startswith("Δ ") and not c.startswith("Δ CI")]
     flag_cols = [c for c in df.columns if c.startswith("flag ")]
     value_cols = [c for c in table.columns if c in df.columns]
+    significant = _significance(table, df)
 
-    def colour(v: Any) -> str:
-        if not isinstance(v, (int, float)) or math.isnan(v) or v == 0:
-            return ""
-        return f"color: {GREEN if v > 0 else RED}; font-weight: bold"
+    def colour(frame: pd.DataFrame) -> pd.DataFrame:
+        css = pd.DataFrame("", index=frame.index, columns=frame.columns)
+        for row in frame.index:
+            for col in frame.columns:
+                v = frame.at[row, col]
+                if not isinstance(v, (int, float)) or math.isnan(v):
+                    continue
+                if significant.get((row, col)):
+                    css.at[row, col] = f"color: {GREEN if v > 0 else RED}; font-weight: bold"
+                else:  # the CI includes 0: no evidence of a change either way
+                    css.at[row, col] = f"color: {GREY}"
+        return css
 
     def flag(v: Any) -> str:
         if isinstance(v, str) and v.startswith("▼"):
@@ -154,7 +417,11 @@ def side_by_side(table: ComparisonTable) -> Styler:
             return f"color: {GREEN}"
         return ""
 
-    caption = "Headline metrics in points (0-100); Δ vs " + table.reference + " with paired bootstrap 95% CI."
+    ref = html.escape(table.reference)
+    caption = (
+        f"Headline metrics in points (0-100); Δ vs {ref} with paired bootstrap 95% CI "
+        f"(coloured only when the CI excludes 0)."
+    )
     if table.config.icl_n is not None and any(c.endswith("-shot") for c in table.columns):
         n_icl = table.config.icl_n
         caption += f" k-shot columns use the first {n_icl} test examples; their Δ is paired with the base on those."
@@ -162,8 +429,12 @@ def side_by_side(table: ComparisonTable) -> Styler:
     if forgetting:
         caption += "<br>" + html.escape(forgetting).replace("\n", "<br>")
     styler = (
-        df.style.format("{:.1f}", subset=value_cols + delta_cols, na_rep="–")
-        .map(colour, subset=delta_cols)
+        df.style.format("{:.1f}", subset=value_cols, na_rep="–")
+        .format("{:+.1f}", subset=delta_cols, na_rep="–")
+        .format(escape="html", subset=[c for c in df.columns if c not in value_cols + delta_cols])
+        .format_index(escape="html", axis=0)
+        .format_index(escape="html", axis=1)
+        .apply(colour, axis=None, subset=delta_cols)
         .map(flag, subset=flag_cols)
         .set_caption(caption)
         .set_table_styles(
@@ -176,17 +447,26 @@ def side_by_side(table: ComparisonTable) -> Styler:
     return styler
 
 
-def to_text(table: ComparisonTable) -> str:
-    """A plain-text rendering for terminals and logs: the side-by-side table, prompt tokens and forgetting."""
+def _notes_html(table: ComparisonTable) -> str:
+    if not table.notes:
+        return ""
+    return "<ul class='nbft-notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in table.notes) + "</ul>"
+
+
+def to_text(table: ComparisonTable | Mapping[str, Any]) -> str:
+    """A plain-text rendering for terminals and logs: the side-by-side table, prompt tokens, forgetting and notes
+    (values rounded to 0.1 point, Δ with its sign)."""
+    table = _table(table)
     df = table_frame(table).drop(columns=["role"])
     for c in df.columns:
         if df[c].dtype.kind == "f":
-            df[c] = df[c].map(lambda x: _fmt(x))
+            sign = str(c).startswith("Δ ")
+            df[c] = df[c].map(lambda x, sign=sign: _fmt(x, sign=sign))
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 40):
         out = [df.to_string()]
         tokens = prompt_tokens_frame(table)
         if len(tokens):
-            out.append("\nMean prompt tokens:\n" + tokens.map(lambda x: _fmt(x, 0)).to_string())
+            out.append("\nMean prompt tokens:\n" + tokens.to_string())
     if table.config.icl_n is not None and any(c.endswith("-shot") for c in table.columns):
         out.append(
             f"(k-shot columns: the first {table.config.icl_n} test examples; their Δ is against the base on those.)"
@@ -213,7 +493,7 @@ def figure_to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def delta_heatmap(table: ComparisonTable) -> Figure:
+def delta_heatmap(table: ComparisonTable | Mapping[str, Any]) -> Figure:
     """seaborn heatmap of headline Δ (points) per task (rows) and model (columns), centred at 0; significant
     cells are marked with ``*``.
 
@@ -221,6 +501,7 @@ def delta_heatmap(table: ComparisonTable) -> Figure:
 
         delta_heatmap(table).savefig("delta.png")
     """
+    table = _table(table)
     import seaborn as sns
 
     d = table.delta[table.delta["is_headline"]] if len(table.delta) else table.delta
@@ -417,7 +698,12 @@ def word_diff_html(before: str, after: str) -> str:
 
 
 def example_view(
-    table: ComparisonTable, *, task: str | None = None, model: str | None = None, n: int = 20, as_html: bool = False
+    table: ComparisonTable | Mapping[str, Any],
+    *,
+    task: str | None = None,
+    model: str | None = None,
+    n: int = 20,
+    as_html: bool = False,
 ) -> pd.DataFrame | str:
     """Per-example view sorted by the worst regression first, with a word-level diff of base vs ``model`` outputs.
 
@@ -427,6 +713,7 @@ def example_view(
 
         example_view(table, task="qa", n=10)
     """
+    table = _table(table)
     ex = table.examples
     if task is not None:
         ex = ex[ex["task"] == task]
@@ -446,8 +733,16 @@ def example_view(
         ]
     if not as_html:
         return view.reset_index(drop=True)
-    escaped = {c: html.escape for c in view.columns if c.startswith("output:") or c == "reference"}
-    return view.to_html(escape=False, index=False, float_format=lambda x: f"{x:.1f}", na_rep="–", formatters=escaped)
+
+    # every cell but the diff (built from escaped words) is text from data or models: escape it
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return _fmt(v)
+        return "–" if v is None else html.escape(str(v))
+
+    view.columns = [html.escape(str(c)) for c in view.columns]
+    formatters = {c: cell for c in view.columns if c != "diff"}
+    return view.to_html(escape=False, index=False, na_rep="–", formatters=formatters)
 
 
 # --------------------------------------------------------------------------------------------------- export
@@ -457,7 +752,7 @@ def _img(fig: Figure, alt: str) -> str:
 
 
 def export_html(
-    table: ComparisonTable,
+    table: ComparisonTable | Mapping[str, Any],
     path: str | Path,
     *,
     history: Sequence[Mapping[str, Any]] | None = None,
@@ -472,6 +767,7 @@ def export_html(
 
         export_html(table, "runs/demo/report.html", history=run.history)
     """
+    table = _table(table)
     from nbft._utils import atomic_path
 
     parts = [
@@ -491,7 +787,7 @@ def export_html(
         parts += ["<h2>Weight change</h2>", _img(weight_change_heatmap(weight_changes), "weight change")]
     parts += [
         "<h2>Prompt tokens (mean per example)</h2>",
-        prompt_tokens_frame(table).to_html(float_format=lambda x: f"{x:.0f}", na_rep="–"),
+        prompt_tokens_frame(table).to_html(),
         "<h2>Tasks</h2>",
         table.task_info.to_html(index=False),
     ]
@@ -512,16 +808,20 @@ def export_html(
     return path
 
 
-def export_markdown(table: ComparisonTable, path: str | Path | None = None) -> str:
+def export_markdown(table: ComparisonTable | Mapping[str, Any], path: str | Path | None = None) -> str:
     """The side-by-side table and forgetting summary as markdown; written to ``path`` when given."""
+    table = _table(table)
     df = table_frame(table).reset_index()
     for c in df.columns:
         if df[c].dtype.kind == "f":
-            df[c] = df[c].map(lambda x: _fmt(x))
+            sign = str(c).startswith("Δ ")
+            df[c] = df[c].map(lambda x, sign=sign: _fmt(x, sign=sign))
     text = df.to_markdown(index=False) if _has_tabulate() else _markdown_table(df)
     forgetting = forgetting_summary(table)
     if forgetting:
         text += "\n\n**Forgetting.** " + forgetting.replace("\n", "  \n")
+    if table.notes:
+        text += "\n\n**Notes.**\n" + "\n".join(f"- {n}" for n in table.notes)
     text += "\n\nValues are points (0-100); Δ CIs are paired bootstrap 95% intervals over the same test examples."
     if path is not None:
         Path(path).write_text(text + "\n", encoding="utf-8")
@@ -545,8 +845,9 @@ def _markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def export_csv(table: ComparisonTable, folder: str | Path) -> list[Path]:
+def export_csv(table: ComparisonTable | Mapping[str, Any], folder: str | Path) -> list[Path]:
     """Write summary.csv, delta.csv, forgetting.csv and examples.csv into ``folder``."""
+    table = _table(table)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -557,7 +858,7 @@ def export_csv(table: ComparisonTable, folder: str | Path) -> list[Path]:
     return out
 
 
-def model_card_section(table: ComparisonTable, *, heading: str | None = None) -> str:
+def model_card_section(table: ComparisonTable | Mapping[str, Any], *, heading: str | None = None) -> str:
     """Markdown for a model card: the side-by-side table, forgetting and how it was measured.
 
     Without ``heading`` it is a section body, for ``nbft.train.update_model_card(model_dir, "Evaluation", body)``.
@@ -566,6 +867,7 @@ def model_card_section(table: ComparisonTable, *, heading: str | None = None) ->
 
         update_model_card("runs/sentiment-1/model", "Evaluation", model_card_section(table))
     """
+    table = _table(table)
     cfg = table.config
     lines = [f"## {heading}", ""] if heading else []
     lines += [

@@ -43,6 +43,8 @@ class PromptTemplate:
         choices: for classification, the allowed completion texts.
         label_map: for classification, label value -> completion text (for example ``{0: "negative"}``).
         description: one line for people choosing a template.
+        verbatim: render the instruction exactly as it comes out (no trailing-newline rule); for data that already
+            holds finished prompts (the ``prompt-completion/1`` template).
     """
 
     id: str
@@ -53,6 +55,7 @@ class PromptTemplate:
     choices: tuple[str, ...] | None = None
     label_map: Mapping[Any, str] | None = None
     description: str = ""
+    verbatim: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -104,7 +107,8 @@ class PromptTemplate:
                 )
 
     def render(self, example: Mapping[str, Any]) -> str:
-        """The prompt for one example. It always ends with one newline; the completion follows directly."""
+        """The prompt for one example. It always ends with one newline (unless ``verbatim``); the completion
+        follows directly."""
         missing = [f for f in self.fields if f not in example]
         if missing:
             self.check_columns(list(example))
@@ -112,7 +116,7 @@ class PromptTemplate:
             text = self._compiled.render(**{f: example[f] for f in self.fields})  # type: ignore[attr-defined]
         except jinja2.TemplateError as exc:
             raise TemplateError(f"template {self.id!r} failed to render: {exc}") from None
-        return text.rstrip("\n") + "\n"
+        return text if self.verbatim else text.rstrip("\n") + "\n"
 
     def completion(self, example: Mapping[str, Any]) -> str:
         """The completion text for one example (the target, mapped through ``label_map`` for classification)."""
@@ -198,6 +202,24 @@ def list_templates(task: str | None = None) -> list[PromptTemplate]:
     if not found:
         raise unknown("task", task, {t.task for t in _REGISTRY.values()})
     return found
+
+
+def phrasings(template: str | PromptTemplate) -> list[PromptTemplate]:
+    """``template`` and every other registered phrasing of its task with the same fields and target.
+
+    A training set built from a task mixes these phrasings; the overlap check renders test examples with each.
+
+    Example:
+        >>> [t.id for t in phrasings("qa/1")]
+        ['qa/1', 'qa/2', 'qa/3']
+    """
+    template = get_template(template)
+    same = [
+        t
+        for t in _REGISTRY.values()
+        if t.task == template.task and t.target == template.target and set(t.fields) == set(template.fields)
+    ]
+    return [template, *[t for t in same if t.id != template.id]]
 
 
 def resolve_templates(spec: str | PromptTemplate | Sequence[str | PromptTemplate]) -> list[PromptTemplate]:
@@ -286,6 +308,44 @@ _BUILTIN: list[tuple[str, str, str, dict[str, Any]]] = [
         "entities",
         {},
     ),
+    (
+        "ner/1",
+        "Sentence: {{ text }}\n\nList the {{ entity_type }} named in this sentence, separated by semicolons.\nAnswer:",
+        "names",
+        {},
+    ),
+    (
+        "ner/2",
+        "Which {{ entity_type }} are mentioned in the following sentence? Write only their names, separated by "
+        "semicolons.\n\nSentence: {{ text }}",
+        "names",
+        {},
+    ),
+    (
+        "ner/3",
+        "{{ text }}\n\nName the {{ entity_type }} in the text above (names only, separated by semicolons).",
+        "names",
+        {},
+    ),
+    (
+        "summarize-paper/1",
+        "Read the abstract of a research paper and summarize its {{ aspect }} in one sentence.\n\n"
+        "Abstract: {{ abstract }}\n\nSummary of the {{ aspect }}:",
+        "summary",
+        {},
+    ),
+    (
+        "summarize-paper/2",
+        "{{ abstract }}\n\nIn one sentence, what is the {{ aspect }} of the paper described above?",
+        "summary",
+        {},
+    ),
+    (
+        "summarize-paper/3",
+        "Summarize the {{ aspect }} of this paper in a single sentence.\n\n{{ abstract }}",
+        "summary",
+        {},
+    ),
     ("qa/1", "Answer the question.\n\nQuestion: {{ question }}\nAnswer:", "answer", {}),
     ("qa/2", "{{ question }}\n\nGive a short answer.", "answer", {}),
     ("qa/3", "Please answer the following question in one or two sentences.\n\n{{ question }}", "answer", {}),
@@ -296,5 +356,17 @@ _BUILTIN: list[tuple[str, str, str, dict[str, Any]]] = [
 
 for _id, _text, _target, _extra in _BUILTIN:
     register_template(PromptTemplate(_id, _id.split("/")[0], _text, target=_target, **_extra))
+
+#: Rows that already are prompt -> completion pairs: the prompt is used exactly as given, in training and evaluation.
+PROMPT_COMPLETION = register_template(
+    PromptTemplate(
+        "prompt-completion/1",
+        "prompt-completion",
+        "{{ prompt }}",
+        target="completion",
+        description="data that already holds finished prompts: used exactly as given",
+        verbatim=True,
+    )
+)
 
 BUILTIN_TASKS = tuple(dict.fromkeys(t.split("/")[0] for t, *_ in _BUILTIN))

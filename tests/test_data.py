@@ -14,6 +14,7 @@ from nbft.data import (
     mix,
     mix_report,
     save_dataset,
+    split_examples,
     tokenize_for_training,
 )
 from nbft.templates import TemplateError
@@ -132,6 +133,20 @@ def test_same_seed_same_dataset_other_seed_differs():
     c = build_instruction_dataset(sentiment_rows(), "sentiment", seed=2)
     assert a["train"].to_list() == b["train"].to_list()
     assert a["train"]["template_id"] != c["train"]["template_id"]
+
+
+def test_split_keeps_near_duplicates_together_and_ignores_row_order():
+    news = "the city council voted on tuesday to open a second public library in the old train station"
+    rows = [{"text": f"plain review number {i}", "label": LABELS[i % 3]} for i in range(60)]
+    rows += [{"text": f"{news} {i} http://t.co/a{i}", "label": "neutral"} for i in range(4)]  # one story, 4 links
+    rows += [{"text": "PLAIN   review number 7", "label": LABELS[7 % 3]}]  # a duplicate but for case and spacing
+    ds = datasets.Dataset.from_list(rows)
+    splits = split_examples(ds, (0.8, 0.1, 0.1), seed=0, stratify="label")
+    assert sum(s.num_rows for s in splits.values()) == 64  # the case/spacing duplicate is dropped
+    sides = {name for name, s in splits.items() for t in s["text"] if t.startswith(news)}
+    assert len(sides) == 1  # the four near duplicates are on one side
+    shuffled = split_examples(ds.shuffle(seed=5), (0.8, 0.1, 0.1), seed=0, stratify="label")
+    assert {k: sorted(v["text"]) for k, v in shuffled.items()} == {k: sorted(v["text"]) for k, v in splits.items()}
 
 
 def test_example_id_is_stable_and_duplicates_are_dropped():

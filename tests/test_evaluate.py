@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from nbft import compare
 from nbft._utils import UnknownNameError
-from nbft.evaluate import Task, TaskError, compare, generate, get_task, score_choices
-from nbft.evaluate.compare import build_prompt
+from nbft.evaluate import Task, TaskError, generate, get_task, score_choices
 from nbft.evaluate.metrics import MetricError
 from nbft.models import tiny_random
 
@@ -142,14 +142,14 @@ def test_few_shot_prompts_never_include_test_examples(tiny):
     train_texts = set(splits["train"]["text"])
     shot_prompts = table.examples["prompt"]  # zero-shot prompts
     assert len(shot_prompts) == 10
-    from nbft.evaluate.compare import _prepare
+    from nbft.evaluate.runner import _prepare
 
     td = _prepare(task, 10, (4,), seed=0)
-    for example, shots in zip(td.test, td.shots[4], strict=True):
+    for example, shots in zip(td.examples, td.shots[4], strict=True):
         texts = {s["text"] for s in shots}
         assert not texts & test_texts
         assert texts <= train_texts
-        prompt = build_prompt(task, example, shots, tok, chat=False)
+        prompt = task.prompt(example, tok, shots=shots)
         assert prompt.count("Text: ") == 5 and prompt.endswith(task.template.render(example))
     k = table.summary.set_index(["model", "metric"])
     assert k.loc[("base 4-shot", "accuracy"), "prompt_tokens"] > 3 * k.loc[("base", "accuracy"), "prompt_tokens"]
@@ -160,8 +160,8 @@ def test_chat_prompt_matches_training_format(tiny):
 
     _, tok = tiny
     ex = {"text": "great day", "label": "positive"}
-    assert build_prompt(SENT, ex, (), tok, chat=True) == format_prompt(tok, SENT.template.render(ex), True)
-    shot = build_prompt(SENT, ex, [{"text": "bad", "label": "negative"}], tok, chat=True)
+    assert SENT.prompt(ex, tok, chat=True) == format_prompt(tok, SENT.template.render(ex), True)
+    shot = SENT.prompt(ex, tok, chat=True, shots=[{"text": "bad", "label": "negative"}])
     assert "negative" in shot and shot.endswith(format_prompt(tok, SENT.template.render(ex), True).split("</s>\n")[-1])
 
 
@@ -216,13 +216,15 @@ def test_different_tokenizers_on_loglik_task_warn(tiny):
         compare({"a": (model, tok), "b": (model, other_tok)}, [SENT], n=4, progress=False)
 
 
-def test_empty_outputs_everywhere_are_reported_not_a_crash():
+def test_empty_outputs_everywhere_are_reported_once_not_a_crash(caplog):
     model, tok = tiny_random("llama", seed=0)  # default init: emits only a newline, i.e. empty output
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = compare({"base": model, "b": model}, [SENT, QA], target="toy-sentiment", n=5, tokenizer=tok,
                         progress=False)  # fmt: skip
-    assert any("empty output for every example" in str(w.message) for w in caught)
+    # said once, in the log and the table's notes: not also as a warning printed into the cell
+    assert not any("empty output" in str(w.message) for w in caught)
+    assert any("empty output for every example" in r.getMessage() for r in caplog.records)
     assert any("empty output" in n for n in table.notes)
     row = table.summary.set_index(["task", "model", "metric"]).loc[("toy-sentiment", "base", "unparseable_rate")]
     assert row["value"] == 100.0 and row["empty_rate"] == 100.0
@@ -273,3 +275,33 @@ def test_icl_n_pairs_k_shot_with_base_on_the_same_examples(tiny):
     ex = table.examples
     assert d["base"] == pytest.approx(100 * (ex["ll_choice:base"][:5] == ex["reference"][:5]).mean())
     assert ex["output:base 2-shot"][5:].isna().all()
+
+
+def test_evaluate_never_imports_report():
+    """Layering: evaluate returns a plain results dict; report renders it and sits above evaluate."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib.abc, sys, pkgutil, importlib
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == 'nbft.report' or name == 'nbft.demo':
+            raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+import nbft.evaluate
+for m in pkgutil.walk_packages(nbft.evaluate.__path__, 'nbft.evaluate.'):
+    importlib.import_module(m.name)
+import datasets, json
+from nbft.evaluate import Task, compare_models
+from nbft.models import tiny_random
+model, tok = tiny_random('llama', seed=0)
+rows = [{'question': f'q{i}?', 'answer': f'a{i}'} for i in range(8)]
+task = Task('t', datasets.Dataset.from_list(rows), 'qa/1', max_new_tokens=2)
+results = compare_models({'base': (model, tok)}, [task], n=4, progress=False, n_boot=100)
+json.dumps(results)
+print('ok', 'nbft.report' in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok False"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nbft.evaluate.demo import DemoSettings, run_demo
+from nbft.demo import DemoSettings, run_demo
 
 
 def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
@@ -18,7 +18,7 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert any(p.suffix == ".safetensors" for p in (out / "model").iterdir())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"] == "sentiment"
-    assert set(metrics["tasks"]) == {"sentiment", "qa", "reply", "entities"}
+    assert set(metrics["tasks"]) == {"sentiment", "qa", "reply", "ner", "summarize-paper"}
     assert "base 2-shot" in metrics["columns"] and "tuned" in metrics["columns"]
     assert metrics["timings"]["total_s"] > 0
     assert "## Evaluation" in (out / "model" / "README.md").read_text()
@@ -26,6 +26,17 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert steps == [f"[{i}/6]" for i in range(1, 7)]
     table = result["table"]
     assert set(table.forgetting.columns) >= {"G", "BWT", "AF", "worst_drop", "significant_regressions"}
+    # the demo trains on the target's train split only: the run's hashes match no test example of any task it scores
+    from nbft.evaluate import find_overlap, get_task
+    from nbft.hashes import read_training_hashes
+
+    hashes = read_training_hashes(out)
+    assert hashes.n_examples == len(result["run"].train)
+    for name in metrics["tasks"]:
+        task = get_task(name)
+        assert not any(find_overlap(task, list(task.load()["test"]), hashes)), name
+    assert metrics["models"]["tuned"]["training"]["checked"]
+    assert all(info["overlap"]["n_overlap"] == 0 for info in metrics["tasks"].values())
     assert "sentiment" in result["text"]
     with pytest.raises(FileExistsError, match="already holds a demo run"):
         run_demo(model="tiny", out_dir=out, progress=False)
@@ -35,7 +46,7 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
 def test_real_demo_few_steps_improves_sentiment(default_model, tmp_path):
     """The real default model, a short run: the target task gains, and the run writes every file."""
     # the default 40 training steps (fewer can leave the model predicting one label); fewer test examples
-    settings = DemoSettings(steps=40, n=40, n_other=8, icl_shots=(0, 3), icl_n=8, max_new_tokens_other=8)
+    settings = DemoSettings(steps=40, n=40, n_other=8, n_per_task={}, icl_shots=(0, 3), icl_n=8, max_new_tokens_other=8)
     # model=None loads the default model from the session's cache, as `nbft demo` does; fine-tuning happens in
     # place, so passing the shared fixture object would leave a tuned model behind for other tests.
     result = run_demo(model=None, out_dir=tmp_path / "demo", settings=settings, progress=False)

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from nbft import report
-from nbft.evaluate import Task, compare
+from nbft import compare, report
+from nbft.evaluate import Task
 from nbft.models import tiny_random
 
 
@@ -44,7 +44,7 @@ def table():
 
 def test_side_by_side_styler_has_columns_colours_and_forgetting(table):
     df = report.table_frame(table)
-    assert list(df.index) == [("s", "accuracy"), ("s", "ll_accuracy"), ("q", "token_f1")]
+    assert list(df.index) == [("s", "accuracy"), ("s", "ll_accuracy"), ("s", "no label (%)"), ("q", "token_f1")]
     for col in ("base", "base 2-shot", "tuned", "Δ tuned", "Δ CI tuned", "W/T/L tuned", "flag tuned"):
         assert col in df.columns
     html = report.side_by_side(table).to_html()
@@ -54,20 +54,64 @@ def test_side_by_side_styler_has_columns_colours_and_forgetting(table):
         assert "#1a7f37" in html or "#cf222e" in html
 
 
+def _with_last_delta(table, **values):
+    deltas = [dict(d) for d in table.results["deltas"]]
+    deltas[-1].update(values)
+    return report.ComparisonTable({**table.results, "deltas": deltas})
+
+
 def test_regression_is_flagged(table):
-    t = table
-    delta = t.delta.copy()
-    delta.loc[delta.index[-1], ["delta", "ci_low", "ci_high", "regression", "significant"]] = [
-        -10.0,
-        -15.0,
-        -5.0,
-        True,
-        True,
-    ]
-    flagged = report.table_frame(type(t)(**{**t.__dict__, "delta": delta}))
+    t = _with_last_delta(table, delta=-10.0, ci_low=-15.0, ci_high=-5.0, regression=True, significant=True)
+    flagged = report.table_frame(t)
     assert flagged.iloc[-1]["flag tuned"] == "▼ regression"
-    html = report.side_by_side(type(t)(**{**t.__dict__, "delta": delta})).to_html()
-    assert "#ffebe9" in html
+    html = report.side_by_side(t).to_html()
+    assert "#ffebe9" in html and report.RED in html
+
+
+def test_delta_is_coloured_only_when_its_ci_excludes_zero(table):
+    """Issue 10 item 8: qa −1.3 [−6.3, 3.7] was red although its CI crosses 0."""
+    crossing = _with_last_delta(table, delta=-1.3, ci_low=-6.3, ci_high=3.7, regression=False, significant=False)
+    html = report.side_by_side(crossing).to_html()
+    cell = re.search(r'<td id="(T_\w+_row3_col\d+)"[^>]*>-1\.3</td>', html)
+    assert cell, html
+    rule = re.search(r"#" + cell.group(1) + r"[^{]*\{([^}]*)\}", html)
+    assert rule and report.GREY in rule.group(1) and report.RED not in rule.group(1)
+    significant = _with_last_delta(table, delta=-1.3, ci_low=-2.0, ci_high=-0.5, regression=True, significant=True)
+    html = report.side_by_side(significant).to_html()
+    cell = re.search(r'<td id="(T_\w+_row3_col\d+)"[^>]*>-1\.3</td>', html)
+    rule = re.search(r"#" + cell.group(1) + r"[^{]*\{([^}]*)\}", html)
+    assert rule and report.RED in rule.group(1)
+
+
+def test_rendered_numbers_are_rounded_data_is_not(table):
+    """Issue 10 item 8: prompt_tokens_frame printed 186.333333 and NaN; table.delta had 6 decimals."""
+    tokens = report.prompt_tokens_frame(table)
+    cells = tokens.to_numpy().ravel().tolist()
+    assert all(isinstance(v, int) or v == "–" for v in cells) and "–" in cells
+    assert "nan" not in tokens.to_string().lower() and "." not in tokens.to_string()
+    text = report.to_text(table)
+    numbers = re.findall(r"[-+]?\d+\.\d+", text)
+    assert numbers and all(len(x.split(".")[1]) == 1 for x in numbers)
+    # the data keeps full precision
+    raw = table.delta["delta"].to_numpy()
+    assert np.allclose(raw, [d["delta"] for d in table.results["deltas"]])
+
+
+def test_task_and_model_names_are_escaped_in_html(tmp_path):
+    """Issue 9 item 8: task and model names went unescaped into report.html."""
+    rows = [{"question": f"q {i}?", "answer": f"a {i}"} for i in range(12)]
+    evil_task = "<script>alert('task')</script>"
+    evil_model = "<img src=x onerror=alert(1)>"
+    task = Task(evil_task, datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:6]),
+                                                 "test": datasets.Dataset.from_list(rows[6:])}),
+                "qa/1", max_new_tokens=3)  # fmt: skip
+    model, tok = tiny_random("llama", seed=0)
+    t = compare({"base": model, evil_model: model}, [task], n=4, tokenizer=tok, progress=False, n_boot=100)
+    path = report.export_html(t, tmp_path / "r.html")
+    page = path.read_text()
+    for text in (page, report.side_by_side(t).to_html(), t._repr_html_(), report.example_view(t, as_html=True)):
+        assert "<script>alert" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert" in page and "&lt;img src=x" in page
 
 
 def test_text_markdown_csv_exports(table, tmp_path):

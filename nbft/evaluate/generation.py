@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from nbft.data import encode_prompt
+
 __all__ = [
-    "encode_prompt",
+    "encode_prompt",  # re-exported from nbft.data: one prompt encoding for training and evaluation
     "generate",
     "generate_and_score",
     "generate_ids",
@@ -44,24 +46,6 @@ def _device(model: Any) -> torch.device:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):
         return torch.device("cpu")
-
-
-def encode_prompt(tokenizer: Any, text: str, *, chat: bool = False, seq2seq: bool = False) -> list[int]:
-    """Token ids of a prompt exactly as training encodes it (see :func:`nbft.data.encode_pair`).
-
-    Plain prompts get the tokenizer's special tokens (BOS) but never a trailing EOS; chat-formatted prompts already
-    hold their special tokens as text. A seq2seq encoder input ends with EOS, as in training.
-    """
-    if seq2seq:
-        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-        eos = tokenizer.eos_token_id
-        return ids if (ids and ids[-1] == eos) or eos is None else [*ids, eos]
-    if chat:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    if ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
-        ids = ids[:-1]  # some tokenizers append EOS to every text; a prompt must not end there
-    return ids
 
 
 def encode_continuation(tokenizer: Any, text: str) -> list[int]:
@@ -133,6 +117,7 @@ def generate(
     *,
     max_new_tokens: int = 32,
     stop: Sequence[str] = (),
+    halt: Sequence[str] = (),
     batch_size: int = 16,
     chat: bool = False,
     progress: bool = True,
@@ -140,15 +125,17 @@ def generate(
 ) -> list[str]:
     """Greedy completions of ``prompts``, batched; the text after each prompt, cut at the first stop string.
 
-    ``chat=True`` says the prompts are already wrapped in the chat template (see :func:`nbft.data.format_prompt`).
+    ``halt`` strings end generation too but stay in the text (a classification task halts at its labels, so an
+    answer is never cut off before its label and no time goes to words after it). ``chat=True`` says the prompts
+    are already wrapped in the chat template (see :func:`nbft.data.format_prompt`).
 
     Example::
 
         generate(model, tok, ["Q: 2+2?\\nA:"], max_new_tokens=4, stop=("\\n",))   # ['4'] (for a good model)
     """
     texts, _ = _generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size, chat=chat,
-        progress=progress, desc=desc,
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, halt=halt, batch_size=batch_size,
+        chat=chat, progress=progress, desc=desc,
     )  # fmt: skip
     return texts
 
@@ -185,6 +172,7 @@ def _generate(
     *,
     max_new_tokens: int = 32,
     stop: Sequence[str] = (),
+    halt: Sequence[str] = (),
     batch_size: int = 16,
     chat: bool = False,
     progress: bool = True,
@@ -203,7 +191,7 @@ def _generate(
         pad_id=_pad_id(tokenizer),
         eos_ids=_eos_ids(model, tokenizer),
         batch_size=batch_size,
-        stop_strings=[s for s in stop if s],
+        stop_strings=list(dict.fromkeys(s for s in (*stop, *halt) if s)),
         tokenizer=tokenizer,
         first_token_ids=first_token_ids,
         progress=progress,

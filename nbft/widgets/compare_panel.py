@@ -1,4 +1,4 @@
-"""ComparePanel: run :func:`nbft.evaluate.compare` on a button and show the side-by-side table and the Δ heatmap.
+"""ComparePanel: run :func:`nbft.compare` on a button and show the side-by-side table and the Δ heatmap.
 
 The comparison runs in a worker thread, like training, so the notebook stays responsive; the worker only sets
 widget values. The table is :func:`nbft.report.side_by_side` (a pandas Styler) rendered to HTML. The heatmap is
@@ -56,7 +56,7 @@ def _parse_shots(text: str) -> tuple[int, ...]:
 
 
 class ComparePanel(widgets.VBox):
-    """A Compare button over :func:`nbft.evaluate.compare`, with task selection, ``n`` and in-context shots.
+    """A Compare button over :func:`nbft.compare`, with task selection, ``n`` and in-context shots.
 
     Args:
         models: ``{name: model}`` as ``compare()`` takes it (first = the base), or a zero-argument function that
@@ -67,7 +67,7 @@ class ComparePanel(widgets.VBox):
         **compare_kwargs: passed on to ``compare()`` (``batch_size=``, ``chat_template=``, ``scoring=``...).
 
     Attributes:
-        table: the last :class:`~nbft.evaluate.ComparisonTable` (``None`` before the first run).
+        table: the last :class:`~nbft.report.ComparisonTable` (``None`` before the first run).
         error: the exception of the last run, if it failed.
         log_area: the distinct warnings of the last run, each once.
 
@@ -187,8 +187,7 @@ class ComparePanel(widgets.VBox):
 
     def _work(self, tasks: list[Any], target: str | None, kwargs: dict[str, Any]) -> None:
         from nbft._quiet import quiet
-        from nbft.evaluate import compare
-        from nbft.report import delta_heatmap, side_by_side
+        from nbft.report import compare, delta_heatmap, side_by_side
         from nbft.widgets._figures import png
 
         t0 = time.perf_counter()

@@ -52,21 +52,28 @@ _CELL = "white-space: pre-wrap; text-align: left; vertical-align: top; font-fami
 
 # ------------------------------------------------------------------------------------------------- task data
 def _load_task_data(task: str, n: int | None, seed: int) -> Any:
-    """The built-in data of a task: the one place DatasetBuilder gets a task's examples (kept small so the data
-    source can be rewired in one spot)."""
-    from nbft.sources import load_source
+    """Raw examples of a built-in task's *train* split (its test split stays with the task for :func:`nbft.compare`):
+    the one place DatasetBuilder reads a task's examples for the preview and the column list."""
+    from nbft.evaluate import get_task
 
-    return load_source(task, n=n, seed=seed)
+    train = get_task(task).load()["train"]
+    if n is not None and n < len(train):
+        train = train.shuffle(seed=seed).select(range(n))
+    return train
+
+
+def _build_task_data(task: str, templates: Any, n: int | None, seed: int) -> Any:
+    """A built-in task's instruction data, built from its own train/validation splits (never its test split)."""
+    from nbft.data import build_instruction_dataset
+
+    return build_instruction_dataset(task=task, templates=templates, n=n, seed=seed)
 
 
 def _hub_only_tasks() -> set[str]:
     """Tasks whose built-in data exists only on the Hugging Face Hub."""
-    from nbft.sources import SOURCES
+    from nbft.sources import builtin_names
 
-    by_task: dict[str, list[bool]] = {}
-    for source in SOURCES.values():
-        by_task.setdefault(source.task, []).append(source.offline)
-    return {task for task, offline in by_task.items() if not any(offline)}
+    return set(builtin_names()) - set(builtin_names(offline_only=True))
 
 
 def _tasks() -> list[str]:
@@ -503,6 +510,12 @@ class DatasetBuilder(widgets.VBox):
 
         if not self.templates.value:
             raise ValueError("select at least one template")
+        if not (self.source_text.value.strip() or self.source is not None):
+            # Built-in data: the task's own splits, so nothing built here is ever scored by compare().
+            n = self.n.value or None
+            if sample is not None:
+                n = min(n, sample) if n else sample
+            return _build_task_data(self.task.value, list(self.templates.value), n, self.seed.value)
         return build_instruction_dataset(
             self.load(sample),
             list(self.templates.value),
@@ -643,10 +656,9 @@ class DatasetBuilder(widgets.VBox):
         return data
 
     def _build_other(self, task: str) -> Any:
-        from nbft.data import build_instruction_dataset
-
-        n = self.n.value or None
-        return build_instruction_dataset(self._task_data(task, n), task, seed=self.seed.value)
+        if task in self._hub_only and self._is_offline():
+            self._task_data(task, None)  # raises the offline error that names what to do
+        return _build_task_data(task, None, self.n.value or None, self.seed.value)
 
     def close(self) -> None:
         """Close the builder and let go of its data (the built dataset, the loaded sources)."""

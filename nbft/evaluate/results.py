@@ -1,0 +1,279 @@
+"""The results dict of a comparison: overlap marks and notes, per-column scores with CIs, paired Δs, forgetting.
+
+:func:`nbft.evaluate.compare_models` evaluates the models and hands their per-model evaluations here; what comes back
+is plain data (JSON-able), which :mod:`nbft.report` renders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nbft.config import EvalConfig
+from nbft.evaluate import stats
+from nbft.evaluate.overlap import TrainingSource, find_overlap
+from nbft.evaluate.scoring import _select, _statistics
+from nbft.evaluate.tasks import Task, TaskError
+
+if TYPE_CHECKING:
+    from nbft.evaluate.runner import _TaskData
+
+__all__ = ["RESULTS_FORMAT"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FORMAT = "nbft-results/1"
+
+
+def _columns_for(name: str, k: int) -> str:
+    return name if k == 0 else f"{name} {k}-shot"
+
+
+def _mark_overlap(
+    prepared: Mapping[str, _TaskData], sources: Mapping[str, TrainingSource], keep_overlap: bool, notes: list[str]
+) -> dict[str, dict[str, Any]]:
+    info: dict[str, dict[str, Any]] = {}
+    checked = {m: s for m, s in sources.items() if s.known}
+    for tname, td in prepared.items():
+        per_model: dict[str, dict[str, int]] = {}
+        for mname, src in checked.items():
+            flags = find_overlap(td.task, td.examples, src.hashes)
+            for i, flag in enumerate(flags):
+                if flag:
+                    td.overlap[i][mname] = flag
+            counts = {kind: flags.count(kind) for kind in ("exact", "13-gram") if flags.count(kind)}
+            if counts:
+                per_model[mname] = counts
+        flagged = [i for i, o in enumerate(td.overlap) if o]
+        if not keep_overlap:
+            td.keep = [i for i in range(len(td.examples)) if not td.overlap[i]]
+            if not td.keep:
+                raise TaskError(
+                    f"task {tname!r}: every one of its {len(td.examples)} sampled test examples is in a model's "
+                    "training data, so nothing is left to score. Train on the task's train split "
+                    f"(nbft.get_task({tname!r}).train(...)), or pass keep_overlap=True to score them anyway"
+                )
+        info[tname] = {"n_sampled": len(td.examples), "n_overlap": len(flagged), "by_model": per_model,
+                       "left_out": 0 if keep_overlap else len(flagged)}  # fmt: skip
+        if flagged:
+            detail = "; ".join(f"{m!r}: " + ", ".join(f"{v} {k}" for k, v in c.items()) for m, c in per_model.items())
+            what = (
+                "kept and flagged in the examples (keep_overlap=True)"
+                if keep_overlap
+                else f"left out for every model, so n = {len(td.keep)} (keep_overlap=True keeps them, flagged)"
+            )
+            notes.append(
+                f"{tname}: {len(flagged)} of {len(td.examples)} sampled test examples are in the training data "
+                f"({detail}); {what}"
+            )
+    return info
+
+
+def _model_notes(
+    evaluations: Mapping[str, dict[str, Any]], task_list: list[Task], cfg: EvalConfig, notes: list[str]
+) -> None:
+    prints = {m: e["fingerprint"] for m, e in evaluations.items()}
+    if len(set(prints.values())) > 1:
+        ll_tasks = [t.name for t in task_list if t.is_classification and cfg.scoring in ("loglik", "both")]
+        msg = (
+            f"the models use different tokenizers ({', '.join(f'{k}: {v}' for k, v in prints.items())}); "
+            "prompts are the same text, but token counts and log-likelihoods are not directly comparable"
+            + (f" (log-likelihood tasks: {ll_tasks})" if ll_tasks else "")
+        )
+        if ll_tasks:
+            warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
+    dtypes = {m: e["dtype"] for m, e in evaluations.items()}
+    if len(set(dtypes.values())) > 1:
+        msg = f"the models run in different dtypes {dtypes}; cast them to one dtype for a fair comparison"
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
+    for m, e in evaluations.items():
+        for r in e["results"]:
+            if r["outputs"] and r["empty_rate"] == 100.0:
+                msg = f"{_columns_for(m, r['k'])!r} produced empty output for every example of task {r['task']!r}"
+                logger.warning(msg)
+                notes.append(msg)
+
+
+def _assemble(
+    evaluations: Mapping[str, dict[str, Any]],
+    prepared: Mapping[str, _TaskData],
+    task_list: list[Task],
+    target: str | None,
+    columns: list[str],
+    ref_name: str,
+    cfg: EvalConfig,
+    notes: list[str],
+    sources: Mapping[str, TrainingSource],
+    overlap_info: Mapping[str, Any],
+    keep_overlap: bool,
+) -> dict[str, Any]:
+    role = {t.name: ("target" if t.name == target else "other") if target else "task" for t in task_list}
+    by: dict[tuple[str, str], dict[str, Any]] = {}
+    for mname, ev in evaluations.items():
+        for r in ev["results"]:
+            by[(r["task"], _columns_for(mname, r["k"]))] = {**r, "model": mname}
+
+    scores: dict[str, dict[str, Any]] = {t.name: {} for t in task_list}
+    deltas: list[dict[str, Any]] = []
+    replicates: dict[str, dict[str, np.ndarray]] = {}  # column -> task -> bootstrap Δs of the headline
+    for t in task_list:
+        td = prepared[t.name]
+        base = by[(t.name, ref_name)]
+        for col in columns:
+            r = by.get((t.name, col))
+            if r is None:
+                continue
+            stat = _stats_of(t, r, td)
+            r["ci"] = {
+                k: list(stats.bootstrap_ci(stat[k], n=r["n"], n_boot=cfg.n_boot, seed=cfg.seed)) for k in r["keys"]
+            }
+            r["prompt_tokens_mean"] = float(np.mean(r["prompt_tokens"])) if r["prompt_tokens"] else math.nan
+            scores[t.name][col] = r
+            if col == ref_name:
+                continue
+            # paired over the examples both columns scored (a k-shot column covers the first icl_n only)
+            common = [p for p in r["positions"] if p in set(base["positions"])]
+            b_sub, o_sub = _subset_stats(t, base, td, common), _subset_stats(t, r, td, common)
+            for key in r["keys"]:
+                ekey = _example_key_for(t, key, r)
+                d = stats.delta(
+                    b_sub[0][key], o_sub[0][key], len(common),
+                    base_per_example=b_sub[1].get(ekey), other_per_example=o_sub[1].get(ekey),
+                    n_boot=cfg.n_boot, seed=cfg.seed,
+                )  # fmt: skip
+                if key == r["keys"][0]:
+                    replicates.setdefault(col, {})[t.name] = d["replicates"]
+                del d["replicates"]
+                deltas.append({"task": t.name, "role": role[t.name], "model": col, "k": r["k"], "metric": key,
+                               "is_headline": key == r["keys"][0], **d})  # fmt: skip
+
+    synthetic = {t.name for t in task_list if t.synthetic}
+    forgetting = []
+    for col in columns[1:]:
+        if col.startswith(f"{ref_name} ") and col.endswith("-shot"):
+            continue
+        rows = {d["task"]: d for d in deltas if d["model"] == col and d["is_headline"] and d["task"] not in synthetic}
+        f = stats.forgetting(rows, target, replicates={t: v for t, v in replicates.get(col, {}).items() if t in rows})
+        forgetting.append({"model": col, **f})
+    if synthetic and target:
+        notes.append(
+            f"{sorted(synthetic)}: synthetic data (generated by nbft), shown but left out of G, BWT′ and AF: "
+            "it is never the evidence of forgetting"
+        )
+    _format_notes(deltas, scores, task_list, ref_name, notes)
+
+    examples = {}
+    for t in task_list:
+        td = prepared[t.name]
+        ref_positions = scores[t.name][ref_name]["positions"]
+        examples[t.name] = {
+            "position": ref_positions,
+            "split_index": [td.split_index[p] for p in ref_positions],
+            "prompt": [scores[t.name][ref_name]["prompts"][j] for j in range(len(ref_positions))],
+            "prompt_hash": [scores[t.name][ref_name]["prompt_hashes"][j] for j in range(len(ref_positions))],
+            "reference": [td.refs[p] for p in ref_positions],
+            "overlap": [", ".join(f"{m}: {k}" for m, k in td.overlap[p].items()) for p in ref_positions],
+        }
+    task_info = {
+        t.name: {
+            "role": role[t.name],
+            "headline": scores[t.name][ref_name]["keys"][0],
+            "template": t.template.id,
+            "n": scores[t.name][ref_name]["n"],
+            "n_available": prepared[t.name].n_available,
+            "max_new_tokens": cfg.max_new_tokens or t.max_new_tokens,
+            "stop": list(t.stop),
+            "halt": list(t.halt),
+            "synthetic": t.synthetic,
+            "description": t.description,
+            "overlap": overlap_info[t.name],
+        }
+        for t in task_list
+    }
+    signatures = {
+        k: v for ev in evaluations.values() for r in ev["results"] for k, v in r.get("signatures", {}).items()
+    }
+    return {
+        "format": RESULTS_FORMAT,
+        "config": dataclasses.asdict(cfg),
+        "target": target,
+        "reference": ref_name,
+        "columns": columns,
+        "keep_overlap": keep_overlap,
+        "models": {
+            m: {"dtype": ev["dtype"], "tokenizer": ev["fingerprint"], "training": sources[m].to_dict()}
+            for m, ev in evaluations.items()
+        },
+        "tasks": task_info,
+        "scores": scores,
+        "examples": examples,
+        "deltas": deltas,
+        "forgetting": forgetting,
+        "notes": notes,
+        "signatures": signatures,
+    }
+
+
+def _stats_of(task: Task, r: Mapping[str, Any], td: _TaskData) -> dict[str, stats.Scores]:
+    return _subset_stats(task, r, td, r["positions"])[0]
+
+
+def _subset_stats(
+    task: Task, r: Mapping[str, Any], td: _TaskData, positions: Sequence[int]
+) -> tuple[dict[str, stats.Scores], dict[str, np.ndarray]]:
+    """Bootstrap inputs and per-example scores of a result, restricted to ``positions`` (in that order)."""
+    where = {p: j for j, p in enumerate(r["positions"])}
+    idx = [where[p] for p in positions]
+    _, per_ex, stat, _ = _statistics(
+        task, _select(r["outputs"], idx), _select(r["ll_choices"], idx), [td.refs[p] for p in positions],
+        [td.examples[p] for p in positions],
+    )  # fmt: skip
+    return stat, per_ex
+
+
+def _example_key_for(task: Task, key: str, r: Mapping[str, Any]) -> str | None:
+    """The per-example score behind wins/ties/losses of ``key``."""
+    for m in task.metric_objects(loglik=r["ll_choices"] is not None, generate=r["outputs"] is not None):
+        if key in m.keys:
+            return m.example_key
+    return None
+
+
+def _format_notes(
+    deltas: list[dict[str, Any]], scores: Mapping[str, Any], task_list: list[Task], ref_name: str, notes: list[str]
+) -> None:
+    """Say when generated answers and log-likelihood disagree: a gain in answer format rather than in skill."""
+    for t in task_list:
+        if not t.is_classification:
+            continue
+        rows = {(d["model"], d["metric"]): d for d in deltas if d["task"] == t.name}
+        for (col, key), gen in rows.items():
+            ll = rows.get((col, "ll_" + key))
+            if key.startswith("ll_") or ll is None:
+                continue
+            agree = (gen["significant"] == ll["significant"]) and (
+                not gen["significant"] or np.sign(gen["delta"]) == np.sign(ll["delta"])
+            )
+            if agree:
+                continue
+            base_nl = scores[t.name][ref_name].get("no_label_rate")
+            col_nl = scores[t.name][col].get("no_label_rate")
+            label = (
+                f"; answers with no recognisable label: {ref_name} {base_nl:.0f}%, {col} {col_nl:.0f}%"
+                if base_nl is not None and col_nl is not None
+                else ""
+            )
+            notes.append(
+                f"{t.name}, {col}: generated answers and log-likelihood disagree (Δ {key} {gen['delta']:+.1f} "
+                f"[{gen['ci_low']:+.1f}, {gen['ci_high']:+.1f}], Δ ll_{key} {ll['delta']:+.1f} "
+                f"[{ll['ci_low']:+.1f}, {ll['ci_high']:+.1f}]): much of the generated change is answer format "
+                f"rather than skill{label}"
+            )

@@ -1,0 +1,407 @@
+"""The evaluation runner: models × tasks in, a plain results dict out (as lm-evaluation-harness returns one).
+
+Three entry points, from small to large:
+
+- :func:`~nbft.evaluate.scoring.score` — one model, one task, a list of examples → a dict of metric values and
+  per-example outputs (:mod:`nbft.evaluate.scoring`). Greedy, batched, no bootstrap unless asked: fast enough to call
+  every N training steps on a fixed small set (``task.sample(16)``), as a training-time forgetting monitor does.
+- :func:`evaluate_model` — one model on several tasks (with in-context k-shot baselines), kept as a plain dict so a
+  model fine-tuned *in place* can be compared later.
+- :func:`compare_models` — every model on every task with identical prompts and decoding, train/test overlap
+  checked and left out, paired Δ and forgetting (:mod:`nbft.evaluate.stats`) → the results dict that
+  :mod:`nbft.report` renders (``nbft.compare`` wraps it in a :class:`~nbft.report.ComparisonTable`).
+
+Example::
+
+    from nbft.evaluate import compare_models, get_task, score
+    s = score(model, tok, "qa", get_task("qa").sample(16))       # {'task': 'qa', 'value': 12.3, 'metrics': {...}, ...}
+    results = compare_models({"base": base, "tuned": run}, ["sentiment", "qa"], target="sentiment", n=100)
+    results["deltas"][0]["delta"], results["forgetting"][0]["AF"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import random
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nbft._utils import did_you_mean
+from nbft.config import EvalConfig
+from nbft.evaluate.overlap import TrainingSource, training_source
+from nbft.evaluate.results import RESULTS_FORMAT, _assemble, _columns_for, _mark_overlap, _model_notes
+from nbft.evaluate.scoring import _scored, _select, prompt_hash, score
+from nbft.evaluate.tasks import Task, TaskError, resolve_tasks
+
+__all__ = ["RESULTS_FORMAT", "compare_models", "evaluate_model", "prompt_hash", "score"]
+
+logger = logging.getLogger(__name__)
+
+_EVALUATION = "nbft-model-evaluation/1"
+
+
+# --------------------------------------------------------------------------------------------------- test sets
+@dataclasses.dataclass
+class _TaskData:
+    """A task's sampled test examples (positions 0..n-1 of this list are what results refer to) and k-shot draws."""
+
+    task: Task
+    examples: list[dict[str, Any]]
+    split_index: list[int]  # each example's row in the test split
+    refs: list[str]
+    n_available: int
+    shots: dict[int, list[list[dict[str, Any]]]]
+    overlap: list[dict[str, str]] = dataclasses.field(default_factory=list)  # per example: {model: kind}
+    keep: list[int] = dataclasses.field(default_factory=list)  # positions that are scored
+
+
+def _example_key(task: Task, ex: Mapping[str, Any]) -> str:
+    # identity of an example by its input fields and target, to keep test examples out of k-shot prompts
+    payload = [ex.get(f) for f in (*task.template.fields, task.target)]
+    return json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _prepare(task: Task, n: int | None, shots_k: Sequence[int], seed: int) -> _TaskData:
+    splits = task.load()
+    test_ds = splits["test"]
+    n_avail = len(test_ds)
+    if n is not None and n > n_avail:
+        msg = f"task {task.name!r}: n={n} is larger than its test split ({n_avail} examples); using all {n_avail}"
+        warnings.warn(msg, stacklevel=4)
+        logger.warning(msg)
+    idx = list(range(n_avail)) if n is None or n >= n_avail else sorted(random.Random(seed).sample(range(n_avail), n))
+    test = [test_ds[i] for i in idx]
+    try:
+        refs = [task.reference(ex) for ex in test]
+    except Exception as exc:
+        raise TaskError(f"task {task.name!r}: cannot build references: {exc}") from exc
+    shots: dict[int, list[list[dict[str, Any]]]] = {}
+    wanted = [k for k in shots_k if k > 0]
+    if wanted:
+        if "train" not in splits or len(splits["train"]) == 0:
+            raise TaskError(
+                f"task {task.name!r} has no train split, so it can't give k-shot examples; k-shot prompts never "
+                "draw from the test split. Give the task a DatasetDict with a 'train' split, or icl_shots=(0,)"
+            )
+        test_keys = {_example_key(task, ex) for ex in test_ds}
+        # Shots come from the train split only, and an example that also appears in the test split is skipped.
+        pool = [ex for ex in splits["train"] if _example_key(task, ex) not in test_keys]
+        for k in wanted:
+            if k > len(pool):
+                raise TaskError(f"task {task.name!r}: {k}-shot prompts need {k} train examples, it has {len(pool)}")
+            rng = random.Random(f"{seed}-{task.name}-{k}")
+            shots[k] = [rng.sample(pool, k) for _ in test]
+    return _TaskData(task, test, idx, refs, n_avail, shots, [{} for _ in test], list(range(len(test))))
+
+
+def _setup(
+    tasks: Sequence[str | Task] | str | Task, target: str | None, cfg: EvalConfig
+) -> tuple[list[Task], set[str], list[int], dict[str, _TaskData]]:
+    task_list = resolve_tasks(tasks)
+    names = [t.name for t in task_list]
+    if target is not None and target not in names:
+        raise TaskError(
+            f"target {target!r} is not among the tasks {names}.{did_you_mean(target, names)} "
+            "Add it to tasks=[...] or fix the name"
+        )
+    icl_tasks = set(cfg.icl_tasks) if cfg.icl_tasks is not None else ({target} if target else set(names))
+    unknown_icl = sorted(icl_tasks - set(names))
+    if unknown_icl:
+        raise TaskError(f"icl_tasks {unknown_icl} are not among the tasks {names}")
+    shots_k = sorted({k for k in cfg.icl_shots if k > 0})
+    sizes = {t.name: (cfg.n_per_task or {}).get(t.name, cfg.n) for t in task_list}
+    prepared = {t.name: _prepare(t, sizes[t.name], shots_k if t.name in icl_tasks else (), cfg.seed) for t in task_list}
+    return task_list, icl_tasks, shots_k, prepared
+
+
+class _Unset:
+    """Marks an argument left out (``n=None`` already means "all examples")."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _config(
+    config: EvalConfig | None, n: Any, icl_shots: Sequence[int] | None, overrides: dict[str, Any]
+) -> EvalConfig:
+    cfg = dataclasses.replace(config or EvalConfig(), **overrides)
+    if not isinstance(n, _Unset):
+        cfg.n = n
+    if icl_shots is not None:
+        cfg.icl_shots = tuple(icl_shots)
+    cfg.__post_init__()
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------- models
+def _materialize(spec: Any, tokenizer: Any) -> tuple[Any, Any, bool]:
+    """(model, tokenizer, owned): ``owned`` models were loaded here and are released after use."""
+    if isinstance(spec, tuple) and len(spec) == 2:
+        return spec[0], spec[1] or tokenizer, False
+    if isinstance(spec, (str, bytes)) or hasattr(spec, "__fspath__"):
+        from nbft.models import load_model
+
+        path = Path(str(spec))
+        if (path / "run.json").exists() and (path / "model").is_dir():  # a run directory: its final model
+            path = path / "model"
+        model, tok = load_model(str(path))
+        return model, tokenizer or tok, True
+    if hasattr(spec, "model") and not hasattr(spec, "generate"):  # a training Run handle
+        return spec.model, tokenizer or getattr(spec, "tokenizer", None), False
+    return spec, tokenizer, False
+
+
+def _release() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _vocab_fingerprint(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _dtype(model: Any) -> str:
+    try:
+        return str(next(model.parameters()).dtype).replace("torch.", "")
+    except (StopIteration, AttributeError):
+        return "unknown"
+
+
+def _is_evaluation(spec: Any) -> bool:
+    return isinstance(spec, Mapping) and spec.get("format") == _EVALUATION
+
+
+def _evaluate_one(
+    name: str,
+    spec: Any,
+    tokenizer: Any,
+    prepared: Mapping[str, _TaskData],
+    cfg: EvalConfig,
+    icl_tasks: set[str],
+    shots_k: Sequence[int],
+) -> dict[str, Any]:
+    model, tok, owned = _materialize(spec, tokenizer)
+    if tok is None:
+        raise ValueError(f"model {name!r} was given without a tokenizer: pass tokenizer=..., or (model, tokenizer)")
+    results: list[dict[str, Any]] = []
+    try:
+        for td in prepared.values():
+            ks = [0, *(shots_k if td.task.name in icl_tasks else ())]
+            for k in ks:
+                # k-shot prompts are several times longer: `icl_n` evaluates them on the first examples only
+                positions = td.keep if not k or cfg.icl_n is None else td.keep[: cfg.icl_n]
+                examples = [td.examples[i] for i in positions]
+                shots = [td.shots[k][i] for i in positions] if k else None
+                r = score(
+                    model, tok, td.task, examples, cfg, shots=shots, desc=f"{_columns_for(name, k)} · {td.task.name}"
+                )
+                r.update(k=k, positions=list(positions))
+                results.append(r)
+        dtype = _dtype(model)
+    finally:
+        if owned:
+            del model
+            _release()
+    return {
+        "format": _EVALUATION,
+        "name": name,
+        "config": dataclasses.asdict(cfg),
+        "fingerprint": _vocab_fingerprint(tok),
+        "dtype": dtype,
+        "tasks": {td.task.name: [prompt_hash(td.task.prompt(ex)) for ex in td.examples] for td in prepared.values()},
+        "results": results,
+    }
+
+
+def evaluate_model(
+    model: Any,
+    tasks: Sequence[str | Task] | str | Task,
+    *,
+    name: str = "base",
+    tokenizer: Any = None,
+    target: str | None = None,
+    n: int | _Unset | None = _UNSET,
+    icl_shots: Sequence[int] | None = None,
+    config: EvalConfig | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Evaluate one model now (with its k-shot baselines) and keep the results, a plain dict, for a later compare.
+
+    Use it before a fine-tune that updates the model in place, so the base needs no second copy in memory. Pass the
+    dict as the model's value in :func:`compare_models` / ``nbft.compare`` with the same settings. Arguments are
+    those of :func:`compare_models`.
+
+    Example::
+
+        base_eval = evaluate_model(model, ["sentiment", "qa"], tokenizer=tok, target="sentiment", n=200,
+                                   icl_shots=(0, 3))
+        run = nbft.finetune(model, tok, data)                 # trains `model` in place
+        table = nbft.compare({"base": base_eval, "tuned": run}, ["sentiment", "qa"], target="sentiment", n=200,
+                             icl_shots=(0, 3))
+    """
+    cfg = _config(config, n, icl_shots, overrides)
+    _, icl_tasks, shots_k, prepared = _setup(tasks, target, cfg)
+    return _evaluate_one(name, model, tokenizer, prepared, cfg, icl_tasks, shots_k)
+
+
+def _reuse(
+    ev: Mapping[str, Any], name: str, keep_icl: bool, cfg: EvalConfig, prepared: Mapping[str, _TaskData]
+) -> dict[str, Any]:
+    """A stored evaluation, checked against this comparison's settings and narrowed to the examples it scores."""
+    fields = ("n", "n_per_task", "icl_n", "seed", "chat_template", "scoring", "max_new_tokens", "batch_size")
+    saved = ev["config"]
+    diff = {f: (saved.get(f), getattr(cfg, f)) for f in fields if saved.get(f) != getattr(cfg, f)}
+    if diff:
+        raise ValueError(
+            f"the saved evaluation {ev['name']!r} used different settings than this comparison "
+            f"(setting: (saved, now)) {diff}; evaluate again with the same settings"
+        )
+    missing = sorted(set(prepared) - set(ev["tasks"]))
+    if missing:
+        raise ValueError(f"the saved evaluation {ev['name']!r} has no results for tasks {missing}")
+    for t, td in prepared.items():
+        if ev["tasks"][t] != [prompt_hash(td.task.prompt(ex)) for ex in td.examples]:
+            raise ValueError(
+                f"the saved evaluation {ev['name']!r} scored other test examples of task {t!r} (the task's data "
+                "changed since); evaluate again"
+            )
+    results = []
+    for r in ev["results"]:
+        if r["task"] not in prepared or (r["k"] and not keep_icl):
+            continue
+        td = prepared[r["task"]]
+        keep = set(td.keep)
+        where = [j for j, p in enumerate(r["positions"]) if p in keep]
+        if len(where) == len(r["positions"]):
+            results.append(r)
+            continue
+        positions = [r["positions"][j] for j in where]
+        examples = [td.examples[p] for p in positions]
+        narrowed = _scored(
+            td.task, examples, [td.refs[p] for p in positions], _select(r["prompts"], where),
+            _select(r["outputs"], where), _select(r["ll_choices"], where), cfg, ci=False,
+        )  # fmt: skip
+        narrowed.update(k=r["k"], positions=positions, prompt_tokens=_select(r["prompt_tokens"], where))
+        results.append(narrowed)
+    return {**ev, "name": name, "results": results}
+
+
+# --------------------------------------------------------------------------------------------------- compare
+def compare_models(
+    models: Mapping[str, Any],
+    tasks: Sequence[str | Task] | str | Task,
+    *,
+    target: str | None = None,
+    n: int | _Unset | None = _UNSET,
+    icl_shots: Sequence[int] | None = None,
+    tokenizer: Any = None,
+    config: EvalConfig | None = None,
+    training_data: Mapping[str, Any] | None = None,
+    keep_overlap: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Evaluate every model on every task with identical prompts and decoding; return the results as a plain dict.
+
+    ``nbft.compare`` takes the same arguments and wraps the dict in a :class:`~nbft.report.ComparisonTable`.
+
+    Args:
+        models: ``{name: model}`` in column order; the first is the reference (base). A value may be a loaded
+            model, a ``(model, tokenizer)`` pair, a path or model name (loaded, used, then released), a run
+            directory or a training ``Run`` handle (its model), or a dict made earlier by :func:`evaluate_model`.
+        tasks: task names or :class:`~nbft.evaluate.Task` objects (``Task.from_data(...)`` for your own data).
+        target: the task the tuned model was trained for (its gain is G; the others measure forgetting).
+        n: test examples per task (default from ``config``: 200). More than the split: all, with a warning.
+        icl_shots: k values for the in-context baseline of the first model, e.g. ``(0, 3)``; k-shot examples come
+            from each task's train split only, never from its test split.
+        tokenizer: the tokenizer for models given without one (one for all, or ``{name: tokenizer}``).
+        config: an :class:`~nbft.config.EvalConfig`; keyword ``overrides`` replace its fields
+            (``batch_size=``, ``chat_template=``, ``scoring=``, ``n_boot=``, ``seed=``, ``progress=``...).
+        training_data: ``{name: data}``, what a model was trained on when its value in ``models`` does not say
+            (a bare model object): the dataset, or the run directory.
+        keep_overlap: score test examples found in a model's training data too (flagged in the examples and the
+            notes) instead of leaving them out.
+
+    Every test example is checked against the training data of every model whose training data is known (a run
+    directory, a ``Run``, a model loaded from ``<run_dir>/model``, or ``training_data``): exact matches under any
+    phrasing of the task's template, and 13-word overlaps of its text. Overlapping examples are left out for every
+    model (Δs stay paired) and the notes say how many; a model whose training data is unknown gets
+    "overlap not checked".
+
+    Returns the results dict: ``format``, ``config``, ``target``, ``reference``, ``columns``, ``models`` (dtype,
+    training data), ``tasks`` (settings, sizes, overlap), ``scores`` (``{task: {column: score dict}}``, see
+    :func:`score`), ``examples`` (``{task: {prompt, prompt_hash, reference, overlap, split_index}}``), ``deltas``
+    (one record per task × non-reference column × reported metric), ``forgetting`` (one record per tuned model),
+    ``notes`` and ``signatures``.
+
+    Example::
+
+        results = compare_models({"base": (base, tok), "tuned": "runs/sentiment-1"}, ["sentiment", "qa"],
+                                 target="sentiment", n=100, icl_shots=(0, 3), chat_template=True)
+    """
+    cfg = _config(config, n, icl_shots, overrides)
+    if not models:
+        raise ValueError("compare() needs at least one model, e.g. {'base': model}")
+    unknown_names = sorted(set(training_data or {}) - set(models))
+    if unknown_names:
+        raise ValueError(
+            f"training_data names {unknown_names}, which are not among the models {list(models)}."
+            f"{did_you_mean(unknown_names[0], list(models))}"
+        )
+    task_list, icl_tasks, shots_k, prepared = _setup(tasks, target, cfg)
+    names = list(models)
+    ref_name = names[0]
+    notes: list[str] = []
+
+    # 1. what each model was trained on, and which test examples it may have seen
+    sources: dict[str, TrainingSource] = {}
+    for mname in names:
+        spec = models[mname]
+        given = (training_data or {}).get(mname)
+        sources[mname] = training_source(spec if not _is_evaluation(spec) else None, given)
+        if not sources[mname].known and mname != ref_name:
+            notes.append(
+                f"{mname!r}: overlap not checked (its training data is unknown: pass the run directory or Run "
+                f"handle as the model, or training_data={{{mname!r}: dataset}})"
+            )
+    overlap_info = _mark_overlap(prepared, sources, keep_overlap, notes)
+    clean = [
+        m for m, src in sources.items() if src.known and not any(i["by_model"].get(m) for i in overlap_info.values())
+    ]
+    for m in clean:
+        notes.append(
+            f"{m!r}: every test example was checked against its training data ({sources[m].label}): no overlap"
+        )
+
+    # 2. every model on the examples that are scored
+    evaluations: dict[str, dict[str, Any]] = {}
+    for mname in names:
+        spec = models[mname]
+        if _is_evaluation(spec):
+            evaluations[mname] = _reuse(spec, mname, mname == ref_name, cfg, prepared)
+        else:
+            tok = tokenizer.get(mname) if isinstance(tokenizer, Mapping) else tokenizer
+            icl = icl_tasks if mname == ref_name else set()
+            evaluations[mname] = _evaluate_one(mname, spec, tok, prepared, cfg, icl, shots_k)
+    _model_notes(evaluations, task_list, cfg, notes)
+    columns = [ref_name]
+    columns += sorted({_columns_for(ref_name, r["k"]) for r in evaluations[ref_name]["results"] if r["k"]},
+                      key=lambda c: int(c.rsplit(" ", 1)[1].split("-")[0]))  # fmt: skip
+    columns += names[1:]
+    return _assemble(evaluations, prepared, task_list, target, columns, ref_name, cfg, notes, sources, overlap_info,
+                     keep_overlap)  # fmt: skip

@@ -1,0 +1,221 @@
+"""Δ and forgetting, on plain numbers: the statistics behind every comparison table.
+
+Everything here takes plain data (floats, per-example score arrays, dicts keyed by task) and returns plain dicts, so
+a training-time monitor or a forgetting experiment can reuse it without a comparison table.
+
+- :func:`bootstrap_ci` / :func:`paired_bootstrap_ci`: percentile bootstrap CIs of a score and of a paired Δ;
+- :func:`delta_replicates`: the bootstrap replicates of Δ (to carry a CI into aggregates such as AF);
+- :func:`delta`: Δ = other − base with its paired CI, wins/ties/losses, significant, regression;
+- :func:`forgetting`: G (gain on the target), BWT′ (mean Δ on the other tasks), AF (mean drop, counting only drops),
+  the worst drop and the number of significant regressions, each aggregate with a CI when replicates are given.
+
+All scores are points (0-100). Resampling uses one fixed index matrix per (n, seed), shared by every model and task
+of a table, which is what makes the intervals *paired*.
+
+Example:
+    >>> import numpy as np
+    >>> d = delta(np.array([0, 0, 100, 100.0]), np.array([100, 0, 100, 100.0]), n_boot=200)
+    >>> d["delta"], d["wins"], d["ties"], d["losses"]
+    (25.0, 1, 3, 0)
+    >>> forgetting({"sentiment": 30.0, "qa": -10.0, "reply": 2.0}, target="sentiment")["AF"]
+    5.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Scores",
+    "bootstrap_ci",
+    "delta",
+    "delta_replicates",
+    "forgetting",
+    "paired_bootstrap_ci",
+    "resample_indices",
+]
+
+Scores = np.ndarray | Callable[[np.ndarray], float]
+"""Per-example scores (their mean is the statistic) or a function of resampled example indices (corpus metrics
+such as macro-F1 or chrF++)."""
+
+
+def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """The bootstrap's index matrix (``n_boot`` × ``n``): the same for every model, so Δ intervals are paired."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _replicates(values: Scores, n: int, n_boot: int, seed: int) -> np.ndarray:
+    idx = resample_indices(n, n_boot, seed)
+    if callable(values):
+        return np.array([values(row) for row in idx], dtype=float)
+    return np.asarray(values, dtype=float)[idx].mean(axis=1)
+
+
+def _interval(reps: np.ndarray, level: float) -> tuple[float, float]:
+    alpha = (1 - level) / 2
+    finite = reps[np.isfinite(reps)]
+    if not len(finite):
+        return (math.nan, math.nan)
+    lo, hi = np.quantile(finite, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    values: Scores, n: int | None = None, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of a mean (``values`` = per-example scores) or of any statistic.
+
+    For a corpus-level statistic pass ``values`` as a function of a resampled index array, and ``n``.
+
+    Example:
+        >>> lo, hi = bootstrap_ci(np.array([100, 0, 100, 100.0]), n_boot=200)
+        >>> 0 <= lo <= 75 <= hi <= 100
+        True
+    """
+    n = len(values) if n is None else n  # type: ignore[arg-type]
+    if n == 0:
+        return (math.nan, math.nan)
+    return _interval(_replicates(values, n, n_boot, seed), level)
+
+
+def delta_replicates(
+    base: Scores, other: Scores, n: int | None = None, *, n_boot: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """Bootstrap replicates of Δ = statistic(other) − statistic(base), both on the same resampled examples."""
+    if n is None:
+        n = len(base)  # type: ignore[arg-type]
+    if n == 0:
+        return np.full(n_boot, math.nan)
+    return _replicates(other, n, n_boot, seed) - _replicates(base, n, n_boot, seed)
+
+
+def paired_bootstrap_ci(
+    base: Scores, other: Scores, n: int | None = None, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Paired percentile bootstrap CI of Δ = statistic(other) − statistic(base), resampling examples jointly.
+
+    Example:
+        >>> paired_bootstrap_ci(np.zeros(5), np.full(5, 10.0), n_boot=100)
+        (10.0, 10.0)
+    """
+    if n is None:
+        n = len(base)  # type: ignore[arg-type]
+    if n == 0:
+        return (math.nan, math.nan)
+    return _interval(delta_replicates(base, other, n, n_boot=n_boot, seed=seed), level)
+
+
+def _value(scores: Scores, n: int) -> float:
+    return float(scores(np.arange(n))) if callable(scores) else float(np.mean(np.asarray(scores, dtype=float)))
+
+
+def delta(
+    base: Scores,
+    other: Scores,
+    n: int | None = None,
+    *,
+    base_per_example: np.ndarray | None = None,
+    other_per_example: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Δ = other − base on the same ``n`` examples, with its paired bootstrap CI.
+
+    ``base``/``other`` are per-example scores or statistics of resampled indices (see :data:`Scores`). Wins, ties
+    and losses count examples whose per-example score rose, stayed or fell (from the arrays themselves, or from
+    ``*_per_example`` when the statistic is a corpus metric). ``significant``: the CI excludes 0; ``regression``:
+    it lies wholly below 0. ``replicates`` holds the bootstrap Δs (for CIs of aggregates, see :func:`forgetting`).
+
+    Example:
+        >>> delta(np.array([0.0, 100.0]), np.array([100.0, 100.0]), n_boot=100)["delta"]
+        50.0
+    """
+    if n is None:
+        n = len(base)  # type: ignore[arg-type]
+    reps = delta_replicates(base, other, n, n_boot=n_boot, seed=seed)
+    lo, hi = _interval(reps, level) if n else (math.nan, math.nan)
+    b, o = _value(base, n) if n else math.nan, _value(other, n) if n else math.nan
+    pb = base_per_example if base_per_example is not None else (None if callable(base) else np.asarray(base, float))
+    po = other_per_example if other_per_example is not None else (None if callable(other) else np.asarray(other, float))
+    wins = ties = losses = 0
+    if pb is not None and po is not None and len(pb) == len(po):
+        diff = np.asarray(po, dtype=float) - np.asarray(pb, dtype=float)
+        wins, ties, losses = int((diff > 0).sum()), int((diff == 0).sum()), int((diff < 0).sum())
+    return {
+        "base": b,
+        "value": o,
+        "delta": o - b,
+        "ci_low": lo,
+        "ci_high": hi,
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
+        "significant": bool(lo > 0 or hi < 0),
+        "regression": bool(hi < 0),
+        "n": int(n),
+        "replicates": reps,
+    }
+
+
+def forgetting(
+    deltas: Mapping[str, float | Mapping[str, Any]],
+    target: str | None = None,
+    *,
+    replicates: Mapping[str, np.ndarray] | None = None,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Gain and forgetting from per-task Δ (points): G, BWT′, AF, worst drop, significant regressions.
+
+    Args:
+        deltas: ``{task: Δ}``, or ``{task: {"delta": Δ, "ci_high": ...}}`` (a :func:`delta` result works), for the
+            target and every other task.
+        target: the task trained on; its Δ is G. The other tasks measure forgetting.
+        replicates: ``{task: bootstrap Δ replicates}`` (same length for every task, from :func:`delta` or
+            :func:`delta_replicates`): adds a CI for G, BWT′, AF and the worst drop, as ``<name>_ci_low/_ci_high``.
+
+    Definitions over the other tasks t: BWT′ = mean Δ_t (negative = forgetting; the prime says it is measured against
+    the base model, not after each task of a sequence); AF = mean max(0, −Δ_t); worst drop = min Δ_t.
+
+    Example:
+        >>> f = forgetting({"s": 20.0, "qa": -8.0, "reply": 4.0}, target="s")
+        >>> f["G"], f["BWT"], f["AF"], f["worst_drop"], f["worst_task"]
+        (20.0, -2.0, 4.0, -8.0, 'qa')
+    """
+
+    def value(v: float | Mapping[str, Any]) -> float:
+        return float(v["delta"]) if isinstance(v, Mapping) else float(v)
+
+    others = {t: value(v) for t, v in deltas.items() if t != target}
+    g = value(deltas[target]) if target is not None and target in deltas else math.nan
+    worst_task = min(others, key=others.get) if others else None  # type: ignore[arg-type]
+    out: dict[str, Any] = {
+        "target": target,
+        "G": g,
+        "BWT": float(np.mean(list(others.values()))) if others else math.nan,
+        "AF": float(np.mean([max(0.0, -d) for d in others.values()])) if others else math.nan,
+        "worst_drop": others[worst_task] if worst_task is not None else math.nan,
+        "worst_task": worst_task,
+        "significant_regressions": sum(
+            1 for t, v in deltas.items() if t != target and isinstance(v, Mapping) and float(v.get("ci_high", 0)) < 0
+        ),
+        "n_other_tasks": len(others),
+    }
+    if replicates:
+        other_reps = np.array([np.asarray(replicates[t], dtype=float) for t in others if t in replicates])
+        if target is not None and target in replicates:
+            out["G_ci_low"], out["G_ci_high"] = _interval(np.asarray(replicates[target], dtype=float), level)
+        if len(other_reps):
+            aggregates = {
+                "BWT": other_reps.mean(axis=0),
+                "AF": np.maximum(0.0, -other_reps).mean(axis=0),
+                "worst_drop": other_reps.min(axis=0),
+            }
+            for name, reps in aggregates.items():
+                out[f"{name}_ci_low"], out[f"{name}_ci_high"] = _interval(reps, level)
+    return out
