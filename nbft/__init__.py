@@ -45,6 +45,7 @@ _EXPORTS = {
     "ProgressObserver": "nbft.train",
     "HistoryWriter": "nbft.train",
     "launch": "nbft.launcher",
+    "estimate": "nbft.estimation",
     # evaluation
     "compare": "nbft.report",
     "get_task": "nbft.evaluate",
@@ -71,6 +72,7 @@ __all__ = [
     "TrainerObserverCallback",
     "build_instruction_dataset",
     "compare",
+    "estimate",
     "finetune",
     "get_task",
     "get_template",
