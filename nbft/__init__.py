@@ -45,6 +45,7 @@ _EXPORTS = {
     "ProgressObserver": "nbft.train",
     "HistoryWriter": "nbft.train",
     "launch": "nbft.launcher",
+    "estimate": "nbft.estimation",
     # evaluation
     "compare": "nbft.report",
     "ForgettingMonitor": "nbft.evaluate",
@@ -74,6 +75,7 @@ __all__ = [
     "TrainerObserverCallback",
     "build_instruction_dataset",
     "compare",
+    "estimate",
     "finetune",
     "forgetting_experiment",
     "get_task",

@@ -172,7 +172,10 @@ class DataConfig:
 # Training (owned by the engine: nbft/train/). Plain data, no torch import.
 
 _SCHEDULES = ("linear", "cosine", "constant")
-_PRECISIONS = ("auto", "bf16", "fp32")
+_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_OPTIMIZERS = ("adamw", "adamw-8bit")
+_KERNELS = ("auto", "compile", "liger", "none")
+_ATTENTIONS = ("auto", "varlen", "flex", "mask", "padded", "single")
 
 
 @dataclasses.dataclass
@@ -219,14 +222,34 @@ class TrainConfig:
     Colab session) loses at most that much work. ``None`` turns the time-based checkpoints off."""
     keep_last: int = 2
     """How many checkpoints to keep in the run directory; older ones are deleted."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """``"auto"``: bf16 autocast on GPUs and CPUs with native bf16 (AVX512-BF16, AMX), else fp32."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Compute dtype. ``"auto"``: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16, AMX); fp16 with dynamic loss
+    scaling on GPUs without native bf16 (T4, V100: overflowing steps are skipped and marked ``skipped`` in the
+    history); else fp32. The optimizer keeps fp32 master weights unless ``master_weights=False``."""
     seed: int = 0
     """Seed for data order and initialisation: the same seed gives the same loss curve on CPU, bit for bit."""
     max_length: int = 1024
     """Longest example in tokens: used when the engine tokenizes prompt/completion data itself."""
     packing: bool = True
     """Pack examples into shared rows (attention kept separate per example): no compute goes to padding."""
+    attention: Literal["auto", "varlen", "flex", "mask", "padded", "single"] = "auto"
+    """How packed examples are kept apart (:mod:`nbft.train.layout`). ``"auto"``: the fastest layout that passes the
+    packed = unpacked check (on GPU chosen by timing the candidates once at setup). Naming one starts the fallback
+    chain there."""
+    kernels: Literal["auto", "compile", "liger", "none"] = "auto"
+    """Fused kernels (:mod:`nbft.train.kernels`): ``"liger"`` (liger-kernel's Triton RMSNorm, rotary, SwiGLU and
+    fused linear cross-entropy; CUDA only), ``"compile"`` (``torch.compile`` of each decoder layer), ``"none"``.
+    ``"auto"``: Liger on CUDA when installed, else compile for models of 50M parameters or more, else none. A path
+    that cannot run falls back to the plain one with a logged message."""
+    master_weights: bool = True
+    """With bf16 compute, keep fp32 master weights for the optimizer. ``False`` (pure bf16, about 40% less memory):
+    the weights stay bf16 and AdamW rounds its updates stochastically (torchao), so small updates are not lost."""
+    optimizer: Literal["adamw", "adamw-8bit"] = "adamw"
+    """``"adamw-8bit"``: bitsandbytes' AdamW with 8-bit states (6 bytes less per parameter); falls back to AdamW
+    with a logged message where bitsandbytes is missing or cannot run."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations during backward instead of keeping them: much less memory for
+    long sequences, about a third more compute."""
 
     def __post_init__(self) -> None:
         _float(self, "learning_rate", "full fine-tunes of small models typically use 1e-5 to 1e-4", above=0,
@@ -253,6 +276,18 @@ class TrainConfig:
         _int(self, "seed", 0, "e.g. seed=0")
         _int(self, "max_length", 2, "e.g. max_length=1024")
         _bool(self, "packing")
+        _choice(self, "attention", _ATTENTIONS, "'auto' picks the fastest correct layout")
+        if not self.packing and self.attention in ("varlen", "flex", "mask"):
+            raise _fail("TrainConfig", "attention", self.attention, "is a packed layout but packing=False",
+                        "use attention='padded' or packing=True")  # fmt: skip
+        _choice(self, "kernels", _KERNELS, "'auto' uses what the device supports")
+        _choice(self, "optimizer", _OPTIMIZERS, "use 'adamw', or 'adamw-8bit' to save memory")
+        _bool(self, "master_weights")
+        _bool(self, "activation_checkpointing")
+        if not self.master_weights and self.precision in ("fp16", "fp32"):
+            raise _fail("TrainConfig", "master_weights", self.master_weights,
+                        f"can only be False with bf16 compute (precision={self.precision!r})",
+                        "use precision='bf16' (or 'auto'), or keep master_weights=True")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------

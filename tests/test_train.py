@@ -81,7 +81,11 @@ def losses(run) -> list[float]:
         ({"learning_rate": 0}, "TrainConfig.learning_rate must be > 0"),
         ({"batch_size": 0}, "TrainConfig.batch_size must be an integer >= 1"),
         ({"schedule": "exponential"}, "TrainConfig.schedule must be one of"),
-        ({"precision": "fp16"}, "'auto' picks bf16"),
+        ({"precision": "fp8"}, "'auto' picks bf16"),
+        ({"precision": "fp32", "master_weights": False}, "can only be False with bf16 compute"),
+        ({"packing": False, "attention": "varlen"}, "use attention='padded' or packing=True"),
+        ({"optimizer": "sgd"}, "TrainConfig.optimizer must be one of"),
+        ({"kernels": "triton"}, "TrainConfig.kernels must be one of"),
         ({"warmup_steps": 5, "warmup_ratio": 0.1}, "cannot be combined with warmup_steps"),
         ({"eval_every": 0}, "TrainConfig.eval_every must be a positive integer or None"),
         ({"max_grad_norm": -1.0}, "None to turn clipping off"),
@@ -98,9 +102,9 @@ def test_precision_resolution(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is None
     assert resolve_precision("bf16", cpu) is torch.bfloat16
-    monkeypatch.setattr("nbft.train.loop.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("nbft.train.precision.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) is None
-    monkeypatch.setattr("nbft.train.loop.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("nbft.train.precision.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) is torch.bfloat16
 
 

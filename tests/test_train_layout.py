@@ -3,12 +3,24 @@ falling back with a logged message when a layout fails."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 
 import torch
+import torch.nn.functional as F
 
 from nbft.models import tiny_random
-from nbft.train.layout import BlockMaskLayout, PaddedLayout, VarlenLayout, choose_layout, layout_problem
+from nbft.train import attention
+from nbft.train.layout import (
+    BlockMaskLayout,
+    FlashVarlenLayout,
+    FlexLayout,
+    PaddedLayout,
+    VarlenLayout,
+    choose_layout,
+    layout_problem,
+)
 from nbft.train.loss import CausalLMLoss
 
 CPU = torch.device("cpu")
@@ -74,3 +86,74 @@ def test_a_faint_leak_below_the_logit_tolerance_is_caught_by_changing_one_token(
 
     problem = layout_problem(CausalLMLoss(model, fused=True), SoftMask(0, CPU))
     assert problem is not None and "attention leaks" in problem
+
+
+# ------------------------------------------------------------------------- packed attention without a 4D mask
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+    """What ``torch.nn.attention.varlen.varlen_attn`` computes (its kernel is FlashAttention, CUDA only): causal
+    SDPA per sequence of ``[total, heads, dim]`` tensors cut at ``cu_seqlens``."""
+    assert window_size == (-1, 0) and cu_q.dtype == torch.int32 and max_q == max(cu_q.diff().tolist())
+    out = []
+    for a, b in itertools.pairwise(cu_q.tolist()):
+        qs, ks, vs = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=enable_gqa)
+        out.append(o[0].transpose(0, 1))
+    return torch.cat(out)
+
+
+def test_flash_varlen_layout_feeds_pytorchs_varlen_kernel_correctly(monkeypatch):
+    # On CPU the FlashAttention kernel cannot run; a reference with the same contract checks nbft's side of it
+    # (layout of q/k/v, cumulative lengths, grouped-query heads, scale) against the plain model.
+    monkeypatch.setattr(attention, "_varlen_kernel", lambda: _reference_varlen)
+    model, _ = tiny_random("llama")  # 4 query heads, 2 key/value heads
+    module = CausalLMLoss(model, fused=True)
+    assert layout_problem(module, FlashVarlenLayout(0, CPU)) is None
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, model.config.vocab_size, (n,), generator=gen) for n in (17, 9, 30)]
+    grads = []
+    for cls in (VarlenLayout, FlashVarlenLayout):
+        model.zero_grad(set_to_none=True)
+        (batch,) = cls(0, CPU).batches(ids, [x.clone() for x in ids])
+        module(**batch).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_flash_varlen_and_flex_are_skipped_on_cpu_and_a_preference_starts_the_chain(caplog):
+    model, _ = tiny_random("llama")
+    module = CausalLMLoss(model, fused=True)
+    with caplog.at_level(logging.INFO, logger="nbft.train"):
+        assert choose_layout(module, packing=True, pad_id=0, device=CPU, prefer="varlen").name == "varlen"
+        assert choose_layout(module, packing=True, pad_id=0, device=CPU, prefer="flex").name == "varlen"
+    assert "not available for LlamaForCausalLM on cpu" in caplog.text
+    assert choose_layout(module, packing=True, pad_id=0, device=CPU, prefer="mask").name == "mask"
+    assert choose_layout(module, packing=True, pad_id=0, device=CPU, prefer="single").name == "single"
+    assert FlashVarlenLayout.supported(CPU) and FlexLayout.supported(CPU)  # each says why it cannot run here
+
+
+def test_flex_document_mask_keeps_examples_apart():
+    # FlexAttention trains on CUDA only, but its forward runs (compiled) on CPU: the block mask must pass the check.
+    model, _ = tiny_random("llama")
+    assert layout_problem(CausalLMLoss(model, fused=True), FlexLayout(0, CPU)) is None
+
+
+def test_layouts_that_pass_are_timed_and_the_fastest_kept(monkeypatch):
+    model, _ = tiny_random("llama")
+    module = CausalLMLoss(model, fused=True)
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, model.config.vocab_size, (n,), generator=gen) for n in (40, 31, 12, 7)]
+    slow = VarlenLayout.batches
+
+    def slower(self, input_ids, labels, groups=None):
+        time.sleep(0.3)  # far more than a tiny model's forward and backward: varlen must lose
+        return slow(self, input_ids, labels, groups)
+
+    monkeypatch.setattr(VarlenLayout, "batches", slower)
+    chosen = choose_layout(module, packing=True, pad_id=0, device=CPU, measure=True, sample=(ids, ids))
+    assert chosen.name == "mask" and set(chosen.timings) == {"mask", "varlen"}
+    assert chosen.timings["varlen"] > chosen.timings["mask"]
+    assert all(p.grad is None for p in model.parameters())  # timing leaves no gradients behind
+    assert choose_layout(module, packing=True, pad_id=0, device=CPU).name == "varlen"  # without timing: the order

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -231,11 +233,23 @@ def generate_ids(
     first_token_ids: Sequence[int] | None = None,
     progress: bool = False,
     desc: str = "generate",
+    engine: str = "auto",
 ) -> tuple[list[list[int]], np.ndarray | None]:
-    """The token-level core of :func:`generate`: greedy, batched, sorted by length, left-padded, KV cache.
+    """The token-level core of :func:`generate`: greedy, batched, sorted by length, KV cache.
 
     Returns the new token ids of each prompt (in the given order, padding removed) and, when ``first_token_ids``
     is given, the log-probabilities of those tokens at the first generated position.
+
+    ``engine`` (the outputs are the same greedy tokens with each; only the speed differs):
+
+    * ``"shared-prefix"``: nbft's own decoding loop. The tokens that every prompt of a batch starts with (a task's
+      instruction and k-shot examples, the chat template's system turn) run once and their KV cache is shared by
+      the batch; rows that finish (EOS, a stop string) leave the batch at once. The CPU default.
+    * ``"static"``: ``model.generate`` with transformers' static KV cache, whose decode step transformers compiles
+      once (CUDA graphs) on a GPU. The GPU default: there, one decode step is bound by kernel launches.
+    * ``"hf"``: plain ``model.generate`` (left padding, dynamic cache).
+    * ``"auto"``: ``"static"`` on CUDA, else ``"shared-prefix"``; ``"hf"`` for encoder-decoder models and where the
+      model's generation config asks for logits processors that only ``generate`` applies.
 
     Example::
 
@@ -245,6 +259,7 @@ def generate_ids(
 
     seq2seq = is_seq2seq(model)
     device = _device(model)
+    engine = _choose_engine(engine, model, device, seq2seq)
     # Longest first: the largest batch shows up first (an OOM happens at once, not at the end), and neighbours in
     # the sorted order have similar lengths, so little compute goes to padding.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -264,9 +279,26 @@ def generate_ids(
     )
     if seq2seq:
         config.decoder_start_token_id = getattr(model.config, "decoder_start_token_id", None)
+    if engine == "static":
+        config.cache_implementation = "static"  # transformers compiles the decode step once for a static cache
+    elif engine == "shared-prefix" and _needs_generate(model, config):
+        engine = "hf"
     outputs: list[list[int]] = [[] for _ in encoded]
     first = np.zeros((len(encoded), len(first_token_ids))) if first_token_ids is not None else None
     stop_set = set(eos_ids) | {pad_id}
+    if engine == "shared-prefix":
+        stopper = _stop_criteria(tokenizer, stop_strings)
+        with _eval_mode(model), _progress(len(encoded), desc, progress) as bar:
+            for batch in _batches(order, batch_size):
+                new_ids, logp = _greedy_shared_prefix(
+                    model, [list(encoded[i]) for i in batch], max_new_tokens, eos_ids, stopper, pad_id, first_token_ids
+                )
+                for row, i in enumerate(batch):
+                    outputs[i] = new_ids[row]
+                    if first is not None and logp is not None:
+                        first[i] = logp[row].cpu().numpy()
+                bar.update(len(batch))
+        return outputs, first
     with _eval_mode(model), _progress(len(encoded), desc, progress) as bar:
         for batch in _batches(order, batch_size):
             width = max(len(encoded[i]) for i in batch)
@@ -301,6 +333,177 @@ def generate_ids(
                 outputs[i] = toks[:cut]
             bar.update(len(batch))
     return outputs, first
+
+
+# ----------------------------------------------------------------------------------------- decoding engines
+
+_MIN_SHARED = 4
+"""A shared prefix shorter than this is not worth a separate forward pass."""
+
+_PROCESSOR_FIELDS = {
+    # GenerationConfig fields that make greedy generate() apply a logits processor (value when inactive)
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "sequence_bias": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "exponential_decay_length_penalty": None,
+    "guidance_scale": None,
+    "watermarking_config": None,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+}
+
+
+def _choose_engine(engine: str, model: Any, device: torch.device, seq2seq: bool) -> str:
+    if engine not in ("auto", "shared-prefix", "static", "hf"):
+        raise ValueError(f"engine must be 'auto', 'shared-prefix', 'static' or 'hf', got {engine!r}")
+    if seq2seq and engine != "hf":
+        return "hf"  # the encoder runs once per prompt anyway; generate() handles the decoder start
+    if engine == "auto":
+        return "static" if device.type == "cuda" else "shared-prefix"
+    return engine
+
+
+def _needs_generate(model: Any, config: Any) -> bool:
+    """True when ``model.generate`` would apply a logits processor (from the model's generation config): nbft's
+    own loop does plain argmax, so it gives way to keep the outputs identical."""
+    merged = copy.deepcopy(config)
+    own = getattr(model, "generation_config", None)
+    if own is not None:
+        merged.update(**own.to_dict(), defaults_only=True)
+    for name, inactive in _PROCESSOR_FIELDS.items():
+        value = getattr(merged, name, inactive)
+        if value is not None and value != inactive and not (name == "min_length" and value <= 0):
+            logger.info("generation config sets %s=%r: decoding with model.generate", name, value)
+            return True
+    return False
+
+
+def _stop_criteria(tokenizer: Any, stop_strings: Sequence[str]) -> Any:
+    """transformers' own stop-string check (the same rule ``generate`` applies), or ``None``."""
+    if not stop_strings:
+        return None
+    if tokenizer is None:
+        raise ValueError("stop strings need the tokenizer")
+    from transformers import StopStringCriteria
+
+    return StopStringCriteria(tokenizer, list(stop_strings))
+
+
+def _common_prefix(prompts: list[list[int]]) -> int:
+    first, n = prompts[0], min(len(p) for p in prompts) - 1  # every row keeps one token of its own
+    k = 0
+    while k < n and all(p[k] == first[k] for p in prompts):
+        k += 1
+    return k
+
+
+@torch.inference_mode()
+def _greedy_shared_prefix(
+    model: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    stopper: Any,
+    pad_id: int,
+    first_token_ids: Sequence[int] | None,
+) -> tuple[list[list[int]], torch.Tensor | None]:
+    """Greedy decoding of one batch: the shared prefix once, each row's own tokens, then one token per step for the
+    rows still running. Each row's attention sees exactly its own prompt (prefix + its tokens; the padding between
+    them is masked) at the positions it has alone, so its tokens equal one-at-a-time greedy decoding."""
+    device = _device(model)
+    rows = len(prompts)
+    shared = _common_prefix(prompts) if rows > 1 else 0
+    shared = shared if shared >= _MIN_SHARED else 0
+    cache = None
+    if shared:
+        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        cache = _cache_of(model(input_ids=prefix, use_cache=True, logits_to_keep=1))
+        cache.batch_repeat_interleave(rows)
+    own = [p[shared:] for p in prompts]
+    width = max(len(o) for o in own)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    for r, tokens in enumerate(own):
+        ids[r, width - len(tokens) :] = torch.tensor(tokens)
+        mask[r, shared + width - len(tokens) :] = 1
+        positions[r, width - len(tokens) :] = torch.arange(shared, shared + len(tokens))
+    mask, positions = mask.to(device), positions.to(device)
+    cache_kw = _cache_keyword(model)
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_kw: cache},
+    )
+    cache, logits = _cache_of(out), out.logits[:, -1]
+    first = torch.log_softmax(logits.float(), -1)[:, list(first_token_ids)] if first_token_ids is not None else None
+    next_position = positions[:, -1] + 1
+    eos = set(eos_ids)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    active = list(range(rows))
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1)
+        values = tokens.tolist()
+        for r, t in zip(active, values, strict=True):
+            outputs[r].append(t)
+        if step == max_new_tokens - 1:
+            break
+        done = [t in eos for t in values]
+        if stopper is not None:
+            tails = _tails([prompts[r] + outputs[r] for r in active], pad_id, device, stopper.maximum_token_len + 1)
+            done = [d or bool(s) for d, s in zip(done, stopper(tails, None).tolist(), strict=True)]
+        keep = [j for j, d in enumerate(done) if not d]
+        if not keep:
+            break
+        if len(keep) < len(active):  # finished rows leave the batch: no more compute on them
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, next_position, tokens = mask[index], next_position[index], tokens[index]
+            active = [active[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=next_position[:, None],
+            use_cache=True,
+            **{cache_kw: cache},
+        )
+        cache, logits = _cache_of(out), out.logits[:, -1]
+        next_position = next_position + 1
+    return outputs, first
+
+
+def _cache_keyword(model: Any) -> str:
+    """transformers 5.2x renamed ``past_key_values`` to ``cache``; use whichever this model's forward takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _tails(sequences: list[list[int]], pad_id: int, device: torch.device, width: int) -> torch.Tensor:
+    """The last ``width`` tokens of each sequence, left-padded: all a stop-string check looks at (a stop string
+    of n characters spans at most n tokens)."""
+    out = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for r, seq in enumerate(sequences):
+        tail = seq[-width:]
+        out[r, width - len(tail) :] = torch.tensor(tail)
+    return out.to(device)
 
 
 def score_choices(

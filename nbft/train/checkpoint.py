@@ -300,16 +300,39 @@ def load_checkpoint(
     return state
 
 
+_NESTED = "::"  # joins a nested state key to its parent's in the flat tensor names
+
+
 def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
+    seen: set[int] = set()
+
+    def own(t: torch.Tensor) -> torch.Tensor:
+        # safetensors refuses tensors that share memory (bitsandbytes shares one quantisation map): copy repeats.
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            return t.clone()
+        seen.add(ptr)
+        return t
+
     for pid, values in sd["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{pid}/{name}"] = value.detach().cpu().contiguous()
+                tensors[f"{pid}/{name}"] = own(value)
+            elif isinstance(value, dict):  # one level of nesting (bitsandbytes keeps its 8-bit states in a dict)
+                for sub, v in value.items():
+                    if isinstance(v, torch.Tensor):
+                        tensors[f"{pid}/{name}{_NESTED}{sub}"] = own(v)
+                    else:
+                        scalars.setdefault(str(pid), {}).setdefault(name, {})[sub] = v
+                scalars.setdefault(str(pid), {}).setdefault(name, {})
             else:
                 scalars.setdefault(str(pid), {})[name] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    # Some optimizers (torchao's) keep the learning rate as a tensor: the metadata is JSON, so store numbers.
+    groups = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
@@ -320,9 +343,18 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
     for key, value in tensors.items():
         pid, name = key.rsplit("/", 1)
-        state.setdefault(key_of(pid), {})[name] = value
+        if _NESTED in name:
+            name, sub = name.split(_NESTED, 1)
+            state.setdefault(key_of(pid), {}).setdefault(name, {})[sub] = value
+        else:
+            state.setdefault(key_of(pid), {})[name] = value
     for pid, values in meta["scalars"].items():
-        state.setdefault(key_of(pid), {}).update(values)
+        entry = state.setdefault(key_of(pid), {})
+        for name, value in values.items():
+            if isinstance(value, dict):
+                entry.setdefault(name, {}).update(value)
+            else:
+                entry[name] = value
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
 

@@ -86,11 +86,18 @@ class StepState:
     task_losses: dict[str, float] | None = None
     """When the training data mixes several tasks (its ``task`` column): mean CE per labelled token of each task's
     examples in this step (tasks absent from the step are left out); ``None`` for single-task data."""
+    loss_scale: float | None = None
+    """fp16 runs: the dynamic loss scale this step's backward used; ``None`` in bf16 and fp32 runs."""
+    skipped: bool = False
+    """fp16 runs: True when this step's gradients overflowed, so the weights were not updated (and the loss scale
+    was halved); the step still counts."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         if out["task_losses"] is None:  # single-task runs keep the history rows they always had
             del out["task_losses"]
+        if out["loss_scale"] is None:  # so do bf16 and fp32 runs
+            del out["loss_scale"], out["skipped"]
         return out
 
 

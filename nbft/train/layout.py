@@ -1,11 +1,15 @@
 """One attention-layout decision per run: how a micro-batch is collated, and which attention runs it.
 
-A layout turns a micro-batch of examples into the batches the loss module runs. Four exist for causal models:
+A layout turns a micro-batch of examples into the batches the loss module runs. For causal models:
 
-* ``varlen``: one row without padding; attention runs per example (``nbft.train.loss.varlen_attention``). The
-  cheapest on CPU, where a block mask would cost ``total²`` score work.
+* ``flash-varlen``: one row without padding; PyTorch's FlashAttention over cumulative sequence lengths
+  (``torch.nn.attention.varlen``), one kernel call per layer. CUDA only.
+* ``flex``: the same row; FlexAttention with a document-causal block mask (fully masked blocks skipped). CUDA only
+  for training (FlexAttention has no CPU backward).
+* ``varlen``: the same row; SDPA's causal kernel per example (``nbft.train.attention.split_attention``). Runs
+  anywhere; the cheapest on CPU, where a block mask would cost ``total²`` score work.
 * ``mask``: examples packed into rows no longer than the longest example, kept apart by an additive float
-  block-diagonal mask; one kernel call per layer, which suits GPUs.
+  block-diagonal mask; one kernel call per layer.
 * ``padded``: one example per row, padded, with an additive float causal mask (``TrainConfig.packing=False``).
 * ``single``: one example per forward pass, no mask and no padding: the model's own causal path. Always correct,
   slowest; the last fallback.
@@ -14,7 +18,8 @@ Any 4D mask is additive float in the model's compute dtype, so eager attention (
 masks what it must. :func:`choose_layout` checks the chosen layout once at setup, as
 :func:`~nbft.train.loss.check_fused_head` does for the LM head: every example's logits must equal the logits it gets
 alone, and changing one example's last token must change nothing else. A layout that fails falls back to the next
-one with a logged message.
+one with a logged message. On a GPU several packed layouts can pass; with ``measure=True`` each one that passes runs
+a forward and backward of a real micro-batch and the fastest is kept (the timings are in ``layout.timings``).
 
 Example:
     >>> from nbft.models import tiny_random
@@ -31,6 +36,7 @@ from typing import Any, Protocol
 
 import torch
 
+from nbft.train import attention
 from nbft.train.batching import collate_causal, collate_seq2seq, collate_varlen
 
 logger = logging.getLogger("nbft.train")
@@ -48,6 +54,8 @@ class AttentionLayout(Protocol):
 
 class _Layout:
     name = "?"
+    timings: dict[str, float] | None = None
+    """Seconds per forward + backward of the sample micro-batch, per layout, when the layout was chosen by timing."""
 
     def __init__(self, pad_id: int, device: torch.device, mask_dtype: torch.dtype = torch.float32) -> None:
         self.pad_id = pad_id
@@ -63,9 +71,46 @@ class _Layout:
 
 class VarlenLayout(_Layout):
     name = "varlen"
+    implementation = attention.SPLIT
 
     def batches(self, input_ids, labels, groups=None):
-        return [self._to_device(collate_varlen(input_ids, labels, groups))]
+        batch = self._to_device(collate_varlen(input_ids, labels, groups))
+        batch["implementation"] = self.implementation
+        return [batch]
+
+    @staticmethod
+    def supported(device: torch.device) -> str | None:
+        return None
+
+
+class FlashVarlenLayout(VarlenLayout):
+    name = "flash-varlen"
+    implementation = attention.FLASH_VARLEN
+
+    @staticmethod
+    def supported(device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return "PyTorch's varlen attention is FlashAttention: CUDA only"
+        try:
+            from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        except ImportError:
+            return "this torch has no torch.nn.attention.varlen"
+        return None
+
+
+class FlexLayout(VarlenLayout):
+    name = "flex"
+    implementation = attention.FLEX
+
+    @staticmethod
+    def supported(device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return "FlexAttention has no backward on CPU"
+        try:
+            from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+        except ImportError:
+            return "this torch has no FlexAttention"
+        return None
 
 
 class BlockMaskLayout(_Layout):
@@ -84,6 +129,9 @@ class PaddedLayout(BlockMaskLayout):
     pack = False
 
 
+_PACKED: tuple[type[_Layout], ...] = ()  # filled below: the layouts that pack several examples into a row
+
+
 class SingleLayout(_Layout):
     name = "single"
 
@@ -96,6 +144,9 @@ class SingleLayout(_Layout):
         return out
 
 
+_PACKED = (FlashVarlenLayout, FlexLayout, VarlenLayout, BlockMaskLayout)
+
+
 class Seq2SeqLayout(_Layout):
     name = "seq2seq"
 
@@ -103,14 +154,32 @@ class Seq2SeqLayout(_Layout):
         return [self._to_device(collate_seq2seq(input_ids, labels, pad_id=self.pad_id, groups=groups))]
 
 
-def _candidates(model: Any, device: torch.device, packing: bool) -> list[type[_Layout]]:
+def _candidates(model: Any, device: torch.device, packing: bool, prefer: str = "auto") -> list[type[_Layout]]:
     chain: list[type[_Layout]] = []
     if packing:
         varlen_ok = getattr(model, "_can_set_attn_implementation", lambda: False)()
-        if device.type == "cpu" and varlen_ok:
-            chain.append(VarlenLayout)
+        if varlen_ok:
+            if device.type == "cuda":
+                chain += [FlashVarlenLayout, FlexLayout]
+            if device.type == "cpu":
+                chain.append(VarlenLayout)
         chain.append(BlockMaskLayout)
-    return [*chain, PaddedLayout, SingleLayout]
+        if varlen_ok and device.type != "cpu":
+            chain.append(VarlenLayout)  # per-example SDPA on a GPU: many small kernels, but no mask
+    chain += [PaddedLayout, SingleLayout]
+    if prefer != "auto":
+        wanted = {"varlen": (FlashVarlenLayout, VarlenLayout), "flex": (FlexLayout,)}.get(prefer)
+        names = [c for c in chain if (wanted and c in wanted) or c.name == prefer]
+        if not names:
+            logger.warning(
+                "attention=%r is not available for %s on %s; choosing automatically",
+                prefer,
+                type(model).__name__,
+                device.type,
+            )
+            return chain
+        chain = chain[chain.index(names[0]) :]
+    return chain
 
 
 def choose_layout(
@@ -121,25 +190,40 @@ def choose_layout(
     device: torch.device | None = None,
     mask_dtype: torch.dtype | None = None,
     check: bool = True,
+    prefer: str = "auto",
+    measure: bool = False,
+    sample: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> _Layout:
-    """The first layout, in order ``varlen`` (CPU) → ``mask`` → ``padded`` → ``single``, that passes the check.
+    """The first layout, in order ``flash-varlen`` → ``flex`` (CUDA) / ``varlen`` (CPU) → ``mask`` → ``padded`` →
+    ``single``, that can run here and passes the check.
 
     ``module`` is a :class:`~nbft.train.loss.CausalLMLoss` (or a ``Seq2SeqLoss``, which always gets ``seq2seq``).
-    ``packing=False`` starts at ``padded``. ``mask_dtype`` defaults to the model's parameter dtype.
+    ``packing=False`` starts at ``padded``; ``prefer`` (``TrainConfig.attention``) starts the chain at that layout.
+    ``mask_dtype`` defaults to the model's parameter dtype. With ``measure=True`` (and ``sample``, a micro-batch of
+    ``(input_ids, labels)``), every packed layout that passes is timed on ``sample`` and the fastest is returned.
     """
     model = module.model
     device = device if device is not None else next(model.parameters()).device
     mask_dtype = mask_dtype or next(model.parameters()).dtype
     if getattr(model.config, "is_encoder_decoder", False):
         return Seq2SeqLayout(pad_id, device)
-    chain = _candidates(model, device, packing)
+    chain = _candidates(model, device, packing, prefer)
+    passed: list[_Layout] = []
     for i, cls in enumerate(chain):
         layout = cls(pad_id, device, mask_dtype)
+        unsupported = getattr(cls, "supported", lambda d: None)(device)
+        if unsupported is not None:
+            logger.info("attention layout %r skipped: %s", layout.name, unsupported)
+            continue
         if not check or cls is SingleLayout:
-            return layout
+            passed.append(layout)
+            break
         problem = layout_problem(module, layout)
         if problem is None:
-            return layout
+            passed.append(layout)
+            if not (measure and sample is not None and cls in _PACKED):
+                break
+            continue
         logger.warning(
             "attention layout %r fails the packed = unpacked check on %s (%s); falling back to %r",
             layout.name,
@@ -147,7 +231,47 @@ def choose_layout(
             problem,
             chain[i + 1].name,
         )
-    raise AssertionError("unreachable: the single layout always passes")
+    packed = [layout for layout in passed if type(layout) in _PACKED]
+    if len(packed) > 1 and sample is not None:
+        return _fastest(module, packed, sample)
+    if not passed:
+        raise AssertionError("unreachable: the single layout always passes")
+    return passed[0]
+
+
+def _fastest(module: Any, layouts: list[_Layout], sample: tuple[list[torch.Tensor], list[torch.Tensor]]) -> _Layout:
+    """Time a forward + backward of ``sample`` with each layout (after one warm-up run); keep the fastest."""
+    import time
+
+    model = module.model
+    ids, labels = sample
+    timings: dict[str, float] = {}
+    for layout in layouts:
+        try:
+            best = float("inf")
+            for _ in range(2):  # the first run compiles (flex) and warms the kernels
+                _sync(layout.device)
+                t0 = time.perf_counter()
+                for batch in layout.batches(ids, labels):
+                    module(**batch).float().backward()
+                _sync(layout.device)
+                best = min(best, time.perf_counter() - t0)
+            timings[layout.name] = best
+        except Exception as exc:  # e.g. out of memory with one layout: the others may still run
+            logger.warning("attention layout %r could not be timed (%s: %s)", layout.name, type(exc).__name__, exc)
+        finally:
+            model.zero_grad(set_to_none=True)
+    if not timings:
+        return layouts[0]
+    winner = min(layouts, key=lambda layout: timings.get(layout.name, float("inf")))
+    winner.timings = timings
+    logger.info("attention layout %r chosen by timing: %s", winner.name, {k: round(v, 4) for k, v in timings.items()})
+    return winner
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()

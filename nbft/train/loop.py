@@ -75,9 +75,13 @@ from nbft.train.guard import (
     release_model,
     tidy_run_dir,
 )
+from nbft.train.kernels import KernelPlan, apply_kernels
 from nbft.train.layout import AttentionLayout, choose_layout
 from nbft.train.lock import RunLock
 from nbft.train.loss import CausalLMLoss, Seq2SeqLoss, check_fused_head
+from nbft.train.memory import enable_activation_checkpointing, make_optimizer, plan_optimizer, set_learning_rate
+from nbft.train.precision import LossScaler, precision_name, resolve_precision
+from nbft.train.precision import cpu_has_native_bf16 as cpu_has_native_bf16  # re-exported (older imports)
 from nbft.train.selection import best_checkpoint, protected_steps
 from nbft.train.sync import (
     GradSync,
@@ -609,6 +613,11 @@ class TrainState:
     """Consecutive steps whose gradient was exactly zero (a saturated model: see :func:`_check_progress`)."""
     last_state: StepState | None = None
     restored: bool = False
+    kernels: str = "none"
+    """The fused-kernel path in use (``nbft.train.kernels``): ``"liger"``, ``"compile"`` or ``"none"``."""
+    optimizer_name: str = "adamw"
+    undo: list[Any] = dataclasses.field(default_factory=list)
+    """What setup changed on the model besides its dtype (compiled layers, checkpointing), undone at the end."""
 
     @property
     def world(self) -> int:
@@ -634,6 +643,8 @@ class StepResult:
     label_tokens: int
     seconds: float
     task_losses: dict[str, float] | None
+    loss_scale: float | None = None
+    skipped: bool = False
 
 
 def train_loop(run: Run) -> None:
@@ -707,6 +718,8 @@ def setup(run: Run) -> TrainState:
     device = PartialState(cpu=cpu).device
     amp_dtype = resolve_precision(cfg.precision, device)
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp and amp_dtype == torch.float16:
+        raise ValueError("precision='fp16' is not supported under FSDP (loss scaling across shards); use bf16 or fp32")
     if fsdp:  # FSDP's own mixed precision computes in bf16; elsewhere the model does (MasterWeights)
         mixed = "bf16" if amp_dtype is not None else "no"
         accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, fsdp_plugin=_fsdp_plugin(amp_dtype))
@@ -734,10 +747,18 @@ def setup(run: Run) -> TrainState:
 
     # Decided on the weights as they came (fp32, as a rule): bf16 rounding would fail the fused head's check.
     fused = check_fused_head(model) if kind == "causal" else False
-    # bf16: the model computes in bf16 and the optimizer keeps fp32 master weights (MasterWeights).
+    # bf16/fp16: the model computes in that dtype and the optimizer keeps fp32 master weights (MasterWeights),
+    # unless pure bf16 was asked for (master_weights=False) and its stochastic-rounding optimizer is installed.
     compute_dtype = amp_dtype if amp_dtype is not None and not fsdp else torch.float32
-    masters = MasterWeights(model, compute_dtype, restore_dtype=run.restore_dtype or model_dtype)
-    with _restore_on_error(masters):  # a failed setup gives the model back as it came
+    pure_bf16 = not cfg.master_weights and compute_dtype == torch.bfloat16
+    if not cfg.master_weights and not pure_bf16:
+        logger.info("master_weights=False applies to bf16 compute only; this run computes in %s", compute_dtype)
+    opt_plan = plan_optimizer(cfg.optimizer, pure_bf16, device)
+    masters = MasterWeights(
+        model, compute_dtype, restore_dtype=run.restore_dtype or model_dtype, keep_master=not opt_plan.pure_bf16
+    )
+    undo: list[Any] = []
+    with _restore_on_error(masters, undo):  # a failed setup gives the model back as it came
         tasks = run.train.task_index()
         task_names, task_of = tasks if tasks is not None else ([], None)
         if kind == "causal":
@@ -746,18 +767,6 @@ def setup(run: Run) -> TrainState:
             module = Seq2SeqLoss(model, n_groups=len(task_names))
         pad_id = _pad_id(run.tokenizer, model)
         mask_dtype = amp_dtype if amp_dtype is not None else torch.float32
-        layout = choose_layout(module, packing=cfg.packing, pad_id=pad_id, device=device, mask_dtype=mask_dtype)
-        optimizer = make_optimizer(masters.master, cfg.learning_rate, cfg.weight_decay, device, fused=not fsdp)
-        if fsdp:
-            if layout.name == "single":  # FSDP needs the same number of forward passes on every process
-                raise ValueError(f"{type(model).__name__} passes no batched attention layout check; FSDP needs one")
-            module, optimizer = accelerator.prepare(module, optimizer)
-            if events.monitors():
-                logger.warning("measuring observers are skipped under FSDP: the main process does not hold the model")
-                for monitor in events.monitors():
-                    events.drop(monitor)
-        elif accelerator.num_processes > 1:
-            broadcast_from_main([*model.parameters(), *model.buffers(), *(masters.master if masters.separate else [])])
         plan = StepPlan(
             run.train.lengths,
             seed=cfg.seed,
@@ -768,6 +777,45 @@ def setup(run: Run) -> TrainState:
             epochs=cfg.epochs,
             max_steps=cfg.max_steps,
         )
+        first = plan.step(0)[1][0]  # a real micro-batch, to time the layouts on (GPU)
+        sample = ([run.train.input_ids[i] for i in first], [run.train.labels[i] for i in first])
+        layout = choose_layout(
+            module,
+            packing=cfg.packing,
+            pad_id=pad_id,
+            device=device,
+            mask_dtype=mask_dtype,
+            prefer=cfg.attention,
+            measure=device.type == "cuda" and cfg.attention == "auto",
+            sample=sample if first else None,
+        )
+        if cfg.activation_checkpointing:
+            undo.append(enable_activation_checkpointing(model))
+        kernels = KernelPlan("none")
+        if kind == "causal" and not (fsdp and cfg.kernels == "auto"):
+            kernels = apply_kernels(
+                model,
+                cfg.kernels,
+                device=device,
+                probe=lambda: _kernel_probe(module, layout),
+                activation_checkpointing=cfg.activation_checkpointing,
+            )
+            undo.append(kernels.undo)
+            module.head = kernels.head
+        optimizer, opt_plan = make_optimizer(
+            masters.master, cfg.learning_rate, cfg.weight_decay, device, plan=opt_plan, fused=not fsdp
+        )
+        scaler = LossScaler(device) if compute_dtype == torch.float16 else None
+        if fsdp:
+            if layout.name == "single":  # FSDP needs the same number of forward passes on every process
+                raise ValueError(f"{type(model).__name__} passes no batched attention layout check; FSDP needs one")
+            module, optimizer = accelerator.prepare(module, optimizer)
+            if events.monitors():
+                logger.warning("measuring observers are skipped under FSDP: the main process does not hold the model")
+                for monitor in events.monitors():
+                    events.drop(monitor)
+        elif accelerator.num_processes > 1:
+            broadcast_from_main([*model.parameters(), *model.buffers(), *(masters.master if masters.separate else [])])
         state = TrainState(
             config=cfg,
             data=run.train,
@@ -777,11 +825,11 @@ def setup(run: Run) -> TrainState:
             model=model,
             module=module,
             optimizer=optimizer,
-            sync=GradSync(masters, accelerator, module, fsdp=fsdp),
+            sync=GradSync(masters, accelerator, module, fsdp=fsdp, scaler=scaler, optimizer=optimizer),
             layout=layout,
             plan=plan,
             kind=kind,
-            precision="bf16" if amp_dtype is not None else "fp32",
+            precision=precision_name(compute_dtype if not fsdp else amp_dtype),
             total_steps=plan.total_steps,
             warmup_steps=cfg.warmup_steps or round(cfg.warmup_ratio * plan.total_steps),
             label_counts=run.train.label_counts(kind),
@@ -790,6 +838,9 @@ def setup(run: Run) -> TrainState:
             fsdp=fsdp,
             wall_start=t_start,
             last_save_time=time.perf_counter(),
+            kernels=kernels.name,
+            optimizer_name=opt_plan.name,
+            undo=undo,
         )
         if run.resume_from is not None:
             _restore_checkpoint(run, state)
@@ -802,8 +853,13 @@ def setup(run: Run) -> TrainState:
             "precision": state.precision,
             "device": str(device),
             "world_size": accelerator.num_processes,
-            "packing": layout.name if layout.name in ("varlen", "mask") else None,
+            "packing": layout.name if layout.name in ("flash-varlen", "flex", "varlen", "mask") else None,
             "layout": layout.name,
+            "layout_timings": layout.timings,
+            "kernels": kernels.name,
+            "optimizer": opt_plan.name,
+            "master_weights": masters.separate or compute_dtype == torch.float32,
+            "activation_checkpointing": cfg.activation_checkpointing,
             "fused_loss": getattr(accelerator.unwrap_model(module), "fused", False),
             "tasks": task_names or None,
             "run_dir": str(run.run_dir),
@@ -832,8 +888,7 @@ def train_step(state: TrainState, micro_batches: list[list[int]]) -> StepResult:
     cfg = state.config
     t0 = time.perf_counter()
     lr = lr_at(state.step, state.total_steps, state.warmup_steps, cfg.learning_rate, cfg.schedule)
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr
+    set_learning_rate(state.optimizer, lr)
     # The loss is a sum over the step's labelled tokens divided by their count: the same number however the step
     # is split into micro-batches or processes.
     n_labels = sum(state.label_counts[i] for mb in micro_batches for i in mb)
@@ -854,7 +909,14 @@ def train_step(state: TrainState, micro_batches: list[list[int]]) -> StepResult:
     if state.world > 1:
         all_reduce_sum([sums])
     step_loss = float(sums[0]) / max(n_labels, 1)
-    if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+    scaler = state.sync.scaler
+    loss_scale = scaler.value if scaler is not None else None
+    # fp16: gradients that overflowed only skip this step (and halve the loss scale); a non-finite loss is an
+    # overflow of the forward pass itself, which no loss scale cures.
+    overflow = scaler is not None and math.isfinite(step_loss) and not math.isfinite(grad_norm)
+    if scaler is not None and scaler.gave_up():
+        overflow = False
+    if not (math.isfinite(step_loss) and math.isfinite(grad_norm)) and not overflow:
         state.sync.zero_grad()
         kept = latest_checkpoint(state.run_dir)
         raise TrainingError(
@@ -863,10 +925,16 @@ def train_step(state: TrainState, micro_batches: list[list[int]]) -> StepResult:
             "max_grad_norm=1.0, or precision='fp32'"
         )
     _check_progress(state, grad_norm, n_labels, step_loss)
-    state.optimizer.step()
+    skipped = state.sync.step(state.optimizer)
     state.optimizer.zero_grad(set_to_none=True)
     state.sync.zero_grad()
-    state.sync.masters.master_to_model()
+    if not skipped:
+        state.sync.masters.master_to_model()
+    elif scaler is not None and scaler.gave_up():
+        raise TrainingError(
+            f"fp16 gradients overflowed in {scaler.skipped_in_a_row} steps in a row (loss scale now "
+            f"{scaler.value:g}); the weights were not updated. Use precision='bf16' if the hardware has it, or 'fp32'"
+        )
     return StepResult(
         loss=step_loss,
         grad_norm=grad_norm,
@@ -875,6 +943,8 @@ def train_step(state: TrainState, micro_batches: list[list[int]]) -> StepResult:
         label_tokens=n_labels,
         seconds=time.perf_counter() - t0,
         task_losses=_task_losses(state, micro_batches, sums),
+        loss_scale=loss_scale,
+        skipped=skipped,
     )
 
 
@@ -951,6 +1021,8 @@ def _record_step(run: Run, state: TrainState, result: StepResult, epoch: float) 
         eta_s=state.train_time / done * (state.total_steps - state.step),
         peak_memory_mb=peak_memory_mb(state.device),
         task_losses=result.task_losses,
+        loss_scale=result.loss_scale,
+        skipped=result.skipped,
     )
     state.last_state = step_state
     run.history.append({"kind": "train", **step_state.to_dict()})
@@ -1026,6 +1098,8 @@ def _checkpoint(run: Run, state: TrainState) -> None:
         "total_steps": state.total_steps,
         "config": dataclasses.asdict(run.config),
     }
+    if state.sync.scaler is not None:
+        extra["loss_scaler"] = state.sync.scaler.state_dict()
     path = save_checkpoint(
         run.run_dir,
         step=state.step,
@@ -1102,6 +1176,8 @@ def _restore_checkpoint(run: Run, state: TrainState) -> None:
 
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(state.module, state.optimizer, saved["optimizer_state"], options=options)
+    if state.sync.scaler is not None and saved.get("loss_scaler"):
+        state.sync.scaler.load_state_dict(saved["loss_scaler"])
     state.step = state.start_step = saved["step"]
     state.elapsed_before = saved["elapsed_s"]
     state.last_saved = saved["step"]
@@ -1151,9 +1227,19 @@ def _full_optimizer_state(state: TrainState) -> dict[str, Any]:
 
 
 def _restore_model(state: TrainState) -> None:
-    if not state.restored and not state.fsdp:
-        state.sync.masters.restore()
+    if not state.restored:
+        _undo(state.undo)
+        if not state.fsdp:
+            state.sync.masters.restore()
     state.restored = True
+
+
+def _undo(changes: list[Any]) -> None:
+    while changes:
+        try:
+            changes.pop()()
+        except Exception:  # leaving the model usable matters more than one failed undo
+            logger.exception("could not undo a training-time change to the model")
 
 
 def _free_memory(state: TrainState | None) -> None:
@@ -1167,12 +1253,30 @@ def _free_memory(state: TrainState | None) -> None:
 
 
 @contextlib.contextmanager
-def _restore_on_error(masters: MasterWeights) -> Iterator[None]:
+def _restore_on_error(masters: MasterWeights, undo: list[Any]) -> Iterator[None]:
     try:
         yield
     except BaseException:
+        _undo(undo)
         masters.restore()
         raise
+
+
+def _kernel_probe(module: Any, layout: AttentionLayout) -> list[torch.Tensor]:
+    """One forward and backward on three small examples: the loss and a few gradients (to check compiled layers
+    against the plain model). Gradients are cleared afterwards."""
+    model = module.model
+    vocab = model.get_output_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, vocab, (n,), generator=gen) for n in (24, 17, 9)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    watched = [params[0], params[len(params) // 2], params[-1]]
+    try:
+        loss = sum(module(**batch).float() for batch in layout.batches(ids, [x.clone() for x in ids]))
+        loss.backward()
+        return [loss.detach(), *[p.grad.detach().clone() for p in watched if p.grad is not None]]
+    finally:
+        model.zero_grad(set_to_none=True)
 
 
 @contextlib.contextmanager
@@ -1249,6 +1353,9 @@ def _summary(run: Run, state: TrainState) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(state.device),
         "world_size": state.world,
         "layout": state.layout.name,
+        "kernels": state.kernels,
+        "optimizer": state.optimizer_name,
+        "skipped_steps": state.sync.scaler.skipped_total if state.sync.scaler is not None else 0,
         "stop_reason": run.stop_reason if run.status == "stopped" else None,
         "run_dir": str(run.run_dir),
         "error": None,
@@ -1290,36 +1397,6 @@ def _pad_id(tokenizer: Any, model: Any) -> int:
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or ``None`` for fp32. ``auto`` uses bf16 only where the hardware runs it natively."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        supported = cpu_has_native_bf16()
-    else:
-        supported = False
-    if precision == "bf16":
-        if device.type == "cuda" and not supported:
-            raise ValueError("TrainConfig.precision='bf16' but this GPU has no bf16 support; use 'fp32' or 'auto'")
-        return torch.bfloat16
-    return torch.bfloat16 if supported else None
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX512-BF16 or AMX (where bf16 matmuls are fast); read from /proc/cpuinfo on Linux."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated, or the process's peak resident set size on CPU, in MiB."""
     if device.type == "cuda":
@@ -1340,15 +1417,3 @@ def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> flo
     if schedule == "cosine":
         return peak * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
     return peak * max(0.0, 1.0 - progress)
-
-
-def make_optimizer(
-    params: list[Any], lr: float, weight_decay: float, device: torch.device, fused: bool = True
-) -> torch.optim.AdamW:
-    """AdamW over every parameter; no weight decay on norms and biases (1-D); fused kernel on CPU and CUDA."""
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel exists for CUDA and (since torch 2.4) CPU; it is what transformers.Trainer uses by default.
-    fused = fused and device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)

@@ -15,13 +15,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from nbft.train import attention
 
 logger = logging.getLogger("nbft.train")
 
@@ -106,45 +107,9 @@ def chunk_rows_for(vocab_size: int, device: torch.device) -> int:
     return max(64, budget)
 
 
-VARLEN = "nbft_varlen"
-"""Attention implementation name used while a packed single row is in flight (see :func:`varlen_attention`)."""
-
-
-def varlen_attention(module, query, key, value, attention_mask, *, nbft_bounds, is_causal=None, **kwargs):
-    """Causal SDPA run separately on each packed example of a single row: no padding, no mask, no cross-talk.
-
-    ``query``/``key``/``value`` are ``[1, heads, total_tokens, dim]``; ``nbft_bounds`` holds the examples' start
-    offsets and the total. Each slice takes SDPA's ``is_causal`` path, which on CPU skips the masked half of the
-    score matrix, so the cost is ``sum(len_i²)`` instead of ``total²`` with a block mask.
-    """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    # split (not slicing): its backward is one concatenation, where slices would each zero-fill a full-size grad.
-    sizes = [b - a for a, b in itertools.pairwise(nbft_bounds)]
-    outputs = [
-        sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
-        for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2), strict=True)
-    ]
-    return torch.cat(outputs, dim=1), None
-
-
-def _register_varlen() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(VARLEN, varlen_attention)
-    AttentionMaskInterface.register(VARLEN, lambda *args, **kwargs: None)  # the slices need no mask
-
-
-@contextlib.contextmanager
-def _attention(config: Any, implementation: str):
-    """Switch the attention implementation for one forward pass (the model's own setting is restored after)."""
-    previous = config._attn_implementation_internal
-    config._attn_implementation_internal = implementation
-    try:
-        yield
-    finally:
-        config._attn_implementation_internal = previous
+VARLEN = attention.SPLIT
+"""Attention implementation name used while a packed single row is in flight (see :mod:`nbft.train.attention`)."""
+varlen_attention = attention.split_attention
 
 
 class CausalLMLoss(nn.Module):
@@ -162,28 +127,44 @@ class CausalLMLoss(nn.Module):
         self.model = model
         self.fused = fused
         self.n_groups = n_groups
-        _register_varlen()
+        self.head: Any = None
+        """A fused linear + cross-entropy from a kernel library (``nbft.train.kernels``), used instead of the chunked
+        head when set and no loss per group is needed."""
+        attention.register()
 
-    def _run(self, fused: bool, input_ids, position_ids, attention_mask, bounds):
+    def _run(self, fused: bool, input_ids, position_ids, attention_mask, bounds, implementation=None):
         kwargs: dict[str, Any] = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
         switch = contextlib.nullcontext()
-        if bounds is not None:  # one packed row: attention runs per example (varlen_attention)
-            kwargs["nbft_bounds"] = bounds
-            switch = _attention(self.model.config, VARLEN)
+        if bounds is not None:  # one packed row: attention per example, without a mask (nbft.train.attention)
+            implementation = implementation or VARLEN
+            kwargs.update(attention.attention_kwargs(implementation, bounds, input_ids.device))
+            switch = attention.use_attention(self.model.config, implementation)
         with switch:
             if fused:
                 return self.model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
             return self.model(input_ids=input_ids, **kwargs).logits
 
     def forward(  # type: ignore[override]
-        self, input_ids, position_ids, targets, attention_mask=None, bounds=None, spans=None, groups=None
+        self,
+        input_ids,
+        position_ids,
+        targets,
+        attention_mask=None,
+        bounds=None,
+        spans=None,
+        groups=None,
+        implementation=None,
     ):
-        """``spans`` (where each example sits) is accepted and ignored: the loss needs only ``targets``."""
+        """``spans`` (where each example sits) is accepted and ignored: the loss needs only ``targets``.
+        ``implementation`` names the packed row's attention (``nbft.train.attention``; default: per example SDPA)."""
         flat_targets = targets.reshape(-1)
         keep = flat_targets.ne(-100).nonzero().squeeze(1)
-        out = self._run(self.fused, input_ids, position_ids, attention_mask, bounds)
+        out = self._run(self.fused, input_ids, position_ids, attention_mask, bounds, implementation)
         out = out.reshape(-1, out.shape[-1]).index_select(0, keep)
         kept_targets = flat_targets.index_select(0, keep)
+        if self.fused and self.head is not None and groups is None:
+            weight = self.model.get_output_embeddings().weight
+            return self.head(out, weight, kept_targets)
         if self.fused:
             weight = self.model.get_output_embeddings().weight  # tied or not: autograd routes the gradient
             total, rows = linear_cross_entropy(out, weight, kept_targets, return_rows=True)
@@ -195,9 +176,11 @@ class CausalLMLoss(nn.Module):
         return total, _group_sums(rows.detach(), groups.reshape(-1).index_select(0, keep), self.n_groups)
 
     @torch.no_grad()
-    def logits(self, input_ids, position_ids, attention_mask=None, bounds=None, **_: Any) -> torch.Tensor:
+    def logits(
+        self, input_ids, position_ids, attention_mask=None, bounds=None, implementation=None, **_: Any
+    ) -> torch.Tensor:
         """Full logits ``[rows, width, vocab]`` of a collated batch, through the same attention path as the loss."""
-        return self._run(False, input_ids, position_ids, attention_mask, bounds)
+        return self._run(False, input_ids, position_ids, attention_mask, bounds, implementation)
 
 
 def _group_sums(rows: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from nbft.train.precision import LossScaler
+
 _BUCKET_BYTES = 2**26  # gradients travel in flat buffers of at most 64 MiB: few messages, bounded extra memory
 
 
@@ -34,6 +36,9 @@ def distributed() -> bool:
 class MasterWeights:
     """The model computes in ``compute_dtype``; the optimizer updates fp32 master weights (mixed precision).
 
+    ``keep_master=False`` (pure bf16) keeps no fp32 copy: the optimizer updates the bf16 weights themselves (with
+    stochastic rounding, see :mod:`nbft.train.memory`).
+
     With bf16 compute, forward and backward run entirely in bf16 (no per-op casts as under autocast), and the fp32
     masters are copied back into the model after every update, so small updates are not lost to bf16 rounding.
     With fp32 compute, the model's own parameters (upcast to fp32 if it came in bf16) are the masters. At the end,
@@ -41,17 +46,24 @@ class MasterWeights:
     values. Checkpoints hold the fp32 masters, whatever the model's dtype, so a resumed run continues exactly.
     """
 
-    def __init__(self, model: Any, compute_dtype: torch.dtype, restore_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        compute_dtype: torch.dtype,
+        restore_dtype: torch.dtype | None = None,
+        keep_master: bool = True,
+    ) -> None:
         self.model = model
         self.params = list(model.parameters())
         self.restore_dtype = restore_dtype or self.params[0].dtype
-        self.separate = compute_dtype != torch.float32
+        self.separate = compute_dtype != torch.float32 and keep_master
         if self.separate:
             with torch.no_grad():
                 self.master = [torch.nn.Parameter(p.detach().float().clone()) for p in self.params]
             model.to(compute_dtype)  # in place: the same Parameter objects (ties kept), now bf16
         else:
-            model.to(torch.float32)
+            # fp32, or pure bf16 (keep_master=False): the model's own parameters are what the optimizer updates.
+            model.to(compute_dtype)
             self.master = self.params
 
     def accumulate(self) -> None:
@@ -100,26 +112,43 @@ class GradSync:
     loss is scaled by the number of processes because FSDP averages.
     """
 
-    def __init__(self, masters: MasterWeights, accelerator: Any, module: Any, fsdp: bool = False) -> None:
+    def __init__(
+        self,
+        masters: MasterWeights,
+        accelerator: Any,
+        module: Any,
+        fsdp: bool = False,
+        scaler: LossScaler | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         self.masters = masters
         self.accelerator = accelerator
         self.module = module
         self.fsdp = fsdp
         self.world = accelerator.num_processes
+        self.scaler = scaler
+        """fp16's dynamic loss scaling (``None`` otherwise): backward scales, :meth:`reduce_and_clip` unscales."""
+        self.optimizer = optimizer
 
     def backward(self, loss: torch.Tensor, scale: float, last: bool) -> None:
+        loss = loss * scale
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
         if self.fsdp:
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.module)
             with sync:
-                self.accelerator.backward(loss * (scale * self.world))
+                self.accelerator.backward(loss * self.world)
             return
-        (loss * scale).backward()
+        loss.backward()
         self.masters.accumulate()
 
     def reduce_and_clip(self, max_norm: float | None) -> float:
-        """Sum gradients over processes (once per step), clip to ``max_norm``; return the norm before clipping."""
+        """Sum gradients over processes (once per step), unscale them (fp16), clip to ``max_norm``; return the norm
+        before clipping (inf or NaN when fp16 gradients overflowed)."""
         limit = max_norm if max_norm is not None else math.inf
         if self.fsdp:
+            if self.scaler is not None and self.optimizer is not None:
+                self.scaler.unscale(self.optimizer)
             return float(self.accelerator.clip_grad_norm_(self.module.parameters(), limit))
         masters = self.masters.master
         if self.world > 1 and distributed():
@@ -127,10 +156,19 @@ class GradSync:
                 if m.grad is None:
                     m.grad = torch.zeros_like(m)
             all_reduce_sum([m.grad for m in masters])
+        if self.scaler is not None and self.optimizer is not None:
+            self.scaler.unscale(self.optimizer)  # after the sum (one check for all processes), before clipping
         with_grad = [m for m in masters if m.grad is not None]
         if not with_grad:
             return 0.0
         return float(torch.nn.utils.clip_grad_norm_(with_grad, limit))
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Update the weights; with loss scaling, skip a step whose gradients overflowed. True if skipped."""
+        if self.scaler is not None:
+            return self.scaler.step(optimizer)
+        optimizer.step()
+        return False
 
     def zero_grad(self) -> None:
         self.masters.zero_grad()
