@@ -64,7 +64,6 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ForgettingMonitor",
-    "HistoryWriter",
     "Observer",
     "ProgressObserver",
     "PromptTemplate",

@@ -285,9 +285,12 @@ def _install() -> None:
 
 def _uninstall() -> None:
     for logger, capture in _SAVED.pop("loggers", []):
-        if logger.handlers == [capture]:  # nobody else changed them meanwhile
-            logger.handlers = capture.original_handlers
-            logger.propagate = capture.original_propagate
+        if capture not in logger.handlers:
+            continue  # someone replaced the handlers meanwhile (e.g. logging.basicConfig(force=True)): theirs stay
+        # handlers added while the scope was on (a panel's log area, a user's) stay; the capture goes
+        added = [h for h in logger.handlers if h is not capture and h not in capture.original_handlers]
+        logger.handlers = [*capture.original_handlers, *added]
+        logger.propagate = capture.original_propagate
     if warnings.showwarning is _showwarning:
         warnings.showwarning = _SAVED.get("showwarning", warnings._showwarning_orig)  # type: ignore[attr-defined]
     _SAVED.pop("showwarning", None)

@@ -921,7 +921,7 @@ for kwargs, says in [
     ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
     ({"warmup_steps": 5, "warmup_ratio": 0.1}, r"set only one of them"),
     ({"schedule": "exponential"}, r"schedule must be one of"),
-    ({"precision": "fp16"}, r"'auto' picks bf16"),
+    ({"precision": "fp8"}, r"'auto' picks bf16"),
     ({"max_grad_norm": 0}, r"None to turn clipping off"),
     ({"save_every": 0}, r"save_every must be a positive integer or None"),
     ({"save_every_minutes": -1}, r"save_every_minutes must be > 0 or None"),

@@ -67,6 +67,24 @@ def test_loggers_and_showwarning_are_restored():
     assert after == before
 
 
+def test_a_handler_added_during_the_scope_stays_and_the_logger_is_restored(caplog):
+    """A panel (or the user) adds a handler to "nbft" while a scope is on: after the scope the capture is gone,
+    propagation is back and each record reaches the root's handlers (pytest's caplog) once, not twice."""
+    logger = logging.getLogger("nbft")
+    before, propagate = list(logger.handlers), logger.propagate
+    added = logging.NullHandler()
+    with quiet():
+        logger.addHandler(added)
+    try:
+        assert logger.handlers == [*before, added]
+        assert logger.propagate == propagate
+        caplog.set_level(logging.INFO, logger="nbft")
+        logging.getLogger("nbft.data").info("once")
+        assert [r.getMessage() for r in caplog.records if r.name == "nbft.data"] == ["once"]
+    finally:
+        logger.removeHandler(added)
+
+
 def test_progress_bars_are_off_until_the_last_scope_ends_even_across_threads():
     assert _bars_enabled() == (True, True)
     outer = quiet().start()
