@@ -49,9 +49,10 @@ def test_scores_every_task_at_step_0_every_n_and_the_end(tmp_path):
     assert "share" not in rows[0] and all(0 < r["share"] < 1 for r in rows[1:])
     assert rows[-1]["monitor_s"] == pytest.approx(sum(mon.point_seconds))
     assert run.summary["monitor_s"] >= rows[-1]["monitor_s"] and run.summary["monitor_s"] < run.summary["wall_s"]
-    # a checkpoint at every point but the final one (the completed run's model is saved in model/)
+    # the monitor asks for a checkpoint at every point but the final one, which the completed run writes itself
+    # (so that resume(more_steps=N) continues exactly)
     assert [r.get("save_checkpoint") for r in rows] == [None, True, True, False]
-    assert [p.name for p in run.checkpoints] == ["step-000002", "step-000004"]
+    assert [p.name for p in run.checkpoints] == ["step-000002", "step-000004", "step-000005"]
 
 
 class Scripted:
@@ -100,14 +101,14 @@ def test_best_checkpoint_within_the_forgetting_budget_and_retention_keeps_it(tmp
     )
     model, tok = tiny_random("llama")
     mon = ForgettingMonitor(["sentiment", "qa"], every=2, n=2, max_drop=0.2)
-    cfg = TrainConfig(max_steps=8, batch_size=4, keep_last=1, **FP32)
+    cfg = TrainConfig(max_steps=8, batch_size=4, keep_last=2, **FP32)
     run = finetune(model, tok, records(), config=cfg, run_dir=tmp_path / "r", observers=[mon])
     rows = _rows(run)
     assert [r["best_step"] for r in rows] == [None, 2, 2, 2, 2]
     assert [r["worst_drop"] for r in rows] == pytest.approx([0.0, 0.1, 0.36, 0.6, 0.8])
     assert protected_steps(run.history) == {2}
-    # keep_last=1 keeps the newest checkpoint (step 6) and the monitor's best one (step 2)
-    assert [p.name for p in run.checkpoints] == ["step-000002", "step-000006"]
+    # keep_last=2 keeps the newest two (step 6 and the final one, step 8) and the monitor's best one (step 2)
+    assert [p.name for p in run.checkpoints] == ["step-000002", "step-000006", "step-000008"]
     assert run.best_checkpoint().name == "step-000002"  # the monitor's own budget, 20%
     assert run.best_checkpoint(max_drop=0.65).name == "step-000006"
     assert run.best_checkpoint(max_drop=1.0) == tmp_path / "r" / "model"  # the last point: the final model

@@ -21,7 +21,8 @@ import time
 from nbft.models import tiny_random
 from nbft.train import TrainConfig, finetune
 
-class HangAt:  # busy in step {HANG_AT} when killed: step {HANG_AT - 1} is recorded, the last checkpoint is older
+class HangAt:  # hangs in an observer of step {HANG_AT}: the history line of step {HANG_AT} is written first (the
+    # history writer runs before user observers), the last checkpoint is older
     def on_step(self, state):
         if state.step == {HANG_AT}:
             time.sleep(600)
@@ -79,9 +80,9 @@ def test_kill_the_kernel_mid_run_then_find_and_resume_the_run_from_a_panel(tmp_p
         _run(kc, TRAIN)
         deadline = time.monotonic() + 180
         history = run_dir / "history.jsonl"
-        while True:  # wait until step HANG_AT - 1 is recorded: the run then hangs in step HANG_AT
+        while True:  # wait until step HANG_AT is recorded: the run then hangs in an observer of that step
             steps = [json.loads(ln).get("step") for ln in history.read_text().splitlines()] if history.exists() else []
-            if HANG_AT - 1 in steps:
+            if HANG_AT in steps:
                 break
             assert time.monotonic() < deadline, "the background run did not reach the step where it hangs"
             time.sleep(0.2)
@@ -100,9 +101,9 @@ def test_kill_the_kernel_mid_run_then_find_and_resume_the_run_from_a_panel(tmp_p
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     (found,) = result["found"]
-    assert found["status"] == "interrupted" and found["resumable"] and found["step"] == HANG_AT - 1
+    assert found["status"] == "interrupted" and found["resumable"] and found["step"] == HANG_AT
     assert found["checkpoint"] == 6, "the newest autosave before the kill"
-    assert result["before"] == list(range(1, HANG_AT)), "the panel shows the curve up to the kill"
+    assert result["before"] == list(range(1, HANG_AT + 1)), "the panel shows the curve up to the kill"
     assert result["status"] == "completed"
     assert result["after"] == list(range(1, TOTAL + 1)), "the whole curve: from step 1, not from the resume step"
     assert [label for _, label in result["markers"]] == ["last checkpoint · resumed"]

@@ -92,10 +92,10 @@ def best_checkpoint(
     for p in fits:
         step = int(p["step"])
         path = checkpoint_dir(run_dir, step)
-        if path.is_dir():
+        if step == final and (run_dir / "model" / "config.json").exists():
+            chosen = run_dir / "model"  # the completed run's saved model (its final checkpoint holds the same weights)
+        elif path.is_dir():
             chosen = path
-        elif step == final and (run_dir / "model" / "config.json").exists():
-            chosen = run_dir / "model"
         else:
             continue
         if p is not fits[0]:
