@@ -125,7 +125,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.run_dirs import runs
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (
-        HistoryWriter,
+        HistoryWriter as HistoryWriter,
+    )
+    from nbft.train import (
         Observer,
         ProgressObserver,
         Run,

@@ -674,11 +674,12 @@ class DatasetBuilder(widgets.VBox):
 
     def close(self) -> None:
         """Close the builder and let go of its data (the built dataset, the loaded sources)."""
-        if self._timer is not None:
+        if getattr(self, "_timer", None) is not None:  # a constructor that refused its arguments set none
             self._timer.cancel()
         close_tree(self)
         self.dataset = self._preview_data = self.source = None
-        self._cache.clear()
+        if getattr(self, "_cache", None) is not None:
+            self._cache.clear()
         super().close()
 
     def static_html(self) -> str:

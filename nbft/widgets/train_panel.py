@@ -309,7 +309,8 @@ class TrainPanel(widgets.VBox):
 
     @property
     def running(self) -> bool:
-        return self.run is not None and not self.run.done
+        run = getattr(self, "run", None)  # None too when the constructor refused its arguments (then __del__ closes)
+        return run is not None and not run.done
 
     def train(self) -> Any:
         """Start a new run in the background (what the Train button does) and return its ``Run``."""
