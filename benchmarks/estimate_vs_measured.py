@@ -118,6 +118,7 @@ def worker(name: str, gpu: bool, steps: int, tiny: bool = False) -> None:
         "config": name, "predicted_gib": est.peak_bytes / 2**30, "measured_gib": measured / 2**30,
         "ratio": est.peak_bytes / measured, "predicted_step_s": est.step_seconds, "measured_step_s": step_s,
         "parts_gib": {k: round(v / 2**30, 3) for k, v in est.memory.items()},
+        "notes": est.notes,
     }), flush=True)  # fmt: skip
 
 
@@ -155,6 +156,8 @@ def main() -> None:
             f"(x{r['ratio']:.2f}); {step}",
             flush=True,
         )
+        for note in r.get("notes", []):
+            print(f"{'':<20} note: {note}", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
