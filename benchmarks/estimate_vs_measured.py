@@ -8,6 +8,7 @@ of every step and grows past the live memory. On CUDA, ``torch.cuda.max_memory_a
 
     python benchmarks/estimate_vs_measured.py            # CPU, a 23M-parameter Llama, ~2 minutes
     python benchmarks/estimate_vs_measured.py --gpu      # CUDA, the Qwen2.5-0.5B shape
+    python benchmarks/estimate_vs_measured.py --tiny --steps 2 --only bf16   # smoke run, a few seconds
     python benchmarks/estimate_vs_measured.py --json out.json
 """
 
@@ -42,11 +43,17 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def make(gpu: bool):
+def make(gpu: bool, tiny: bool = False):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
+    if tiny:  # a smoke run of the script itself: its numbers are dominated by the libraries
+        cfg = LlamaConfig(
+            hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=2048, tie_word_embeddings=True, attn_implementation="sdpa",
+        )  # fmt: skip
+        return LlamaForCausalLM(cfg)
     if gpu:
         cfg = Qwen2Config(
             hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -72,7 +79,7 @@ def data(vocab: int, n: int, seed: int = 0) -> list[dict[str, list[int]]]:
     return out
 
 
-def worker(name: str, gpu: bool, steps: int) -> None:
+def worker(name: str, gpu: bool, steps: int, tiny: bool = False) -> None:
     import tempfile
 
     import torch
@@ -81,14 +88,14 @@ def worker(name: str, gpu: bool, steps: int) -> None:
     from nbft.train import finetune
 
     # Load every library a run touches before the baseline, with a throwaway run of a tiny model.
-    tiny, _ = nbft.tiny_random()
+    warm, _ = nbft.tiny_random()
     with tempfile.TemporaryDirectory() as tmp:
-        finetune(tiny, None, data(tiny.config.vocab_size, 4), config=nbft.TrainConfig(max_steps=1, batch_size=2,
+        finetune(warm, None, data(warm.config.vocab_size, 4), config=nbft.TrainConfig(max_steps=1, batch_size=2,
                  **CONFIGS[name]), run_dir=Path(tmp) / "warm")  # fmt: skip
-    del tiny
-    batch = 56 if gpu else 8
+    del warm
+    batch = 56 if gpu else 4 if tiny else 8
     cfg = nbft.TrainConfig(max_steps=steps, batch_size=batch, learning_rate=1e-4, max_length=512, **CONFIGS[name])
-    model = make(gpu)
+    model = make(gpu, tiny)
     # The baseline is the process after building the model, less the model's own weights (which the estimate
     # counts): what building it left behind besides the weights is not training memory.
     base = rss_bytes() - sum(p.numel() * p.element_size() for p in model.parameters())
@@ -111,23 +118,26 @@ def worker(name: str, gpu: bool, steps: int) -> None:
         "config": name, "predicted_gib": est.peak_bytes / 2**30, "measured_gib": measured / 2**30,
         "ratio": est.peak_bytes / measured, "predicted_step_s": est.step_seconds, "measured_step_s": step_s,
         "parts_gib": {k: round(v / 2**30, 3) for k, v in est.memory.items()},
+        "notes": est.notes,
     }), flush=True)  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gpu", action="store_true")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--only", nargs="*", default=list(CONFIGS))
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--gpu", action="store_true", help="CUDA, the Qwen2.5-0.5B shape")
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer Llama: a smoke run of the script (CPU)")
+    ap.add_argument("--steps", type=int, default=3, help="optimizer steps per configuration (default 3)")
+    ap.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS), help="configurations to run")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.gpu, args.steps)
+        worker(args.worker, args.gpu, args.steps, args.tiny)
         return
     results = []
     for name in args.only:
-        cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), *(["--gpu"] if args.gpu else [])]
+        flags = [*(["--gpu"] if args.gpu else []), *(["--tiny"] if args.tiny else [])]
+        cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), *flags]
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -146,6 +156,8 @@ def main() -> None:
             f"(x{r['ratio']:.2f}); {step}",
             flush=True,
         )
+        for note in r.get("notes", []):
+            print(f"{'':<20} note: {note}", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -6,9 +6,29 @@ step, learning rate, schedule and gradient clipping. Each variant runs in its ow
 (process RSS on CPU, ``max_memory_allocated`` on CUDA) is its own.
 
 Variants:
-  nbft       nbft.finetune: packing, LM head + cross-entropy on completion tokens only, bf16 autocast where native
-  competent  Trainer, bf16 autocast where supported, dynamic padding, default optimizer
-  naive      Trainer, fp32, every batch padded to max_length (as many tutorials do)
+  nbft          nbft.finetune: packing, LM head + cross-entropy on completion tokens only, bf16 compute with fp32
+                master weights where bf16 is native, TrainConfig(kernels="auto")
+  nbft-compile  the same with kernels="compile" (torch.compile of every decoder layer)   } with --kernels, or
+  nbft-eager    the same with kernels="none" (plain eager PyTorch)                        } by name in --only
+  competent     Trainer, bf16 autocast where supported, dynamic padding, batch 8 (GPU) / the mode's batch (CPU):
+                the notebook Trainer
+  best          the best Trainer setup found: pure bf16 weights (model cast to bf16, no autocast), group_by_length
+                sampling, batch 32 in the issue; here the mode's examples per optimizer step in as few micro-batches
+                as divide it (GPU: 2 x 28 = 56; CPU: all of them in one), so every variant sees equal tokens per
+                step. Runs in bf16 where the hardware has native bf16, else it is the same as competent minus amp.
+  best-liger    best with the Trainer's own use_liger_kernel=True; only on CUDA with liger_kernel importable
+                (otherwise the driver prints that it was skipped and why)
+  naive         Trainer, fp32, every batch padded to max_length (as many tutorials do)
+
+Every variant uses the same learning rate (linear decay, no warm-up), clipping and seed. The driver prints each
+nbft variant's tokens/s and peak-memory ratio against every baseline, and whether its final train loss (mean of the
+last 3 steps) is within 2% of that baseline's (only when both ran the same number of steps).
+
+What TrainConfig(kernels="auto") does (nbft/train/kernels.py): Liger on CUDA when liger_kernel is installed; else
+torch.compile of the decoder layers for models of 50M parameters or more (not with activation checkpointing);
+else none. So on CPU (Liger is CUDA-only) ``--quick`` (a ~7M-parameter model) runs eager, and the default CPU mode
+(135M) and ``--gpu`` without Liger compile. nbft-compile / nbft-eager pin each path; the result rows say which path
+ran (a compile that fails its check falls back to eager with a logged message).
 
 Modes:
   --quick    a tiny Llama (vocab 49152) for a smoke run in about a minute
@@ -21,12 +41,14 @@ Only torch, transformers and accelerate are needed (no ``datasets`` import on an
     python benchmarks/train_throughput.py            # CPU, ~8 minutes on 2 cores
     python benchmarks/train_throughput.py --quick
     python benchmarks/train_throughput.py --gpu      # one command, < 5 minutes on an H100/H200
+    python benchmarks/train_throughput.py --quick --kernels --only nbft-compile nbft-eager
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -51,7 +73,7 @@ MODES = {
         },
         "batch": 4,
         "accum": 1,
-        "steps": {"nbft": 8, "competent": 8, "naive": 8},
+        "steps": {"nbft": 8, "competent": 8, "best": 8, "best-liger": 8, "naive": 8},
         "skip": 2,
         "prompt": (100, 400),
         "completion": (15, 60),
@@ -69,7 +91,8 @@ MODES = {
         },
         "batch": 4,
         "accum": 1,
-        "steps": {"nbft": 6, "competent": 6, "naive": 4},  # naive is slowest: fewer steps, loss not comparable
+        # naive is slowest: fewer steps, loss not comparable
+        "steps": {"nbft": 6, "competent": 6, "best": 6, "best-liger": 6, "naive": 4},
         "skip": 2,
         "prompt": (100, 400),
         "completion": (15, 60),
@@ -91,7 +114,10 @@ MODES = {
         "accum": 7,
         "nbft_batch": 56,
         "nbft_accum": 1,
-        "steps": {"nbft": 24, "competent": 8, "naive": 0},
+        # The best Trainer setup ran batch 32 in the issue; 28 x 2 keeps the same 56 examples per step.
+        "best_batch": 28,
+        "best_accum": 2,
+        "steps": {"nbft": 24, "competent": 8, "best": 8, "best-liger": 8, "naive": 0},
         "skip": 4,
         "prompt": (100, 400),
         "completion": (15, 60),
@@ -100,6 +126,29 @@ MODES = {
     },
 }
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+NBFT_KERNELS = {"nbft": "auto", "nbft-compile": "compile", "nbft-eager": "none"}
+BASELINES = ("competent", "best", "best-liger", "naive")
+
+
+def steps_for(spec: dict, variant: str) -> int:
+    return spec["steps"].get(variant, spec["steps"]["nbft"] if variant in NBFT_KERNELS else 0)
+
+
+def liger_problem() -> str | None:
+    """Why best-liger cannot run here, or None."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (Liger's kernels are Triton, CUDA only)"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger_kernel is not installed (pip install liger-kernel)"
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception as exc:  # a Triton that does not load
+        return f"liger_kernel does not import ({type(exc).__name__}: {exc})"
+    return None
 
 
 def make_model(mode: str):
@@ -167,7 +216,7 @@ def heldout_loss(model, examples, device) -> float:
     return total / count
 
 
-def run_nbft(mode: str, train, heldout, steps: int) -> dict:
+def run_nbft(mode: str, train, heldout, steps: int, variant: str = "nbft") -> dict:
     from nbft.config import TrainConfig
     from nbft.train import finetune
 
@@ -176,9 +225,11 @@ def run_nbft(mode: str, train, heldout, steps: int) -> dict:
     times: list[float] = []
     tokens: list[int] = []
     losses: list[float] = []
+    began: dict = {}
 
     class Timer:
         def on_train_begin(self, info):
+            began.update(info)
             times.append(time.perf_counter())
 
         def on_step(self, state):
@@ -196,13 +247,14 @@ def run_nbft(mode: str, train, heldout, steps: int) -> dict:
         precision="auto",
         packing=True,
         max_length=spec["max_length"],
+        kernels=NBFT_KERNELS[variant],
     )
     with tempfile.TemporaryDirectory() as tmp:
         run = finetune(model, None, train, config=cfg, observers=[Timer()], run_dir=Path(tmp) / "run")
     device = next(model.parameters()).device
     assert run.status == "completed", run
     return finish(
-        "nbft",
+        variant,
         times,
         tokens,
         losses,
@@ -210,7 +262,10 @@ def run_nbft(mode: str, train, heldout, steps: int) -> dict:
         heldout,
         device,
         spec,
-        extra={"precision": "bf16" if _bf16(device) else "fp32"},
+        extra={
+            "precision": began.get("precision") or ("bf16" if _bf16(device) else "fp32"),
+            "kernels": began.get("kernels"),
+        },
     )
 
 
@@ -228,7 +283,15 @@ def run_trainer(mode: str, train, heldout, steps: int, variant: str) -> dict:
     model = make_model(mode)
     cuda = torch.cuda.is_available()
     naive = variant == "naive"
+    best = variant in ("best", "best-liger")
     bf16 = not naive and (torch.cuda.is_bf16_supported() if cuda else _cpu_bf16())
+    batch, accum = spec["batch"], spec["accum"]
+    if best:
+        # Equal examples (and so, on average, tokens) per optimizer step as every other variant.
+        batch, accum = spec.get("best_batch", batch * accum), spec.get("best_accum", 1)
+        if bf16:
+            model = model.to(torch.bfloat16)  # pure bf16 weights: no autocast, no fp32 copy
+    amp = bf16 and not best
     times: list[float] = []
     tokens: list[int] = []
     losses: list[float] = []
@@ -258,18 +321,25 @@ def run_trainer(mode: str, train, heldout, steps: int, variant: str) -> dict:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
+    sampling = {}
+    if best:  # transformers 5.x names it train_sampling_strategy; 4.x had group_by_length=True
+        names = {f.name for f in dataclasses.fields(TrainingArguments)}
+        key = "train_sampling_strategy" if "train_sampling_strategy" in names else "group_by_length"
+        sampling = {key: "group_by_length" if key == "train_sampling_strategy" else True}
+    if variant == "best-liger":
+        sampling["use_liger_kernel"] = True
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp,
             max_steps=steps,
-            per_device_train_batch_size=spec["batch"],
-            gradient_accumulation_steps=spec["accum"],
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accum,
             learning_rate=spec["lr"],
             lr_scheduler_type="linear",
             warmup_steps=0,
             weight_decay=0.0,
             max_grad_norm=1.0,
-            bf16=bf16,
+            bf16=amp,
             use_cpu=not cuda,
             logging_steps=1,
             save_strategy="no",
@@ -278,11 +348,22 @@ def run_trainer(mode: str, train, heldout, steps: int, variant: str) -> dict:
             seed=0,
             remove_unused_columns=False,
             dataloader_num_workers=0,
+            **sampling,
         )
         Trainer(model=model, args=args, train_dataset=train, data_collator=collate, callbacks=[Timer()]).train()
     device = next(model.parameters()).device
+    model = model.float()  # the held-out loss is computed in fp32 for every variant
+    precision = ("pure bf16" if best else "bf16 amp") if bf16 else "fp32"
     return finish(
-        variant, times, tokens, losses, model, heldout, device, spec, extra={"precision": "bf16" if bf16 else "fp32"}
+        variant,
+        times,
+        tokens,
+        losses,
+        model,
+        heldout,
+        device,
+        spec,
+        extra={"precision": precision, "batch": f"{accum} x {batch}"},
     )
 
 
@@ -317,8 +398,8 @@ def worker(mode: str, variant: str, steps: int) -> None:
     torch.manual_seed(0)
     examples = make_examples(mode, 400)
     heldout = make_examples(mode, 8, seed=99)
-    if variant == "nbft":
-        result = run_nbft(mode, examples, heldout, steps)
+    if variant in NBFT_KERNELS:
+        result = run_nbft(mode, examples, heldout, steps, variant)
     else:
         result = run_trainer(mode, examples, heldout, steps, variant)
     print("RESULT " + json.dumps(result), flush=True)
@@ -384,7 +465,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, about a minute")
     parser.add_argument("--gpu", action="store_true", help="Qwen2.5-0.5B shape on CUDA with MFU")
-    parser.add_argument("--only", nargs="*", default=None, help="variants to run (nbft competent naive)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        choices=[*NBFT_KERNELS, *BASELINES],
+        help="variants to run (default: nbft competent best best-liger naive, as the mode has steps for)",
+    )
+    parser.add_argument(
+        "--kernels", action="store_true", help="also run nbft-compile and nbft-eager (kernels='compile' / 'none')"
+    )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default per mode)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--ab", type=int, default=0, metavar="REPS", help="interleaved forward+backward A/B only")
@@ -399,11 +489,16 @@ def main() -> None:
         interleaved_ab(mode, args.ab)
         return
     spec = MODES[mode]
-    variants = args.only or [v for v, n in spec["steps"].items() if n]
+    variants = list(args.only or [v for v, n in spec["steps"].items() if n])
+    if args.kernels:
+        variants[1:1] = [v for v in ("nbft-compile", "nbft-eager") if v not in variants]
+    if "best-liger" in variants and (why := liger_problem()) is not None:
+        print(f"  best-liger skipped: {why}", flush=True)
+        variants.remove("best-liger")
     results = []
     started = time.time()
     for variant in variants:
-        steps = args.steps or spec["steps"][variant]
+        steps = args.steps or steps_for(spec, variant)
         cmd = [sys.executable, __file__, "--worker", mode, variant, "--steps", str(steps)]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
         t0 = time.time()
@@ -415,7 +510,7 @@ def main() -> None:
         result = json.loads(line[-1][len("RESULT ") :])
         result["wall_s"] = time.time() - t0
         results.append(result)
-        print(f"  {variant:<10} {result['tokens_per_s']:>9.0f} tok/s  ({result['wall_s']:.0f} s)", flush=True)
+        print(f"  {variant:<12} {result['tokens_per_s']:>9.0f} tok/s  ({result['wall_s']:.0f} s)", flush=True)
 
     report(mode, results, time.time() - started)
     if args.json:
@@ -438,31 +533,38 @@ def report(mode: str, results: list[dict], wall: float) -> None:
         f"torch={torch.__version__} transformers={transformers.__version__} accelerate={accelerate.__version__}  "
         f"date={time.strftime('%Y-%m-%d')}  total {wall:.0f} s"
     )
-    head = "| variant | precision | steps | real tok/s | peak MiB | train loss (last 3) | held-out loss |"
+    head = (
+        "| variant | precision | kernels / batch | steps | real tok/s | peak MiB | train loss (last 3) "
+        "| held-out loss |"
+    )
     extra = " MFU |" if peak else ""
     print(head + extra)
-    print("|---|---|---|---|---|---|---|" + ("---|" if peak else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if peak else ""))
     for r in results:
         mfu = f" {100 * 6 * r['params'] * r['tokens_per_s'] / peak:.1f}% |" if peak else ""
+        how = r.get("kernels") or r.get("batch") or ""
         print(
-            f"| {r['variant']} | {r['precision']} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | "
-            f"{r['loss_last3']:.4f} | {r['heldout_loss']:.4f} |{mfu}"
+            f"| {r['variant']} | {r['precision']} | {how} | {r['steps']} | {r['tokens_per_s']:.0f} | "
+            f"{r['peak_mb']:.0f} | {r['loss_last3']:.4f} | {r['heldout_loss']:.4f} |{mfu}"
         )
-    if "nbft" in by:
-        n = by["nbft"]
-        for base in ("competent", "naive"):
-            if base in by:
-                b = by[base]
-                losses = (
-                    f"held-out loss {100 * (n['heldout_loss'] / b['heldout_loss'] - 1):+.2f}%, "
-                    f"train loss {100 * (n['loss_last3'] / b['loss_last3'] - 1):+.2f}%"
-                    if n["steps"] == b["steps"]
-                    else f"losses not comparable ({n['steps']} vs {b['steps']} steps)"
-                )
-                print(
-                    f"nbft / {base}: speed {n['tokens_per_s'] / b['tokens_per_s']:.2f}x, "
-                    f"peak memory {n['peak_mb'] / b['peak_mb']:.2f}x, {losses}"
-                )
+    ours = [v for v in NBFT_KERNELS if v in by]
+    pairs = [(v, base) for v in ours for base in BASELINES if base in by]
+    if "nbft-compile" in by and "nbft-eager" in by:
+        pairs.append(("nbft-compile", "nbft-eager"))
+    for name, base in pairs:
+        n, b = by[name], by[base]
+        if n["steps"] == b["steps"]:
+            train = 100 * (n["loss_last3"] / b["loss_last3"] - 1)
+            losses = (
+                f"train loss {train:+.2f}% ({'within' if abs(train) <= 2 else 'NOT within'} 2%), "
+                f"held-out loss {100 * (n['heldout_loss'] / b['heldout_loss'] - 1):+.2f}%"
+            )
+        else:
+            losses = f"losses not comparable ({n['steps']} vs {b['steps']} steps)"
+        print(
+            f"{name} / {base}: speed {n['tokens_per_s'] / b['tokens_per_s']:.2f}x, "
+            f"peak memory {n['peak_mb'] / b['peak_mb']:.2f}x, {losses}"
+        )
 
 
 if __name__ == "__main__":

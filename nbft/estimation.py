@@ -57,6 +57,9 @@ class Estimate:
     suggestions: list[dict[str, Any]]
     """Alternatives (changed ``TrainConfig`` fields, ``peak_gib``, ``step_s``, ``fits``), fastest fitting first."""
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What the run will do differently from what the config asks (a memory mode whose library is missing falls
+    back to fp32 masters + AdamW, as ``finetune`` does): the prediction is for what will run."""
 
     @property
     def fits(self) -> bool | None:
@@ -78,9 +81,11 @@ class Estimate:
             lines.append(f"{verdict} in {self.available_bytes / GIB:.1f} GiB available")
         if self.step_seconds is not None:
             lines.append(f"~{self.step_seconds:.2f} s per optimizer step ({self.step_flops / 1e12:.2f} TFLOP)")
+        lines.extend(f"note: {note}" for note in self.notes)
         best = next((s for s in self.suggestions if s["fits"]), None)
         if best is not None and best["changes"]:
-            lines.append(f"suggested: {best['changes']} (~{best['peak_gib']:.2f} GiB, ~{best['step_s']:.2f} s/step)")
+            step = f", ~{best['step_s']:.2f} s/step" if best["step_s"] == best["step_s"] else ""  # NaN: no rate
+            lines.append(f"suggested: {best['changes']} (~{best['peak_gib']:.2f} GiB{step})")
         return "\n".join(lines)
 
 
@@ -97,36 +102,59 @@ def estimate(
 
     ``data`` (optional, as ``finetune`` takes it) gives the real micro-batch sizes; without it a micro-batch is
     taken as ``batch_size`` examples of ``max_length`` tokens (an upper bound). ``device`` defaults to the one
-    training would use (CUDA when available).
+    training would use (CUDA when available). A memory mode whose library is missing (``master_weights=False``
+    without torchao, ``optimizer="adamw-8bit"`` without a working bitsandbytes) is predicted as the fallback the
+    run takes, and ``notes`` says so. Each suggestion is predicted exactly as ``estimate`` would predict the config
+    with its ``changes`` applied.
 
     Example:
-        >>> est = estimate(model, TrainConfig(batch_size=8), data=train)  # doctest: +SKIP
-        >>> est.fits, est.suggestions[0]  # doctest: +SKIP
+        >>> from nbft.models import tiny_random
+        >>> model, tok = tiny_random()
+        >>> est = estimate(model, TrainConfig(batch_size=4, max_length=128, precision="fp32"), device="cpu")
+        >>> est.memory["weights"] == 4 * est.parameters  # fp32 weights: 4 bytes per parameter
+        True
+        >>> est.fits, est.suggestions[0]["changes"]  # doctest: +SKIP
+        (True, {})
+        >>> print(est.summary())  # doctest: +SKIP
     """
+    from nbft.train.loop import _check_arguments, _check_flag
     from nbft.train.precision import precision_name, resolve_precision
 
-    cfg = config if config is not None else TrainConfig()
-    dev = torch.device(device) if device is not None else _default_device()
+    cfg = _check_arguments(model, config, [], background=False, overwrite=False)
+    _check_flag("measure_rate", measure_rate)
+    dev = _device(device) if device is not None else _default_device()
     compute = resolve_precision(cfg.precision, dev) or torch.float32
     params = _unique_parameters(model)
     n = sum(p.numel() for p in params)
-    tokens, labels, lengths = _micro_batch_tokens(model, cfg, data, tokenizer)
+    micro_batches = _MicroBatches(model, data, tokenizer)
     per_token = _activation_bytes_per_token(model, compute)
     rate = _matmul_rate(model, compute, dev) if measure_rate else None
     available = _available_bytes(dev, model)
+    plans: dict[tuple[str, bool], Any] = {}
 
-    def predict(c: TrainConfig) -> tuple[dict[str, int], int, float, float | None]:
-        memory = _memory(model, params, c, compute, dev, tokens, labels, per_token)
+    def predict(c: TrainConfig) -> tuple[dict[str, int], int, float, float | None, str | None]:
+        from nbft.train.memory import plan_optimizer
+
+        # What the engine will run: the micro-batches of this config, and the optimizer it falls back to.
+        tokens, labels, lengths = micro_batches(c)
+        key = (c.optimizer, not c.master_weights and compute == torch.bfloat16)
+        if key not in plans:
+            plans[key] = plan_optimizer(c.optimizer, key[1], dev)
+        plan = plans[key]
+        memory = _memory(model, params, c, plan, compute, dev, tokens, labels, per_token)
         peak = _peak(memory, c, n, compute)
         flops = _step_flops(model, n, c, tokens, labels, lengths)
         seconds = flops / (rate * EFFICIENCY.get(dev.type, 0.45)) if rate else None
-        return memory, peak, flops, seconds
+        return memory, peak, flops, seconds, plan.note
 
-    memory, peak, flops, seconds = predict(cfg)
+    memory, peak, flops, seconds, note = predict(cfg)
+    tokens = micro_batches(cfg)[0]
     suggestions = []
     for changes in _alternatives(cfg, compute):
         c = dataclasses.replace(cfg, **changes)
-        _, p, _, s = predict(c)
+        _, p, _, s, alt_note = predict(c)
+        if changes and alt_note is not None and alt_note != note:
+            continue  # its library cannot run here: the run would not change
         fits = available is None or p <= 0.9 * available
         step = s if s is not None else math.nan
         suggestions.append({"changes": changes, "peak_gib": p / GIB, "step_s": step, "fits": fits})
@@ -152,20 +180,21 @@ def estimate(
         step_seconds=seconds,
         suggestions=suggestions,
         config=dataclasses.asdict(cfg),
+        notes=[note] if note else [],
     )
 
 
 # ------------------------------------------------------------------------------------------------------- memory
 
 
-def _memory(model, params, cfg, compute, device, tokens, labels, per_token) -> dict[str, int]:
+def _memory(model, params, cfg, plan, compute, device, tokens, labels, per_token) -> dict[str, int]:
     from nbft.train.loss import chunk_rows_for
 
     c = _bytes(compute)
     n = sum(p.numel() for p in params)
-    pure = not cfg.master_weights and compute == torch.bfloat16
+    pure = plan.pure_bf16
     masters = compute != torch.float32 and not pure
-    if cfg.optimizer == "adamw-8bit":
+    if plan.name == "adamw-8bit":
         big = sum(p.numel() for p in params if p.numel() >= 4096)
         optimizer = 2 * big + 8 * (n - big)  # bitsandbytes keeps small tensors in fp32
     else:
@@ -310,15 +339,33 @@ def _alternatives(cfg: TrainConfig, compute: torch.dtype) -> list[dict[str, Any]
     return options
 
 
-def _micro_batch_tokens(model: Any, cfg: TrainConfig, data: Any, tokenizer: Any) -> tuple[int, int, list[int]]:
+class _MicroBatches:
+    """(real tokens, labelled tokens, example lengths) of a config's largest micro-batch; the data are tokenized
+    once per ``max_length``."""
+
+    def __init__(self, model: Any, data: Any, tokenizer: Any) -> None:
+        self.model, self.data, self.tokenizer = model, data, tokenizer
+        self.examples: dict[int, Any] = {}
+
+    def __call__(self, cfg: TrainConfig) -> tuple[int, int, list[int]]:
+        if self.data is not None and cfg.max_length not in self.examples:
+            from nbft.train.batching import as_examples
+
+            kind = "seq2seq" if getattr(self.model.config, "is_encoder_decoder", False) else "causal"
+            self.examples[cfg.max_length] = as_examples(
+                self.data, kind=kind, tokenizer=self.tokenizer, max_length=cfg.max_length
+            )
+        return _micro_batch_tokens(self.model, cfg, self.examples.get(cfg.max_length))
+
+
+def _micro_batch_tokens(model: Any, cfg: TrainConfig, examples: Any) -> tuple[int, int, list[int]]:
     """(real tokens, labelled tokens, example lengths) of the largest micro-batch."""
-    if data is None:
+    if examples is None:
         lengths = [cfg.max_length] * cfg.batch_size
         return sum(lengths), sum(lengths) // 4, lengths
-    from nbft.train.batching import StepPlan, as_examples
+    from nbft.train.batching import StepPlan
 
     kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal"
-    examples = as_examples(data, kind=kind, tokenizer=tokenizer, max_length=cfg.max_length)
     plan = StepPlan(
         examples.lengths,
         seed=cfg.seed,
@@ -364,6 +411,15 @@ def _cgroup_limit() -> int | None:
         except OSError:
             continue
     return None
+
+
+def _device(device: Any) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device {device!r} is not a torch device ({exc}): use e.g. device='cpu' or device='cuda'"
+        ) from None
 
 
 def _default_device() -> torch.device:
