@@ -24,11 +24,11 @@ Every variant uses the same learning rate (linear decay, no warm-up), clipping a
 nbft variant's tokens/s and peak-memory ratio against every baseline, and whether its final train loss (mean of the
 last 3 steps) is within 2% of that baseline's (only when both ran the same number of steps).
 
-What TrainConfig(kernels="auto") does (nbft/train/kernels.py): Liger on CUDA when liger_kernel is installed; else
-torch.compile of the decoder layers for models of 50M parameters or more (not with activation checkpointing);
-else none. So on CPU (Liger is CUDA-only) ``--quick`` (a ~7M-parameter model) runs eager, and the default CPU mode
-(135M) and ``--gpu`` without Liger compile. nbft-compile / nbft-eager pin each path; the result rows say which path
-ran (a compile that fails its check falls back to eager with a logged message).
+What TrainConfig(kernels="auto") does (nbft/train/kernels.py): Liger on CUDA when liger_kernel is installed; else,
+on CUDA, torch.compile of the decoder layers for models of 50M parameters or more (not with activation
+checkpointing); else none. On CPU it never compiles (measured: no faster than eager on 2 cores). nbft-compile /
+nbft-eager pin each path; the result rows say which path ran (a compile that fails its check falls back to eager
+with a logged message).
 
 Modes:
   --quick    a tiny Llama (vocab 49152) for a smoke run in about a minute
@@ -126,7 +126,10 @@ MODES = {
     },
 }
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-NBFT_KERNELS = {"nbft": "auto", "nbft-compile": "compile", "nbft-eager": "none"}
+NBFT_KERNELS = {"nbft": "auto", "nbft-compile": "compile", "nbft-eager": "none", "nbft-pure": "auto"}
+NBFT_EXTRA = {"nbft-pure": {"master_weights": False}}
+"""nbft-pure: pure bf16 weights with torchao's stochastic-rounding AdamW (no fp32 master copy), the memory mode that
+matches the ``best`` Trainer setup's bf16 weights."""
 BASELINES = ("competent", "best", "best-liger", "naive")
 
 
@@ -248,6 +251,7 @@ def run_nbft(mode: str, train, heldout, steps: int, variant: str = "nbft") -> di
         packing=True,
         max_length=spec["max_length"],
         kernels=NBFT_KERNELS[variant],
+        **NBFT_EXTRA.get(variant, {}),
     )
     with tempfile.TemporaryDirectory() as tmp:
         run = finetune(model, None, train, config=cfg, observers=[Timer()], run_dir=Path(tmp) / "run")

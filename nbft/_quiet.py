@@ -40,7 +40,7 @@ __all__ = ["LIBRARY_LOGGERS", "Quiet", "current_scope", "enter", "quiet"]
 Sink = Callable[[str, str], None]
 """``sink(level, text)``: ``level`` is ``"warning"`` or ``"error"``; ``text`` is the message, once."""
 
-LIBRARY_LOGGERS = ("transformers", "datasets", "accelerate", "huggingface_hub", "evaluate", "nbft")
+LIBRARY_LOGGERS = ("transformers", "datasets", "accelerate", "huggingface_hub", "evaluate", "torchao", "nbft")
 """Loggers whose warnings go through the active scope (their child loggers too)."""
 
 _LOCK = threading.RLock()

@@ -239,7 +239,8 @@ class TrainConfig:
     kernels: Literal["auto", "compile", "liger", "none"] = "auto"
     """Fused kernels (:mod:`nbft.train.kernels`): ``"liger"`` (liger-kernel's Triton RMSNorm, rotary, SwiGLU and
     fused linear cross-entropy; CUDA only), ``"compile"`` (``torch.compile`` of each decoder layer), ``"none"``.
-    ``"auto"``: Liger on CUDA when installed, else compile for models of 50M parameters or more, else none. A path
+    ``"auto"``: Liger on CUDA when installed, else compile on CUDA for models of 50M parameters or more, else
+    none (on CPU compiling measured no faster than eager). A path
     that cannot run falls back to the plain one with a logged message."""
     master_weights: bool = True
     """With bf16 compute, keep fp32 master weights for the optimizer. ``False`` (pure bf16, about 40% less memory):

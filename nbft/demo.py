@@ -64,7 +64,7 @@ class DemoSettings:
     max_new_tokens_other: int | None = None
     """A cap on the other tasks' generation budgets (``None``: each task's own, long enough for an answer; the
     tiny smoke run caps it to stay fast)."""
-    monitor_n: int | None = 8
+    monitor_n: int | None = 6
     """Examples per task that a :class:`~nbft.evaluate.monitor.ForgettingMonitor` scores during each fine-tune (from
     the validation splits; ``None``: no monitor). It spaces its points to stay within 15% of the run's time."""
     replay_max_length: int = 384
@@ -162,12 +162,12 @@ def run_demo(
     """Run steps 1-6 of the demo and return what it made.
 
     Args:
-        target: the task to fine-tune on (``"sentiment"``, ``"qa"``, ``"reply"`` or ``"entities"``).
-        steps: optimizer steps (default 150; 6 for ``model="tiny"``).
+        target: the task to fine-tune on (``"sentiment"``, ``"qa"``, ``"reply"``, ``"ner"``, ...: ``list_tasks()``).
+        steps: optimizer steps (default 40; 6 for ``model="tiny"``).
         out_dir: run directory for the report, metrics, loss plot and model (default ``runs/demo-<time>``).
         model: ``None`` (SmolLM2-135M-Instruct, offline fallback), a name or path, a ``(model, tokenizer)`` pair,
             or ``"tiny"`` (a tiny random model, for a fast smoke test).
-        n: test examples of the target task (default 200).
+        n: test examples of the target task (default 100).
         tasks: the other tasks (default ``settings.others``: sentiment, qa, reply, ner, summarize-paper, less the
             target).
         settings: a :class:`DemoSettings` (``steps``/``n`` arguments override it).
@@ -184,6 +184,42 @@ def run_demo(
 
         result = run_demo(model="tiny", out_dir="/tmp/nbft-demo")
     """
+    from nbft._quiet import enter
+
+    scope, owned = enter()  # no library bars (tokenize, save) and each library warning once, as in a notebook
+    try:
+        return _run_demo(
+            target,
+            steps=steps,
+            out_dir=out_dir,
+            model=model,
+            n=n,
+            tasks=tasks,
+            settings=settings,
+            replay=replay,
+            seed=seed,
+            progress=progress,
+            echo=echo,
+        )
+    finally:
+        if owned:
+            scope.stop()
+
+
+def _run_demo(
+    target: str,
+    *,
+    steps: int | None,
+    out_dir: str | Path | None,
+    model: Any,
+    n: int | None,
+    tasks: Sequence[str] | None,
+    settings: DemoSettings | None,
+    replay: Sequence[float],
+    seed: int,
+    progress: bool,
+    echo: Callable[[str], None] | None,
+) -> dict[str, Any]:
     import torch
 
     from nbft.data import tokenize_for_training

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from _train_data import losses, records
 
+import nbft.train.kernels as kernels_module
 from nbft.config import TrainConfig
 from nbft.models import tiny_random
 from nbft.train import finetune
@@ -109,9 +110,15 @@ def test_liger_falls_back_with_a_message_on_cpu_and_when_not_installed(monkeypat
     assert plan.name == "none" and "liger-kernel is not available" in caplog.text
 
 
-def test_auto_kernels_leave_a_tiny_model_plain():
+def test_auto_kernels_never_compile_on_cpu_and_leave_a_tiny_model_plain(monkeypatch):
     model, _ = tiny_random("llama")
+    monkeypatch.setattr(kernels_module, "COMPILE_MIN_PARAMETERS", 1)  # even a model "big enough" stays plain on CPU
     plan = apply_kernels(model, "auto", device=CPU)
+    assert plan.name == "none" and "not compiled on CPU" in plan.note
+    assert all(layer._compiled_call_impl is None for layer in kernels_module.decoder_layers(model))
+    monkeypatch.undo()
+    # on CUDA the size rule decides (the decision is taken before anything touches the device)
+    plan = apply_kernels(model, "auto", device=torch.device("cuda"))
     assert plan.name == "none" and "too small to compile" in plan.note
 
 

@@ -35,7 +35,8 @@ import torch
 logger = logging.getLogger("nbft.train")
 
 COMPILE_MIN_PARAMETERS = 50_000_000
-"""``kernels="auto"`` compiles only models at least this big: below it, compiling costs more than it saves."""
+"""``kernels="auto"`` compiles (on CUDA) only models at least this big: below it, compiling costs more than it
+saves."""
 
 
 @dataclasses.dataclass
@@ -78,6 +79,8 @@ def apply_kernels(
         if plan.note and device.type == "cuda":
             notes.append(plan.note)
     if mode == "auto":
+        if device.type != "cuda":  # measured on 2 CPU cores: no faster than eager, and a minute of compiling
+            return KernelPlan("none", note="; ".join([*notes, "not compiled on CPU (no gain measured there)"]))
         n = sum(p.numel() for p in model.parameters())
         if n < COMPILE_MIN_PARAMETERS:
             return KernelPlan("none", note="; ".join([*notes, f"{n / 1e6:.0f}M parameters: too small to compile"]))
