@@ -171,7 +171,7 @@ def attention_kwargs(implementation: str, bounds: list[int], device: torch.devic
 
 
 @contextlib.contextmanager
-def use_attention(config: Any, implementation: str) -> Iterator[None]:
+def use_attention(config: Any, implementation: str | None) -> Iterator[None]:
     """Switch the model's attention implementation for one forward pass (its own setting is restored after)."""
     previous = config._attn_implementation_internal
     config._attn_implementation_internal = implementation

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from nbft.train.attention import use_attention
+
 logger = logging.getLogger("nbft.train")
 
 
@@ -165,7 +167,7 @@ def enable_activation_checkpointing(model: Any) -> Callable[[], None]:
 
     def context_fn() -> tuple[Any, Any]:
         implementation = config._attn_implementation_internal
-        return contextlib.nullcontext(), _implementation(config, implementation)
+        return contextlib.nullcontext(), use_attention(config, implementation)
 
     kwargs = {"use_reentrant": False, "context_fn": context_fn}
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -179,13 +181,3 @@ def enable_activation_checkpointing(model: Any) -> Callable[[], None]:
                 model.disable_input_require_grads()
 
     return undo
-
-
-@contextlib.contextmanager
-def _implementation(config: Any, implementation: str | None):
-    previous = config._attn_implementation_internal
-    config._attn_implementation_internal = implementation
-    try:
-        yield
-    finally:
-        config._attn_implementation_internal = previous
