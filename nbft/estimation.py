@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import logging
 import math
+import sys
 import time
 from typing import Any
 
@@ -133,11 +134,15 @@ def estimate(
     plans: dict[tuple[str, bool], Any] = {}
 
     def predict(c: TrainConfig) -> tuple[dict[str, int], int, float, float | None, str | None]:
-        from nbft.train.memory import plan_optimizer
+        from nbft.train.memory import OptimizerPlan, plan_optimizer
 
         # What the engine will run: the micro-batches of this config, and the optimizer it falls back to.
         tokens, labels, lengths = micro_batches(c)
         key = (c.optimizer, not c.master_weights and compute == torch.bfloat16)
+        if key not in plans and c is not cfg and key == ("adamw-8bit", False) and "bitsandbytes" not in sys.modules:
+            # a suggestion (offered only where bitsandbytes is installed): not imported just to suggest it, since
+            # importing it keeps nbft.launch from forking on a GPU and costs seconds
+            plans[key] = OptimizerPlan("adamw-8bit", pure_bf16=False)
         if key not in plans:
             plans[key] = plan_optimizer(c.optimizer, key[1], dev)
         plan = plans[key]
@@ -259,7 +264,8 @@ def _saved_bytes(model: Any, compute: torch.dtype, *, layers: int, checkpoint: b
     with torch.device("cpu"):
         probe = type(model)(config).to(compute).train()
     if checkpoint:
-        probe.gradient_checkpointing_enable({"use_reentrant": False})
+        enable = getattr(probe, "activation_checkpointing_enable", None) or probe.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     module = CausalLMLoss(probe, fused=True)
     params = {id(p) for p in probe.parameters()}
     seen: set[int] = set()

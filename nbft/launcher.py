@@ -28,6 +28,7 @@ import os
 import pickle
 import queue as queue_module
 import socket
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -179,6 +180,7 @@ def launch(
 
     if not isinstance(num_processes, int) or num_processes < 1:
         raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
+    _check_device_libraries()
     target = _target(train, args)
     context = multiprocessing.get_context("fork")  # a function defined in a notebook cannot be pickled: fork
     handle = Launch(observers, context)
@@ -194,6 +196,26 @@ def launch(
     handle._listener = threading.Thread(target=handle._listen, name="nbft-launch-events", daemon=True)
     handle._listener.start()
     return handle if background else handle.wait()
+
+
+_DEVICE_LIBRARIES = ("bitsandbytes",)
+"""Libraries that accelerate's notebook launcher refuses to fork after: importing them may initialise a GPU."""
+
+
+def _check_device_libraries() -> None:
+    """With CUDA, a library that may have initialised the GPU before the fork is a clear error here, before any
+    process starts. Without CUDA it cannot have (nbft.estimate and optimizer='adamw-8bit' import bitsandbytes on CPU
+    too), so the launcher process forgets it was imported and the launch goes ahead (see :func:`_launcher`)."""
+    import torch
+
+    imported = [name for name in _DEVICE_LIBRARIES if name in sys.modules]
+    if imported and torch.cuda.is_available():
+        raise RuntimeError(
+            f"{', '.join(imported)} is already imported in this kernel (nbft.estimate or a run with "
+            "optimizer='adamw-8bit' imports it), and on a GPU it may have initialised CUDA, which processes started "
+            "by fork cannot use. Restart the kernel and call nbft.launch before anything imports it, or run the "
+            "config from a terminal: accelerate launch --num_processes N -m nbft train CONFIG"
+        )
 
 
 def _target(train: Any, args: tuple[Any, ...]) -> Callable[[], Any]:
@@ -227,6 +249,8 @@ def _launcher(worker: Callable[[], None], num_processes: int, port: int, events:
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._reset_state()
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        for name in [m for m in sys.modules if m.split(".")[0] in _DEVICE_LIBRARIES]:
+            del sys.modules[name]  # no CUDA (launch() checked): it initialised no device; workers re-import it
         notebook_launcher(worker, num_processes=num_processes, use_port=str(port))
     except BaseException as exc:
         events.put(("error", f"{type(exc).__name__}: {exc}"))

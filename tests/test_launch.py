@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 import torch
@@ -54,6 +56,19 @@ def test_launch_feeds_local_observers_and_stops_every_worker(tmp_path):
     lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in lines] == list(range(1, steps + 1))  # both workers stopped there
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == [f"step-{steps:06d}"]
+
+
+def test_launch_after_bitsandbytes_was_imported(tmp_path, monkeypatch):
+    """nbft.estimate and optimizer='adamw-8bit' import bitsandbytes; accelerate's launcher then refuses to fork (it
+    may have initialised a GPU). On a machine without CUDA it cannot have: the launch goes ahead. With CUDA: one
+    clear error before any process starts, naming the fix."""
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))
+    job = nbft.launch(train, args=(tmp_path / "run",), num_processes=2, observers=[Recorder(stop_at=1)])
+    assert job.error is None and job.status == "stopped"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match=r"bitsandbytes is already imported(?s:.*)Restart the kernel"):
+        nbft.launch(train, args=(tmp_path / "run2",), num_processes=2)
+    assert not (tmp_path / "run2").exists()
 
 
 def test_launch_reports_a_worker_error(tmp_path):
