@@ -26,13 +26,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["LIBRARY_LOGGERS", "Quiet", "current_scope", "enter", "quiet"]
@@ -155,6 +156,18 @@ def enter() -> tuple[Quiet, bool]:
     if scope is not None:
         return scope, False
     return quiet().start(), True
+
+
+@contextlib.contextmanager
+def call_scope() -> Iterator[Quiet]:
+    """The scope of one nbft call (see :func:`enter`): joined when a panel's scope owns the thread, else started for
+    the call and stopped after it."""
+    scope, owned = enter()
+    try:
+        yield scope
+    finally:
+        if owned:
+            scope.stop()
 
 
 def _scope_for_current_thread() -> Quiet | None:

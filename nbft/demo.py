@@ -184,10 +184,9 @@ def run_demo(
 
         result = run_demo(model="tiny", out_dir="/tmp/nbft-demo")
     """
-    from nbft._quiet import enter
+    from nbft._quiet import call_scope
 
-    scope, owned = enter()  # no library bars (tokenize, save) and each library warning once, as in a notebook
-    try:
+    with call_scope():  # no library bars (tokenize, save) and each library warning once, as in a notebook
         return _run_demo(
             target,
             steps=steps,
@@ -201,9 +200,6 @@ def run_demo(
             progress=progress,
             echo=echo,
         )
-    finally:
-        if owned:
-            scope.stop()
 
 
 def _run_demo(

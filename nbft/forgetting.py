@@ -185,82 +185,85 @@ def forgetting_experiment(
     existing = [variant_label(r) for r in shares if (out / _dir_name(r)).exists()]
     if existing:
         raise FileExistsError(f"{out} already holds runs {existing}; pass a new out_dir")
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    from nbft._quiet import call_scope
 
-    # data: the target's train split (the same examples for every variant), the others' for replay
-    t0 = time.perf_counter()
-    n_target = steps * batch_size
-    target_rows = target_task.train(n=n_target, templates=target_task.template, seed=seed)
-    if len(target_rows) < n_target:
-        raise ValueError(
-            f"task {target!r} has {len(target_rows)} training examples; steps × batch_size = {n_target} needs more"
-        )
-    biggest = max(shares)
-    need = math.ceil(round(n_target * biggest / (1 - biggest)) / max(1, len(other_tasks))) if biggest > 0 else 0
-    replay_rows = {t.name: t.train(n=need, templates=t.template, seed=seed) for t in other_tasks} if need else {}
-    timings["data_s"] = time.perf_counter() - t0
+    with call_scope():  # no library bars (tokenize, save); each library warning once
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    if model is not None and not isinstance(model, str | tuple | Path):
-        mdl, tok, label = model, tokenizer, getattr(model, "name_or_path", "") or type(model).__name__
-    else:
-        mdl, tok, label, _ = _load(model)
-    timings["load_s"] = time.perf_counter() - t0
-    chat = chat_template and bool(getattr(tok, "chat_template", None))
-    sizes = {t.name: (n_per_task or {}).get(t.name, n_other) for t in other_tasks}
-    ecfg = EvalConfig(n=n, n_per_task=sizes, icl_shots=(0,), batch_size=eval_batch_size, chat_template=chat,
-                      seed=seed, progress=progress)  # fmt: skip
-    say(f"forgetting experiment: {label}, target={target}, others={other_names}, replay={list(shares)}, out={out}")
+        # data: the target's train split (the same examples for every variant), the others' for replay
+        t0 = time.perf_counter()
+        n_target = steps * batch_size
+        target_rows = target_task.train(n=n_target, templates=target_task.template, seed=seed)
+        if len(target_rows) < n_target:
+            raise ValueError(
+                f"task {target!r} has {len(target_rows)} training examples; steps × batch_size = {n_target} needs more"
+            )
+        biggest = max(shares)
+        need = math.ceil(round(n_target * biggest / (1 - biggest)) / max(1, len(other_tasks))) if biggest > 0 else 0
+        replay_rows = {t.name: t.train(n=need, templates=t.template, seed=seed) for t in other_tasks} if need else {}
+        timings["data_s"] = time.perf_counter() - t0
 
-    import torch
+        t0 = time.perf_counter()
+        if model is not None and not isinstance(model, str | tuple | Path):
+            mdl, tok, label = model, tokenizer, getattr(model, "name_or_path", "") or type(model).__name__
+        else:
+            mdl, tok, label, _ = _load(model)
+        timings["load_s"] = time.perf_counter() - t0
+        chat = chat_template and bool(getattr(tok, "chat_template", None))
+        sizes = {t.name: (n_per_task or {}).get(t.name, n_other) for t in other_tasks}
+        ecfg = EvalConfig(n=n, n_per_task=sizes, icl_shots=(0,), batch_size=eval_batch_size, chat_template=chat,
+                          seed=seed, progress=progress)  # fmt: skip
+        say(f"forgetting experiment: {label}, target={target}, others={other_names}, replay={list(shares)}, out={out}")
 
-    base_state = {k: v.detach().clone() for k, v in mdl.state_dict().items()}  # every variant starts from these
-    t0 = time.perf_counter()
-    evaluations: dict[str, Any] = {"base": evaluate_model(mdl, tasks, tokenizer=tok, target=target, config=ecfg)}
-    timings["eval_base_s"] = time.perf_counter() - t0
-    say(f"base model evaluated on {len(tasks)} tasks in {timings['eval_base_s']:.0f}s")
+        import torch
 
-    variants: list[_Variant] = []
-    try:
-        for share in shares:
-            name = variant_label(share)
+        base_state = {k: v.detach().clone() for k, v in mdl.state_dict().items()}  # every variant starts from these
+        t0 = time.perf_counter()
+        evaluations: dict[str, Any] = {"base": evaluate_model(mdl, tasks, tokenizer=tok, target=target, config=ecfg)}
+        timings["eval_base_s"] = time.perf_counter() - t0
+        say(f"base model evaluated on {len(tasks)} tasks in {timings['eval_base_s']:.0f}s")
+
+        variants: list[_Variant] = []
+        try:
+            for share in shares:
+                name = variant_label(share)
+                with torch.no_grad():
+                    mdl.load_state_dict(base_state)
+                data, counts = replay_mixture(target_rows, replay_rows, share, seed=seed)
+                train_tok = tokenize_for_training(data, tok, max_length=max_length, chat_template=chat)
+                variant_steps = math.ceil(len(data) / batch_size)
+                cfg = TrainConfig(learning_rate=learning_rate, max_steps=variant_steps, batch_size=batch_size,
+                                  warmup_ratio=0.1, schedule="linear", max_length=max_length, seed=seed)  # fmt: skip
+                observers: list[Any] = [ProgressObserver()] if progress else []
+                if monitor:
+                    observers.append(ForgettingMonitor(tasks, target=target, checkpoints=False, chat_template=chat,
+                                                       seed=seed))  # fmt: skip
+                t0 = time.perf_counter()
+                run = finetune(mdl, tok, train_tok, config=cfg, observers=observers, run_dir=out / _dir_name(share))
+                train_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                evaluations[name] = evaluate_model(mdl, tasks, name=name, tokenizer=tok, target=target, config=ecfg)
+                eval_s = time.perf_counter() - t0
+                variants.append(_Variant(share, name, counts, variant_steps, train_s, eval_s, str(run.run_dir),
+                                         dict(run.summary)))  # fmt: skip
+                say(f"{name}: {variant_steps} steps on {counts} in {train_s:.0f}s, evaluated in {eval_s:.0f}s")
+        finally:
             with torch.no_grad():
-                mdl.load_state_dict(base_state)
-            data, counts = replay_mixture(target_rows, replay_rows, share, seed=seed)
-            train_tok = tokenize_for_training(data, tok, max_length=max_length, chat_template=chat)
-            variant_steps = math.ceil(len(data) / batch_size)
-            cfg = TrainConfig(learning_rate=learning_rate, max_steps=variant_steps, batch_size=batch_size,
-                              warmup_ratio=0.1, schedule="linear", max_length=max_length, seed=seed)  # fmt: skip
-            observers: list[Any] = [ProgressObserver()] if progress else []
-            if monitor:
-                observers.append(ForgettingMonitor(tasks, target=target, checkpoints=False, chat_template=chat,
-                                                   seed=seed))  # fmt: skip
-            t0 = time.perf_counter()
-            run = finetune(mdl, tok, train_tok, config=cfg, observers=observers, run_dir=out / _dir_name(share))
-            train_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            evaluations[name] = evaluate_model(mdl, tasks, name=name, tokenizer=tok, target=target, config=ecfg)
-            eval_s = time.perf_counter() - t0
-            variants.append(_Variant(share, name, counts, variant_steps, train_s, eval_s, str(run.run_dir),
-                                     dict(run.summary)))  # fmt: skip
-            say(f"{name}: {variant_steps} steps on {counts} in {train_s:.0f}s, evaluated in {eval_s:.0f}s")
-    finally:
-        with torch.no_grad():
-            mdl.load_state_dict(base_state)  # the caller's model is given back as it came
-    del base_state
+                mdl.load_state_dict(base_state)  # the caller's model is given back as it came
+        del base_state
 
-    from nbft.report import compare
+        from nbft.report import compare
 
-    t0 = time.perf_counter()
-    table = compare(evaluations, tasks, target=target, config=ecfg, tokenizer=tok,
-                    training_data={v.label: v.run_dir for v in variants})  # fmt: skip
-    timings["compare_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    results = dict(table.results)
-    results["experiment"] = experiment_summary(results, variants, timings, label)
-    results["notes"] = [*results["notes"], *results["experiment"]["lines"]]
-    return ComparisonTable(results)
+        t0 = time.perf_counter()
+        table = compare(evaluations, tasks, target=target, config=ecfg, tokenizer=tok,
+                        training_data={v.label: v.run_dir for v in variants})  # fmt: skip
+        timings["compare_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        results = dict(table.results)
+        results["experiment"] = experiment_summary(results, variants, timings, label)
+        results["notes"] = [*results["notes"], *results["experiment"]["lines"]]
+        return ComparisonTable(results)
 
 
 def _dir_name(share: float) -> str:

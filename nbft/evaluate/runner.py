@@ -187,18 +187,12 @@ Progress = Callable[[dict[str, Any]], None]
 generation batch, e.g. to show "task 2/5 · tuned · 40/100" in a panel."""
 
 
-@contextlib.contextmanager
-def _quiet_call() -> Iterator[None]:
+def _quiet_call() -> Any:
     """No library progress bars, each warning once: into the scope that already owns this thread (a panel's log
     area), else a scope of this call's own."""
     from nbft import _quiet
 
-    scope, owned = _quiet.enter()
-    try:
-        yield
-    finally:
-        if owned:
-            scope.stop()
+    return _quiet.call_scope()
 
 
 @contextlib.contextmanager
