@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from _train_data import spread
 
 from nbft import compare
 from nbft._utils import UnknownNameError
@@ -16,21 +17,10 @@ from nbft.evaluate.metrics import MetricError
 from nbft.models import tiny_random
 
 
-def _spread(model, seed=0, std=0.3):
-    # Default init (std 0.02) makes a tiny model emit one token forever; larger weights give varied, distinct
-    # outputs, so equality tests actually compare something.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, std, generator=g)
-    return model
-
-
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = tiny_random("llama", seed=0)
-    return _spread(model), tok
+    return spread(model), tok
 
 
 def _splits(n_train=20, n_test=12):
@@ -63,7 +53,7 @@ def test_batched_generation_equals_one_at_a_time(tiny):
 
 def test_batched_generation_seq2seq_equals_one_at_a_time():
     model, tok = tiny_random("t5", seed=0)
-    _spread(model)
+    spread(model)
     prompts = [f"translate {'ab' * i}\n" for i in range(7)]
     batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=3, progress=False)
     single = [generate(model, tok, [p], max_new_tokens=6, batch_size=1, progress=False)[0] for p in prompts]
@@ -115,7 +105,7 @@ def test_identical_models_give_zero_delta_with_ci_containing_zero(tiny):
 
 def test_different_models_give_paired_delta_and_forgetting(tiny):
     model, tok = tiny
-    other = _spread(tiny_random("llama", seed=1)[0], seed=1)
+    other = spread(tiny_random("llama", seed=1)[0], seed=1)
     table = compare({"base": model, "tuned": other}, [SENT, QA], target="toy-sentiment", n=10, tokenizer=tok,
                     progress=False)  # fmt: skip
     head = table.delta[table.delta["is_headline"]].set_index("task")

@@ -7,7 +7,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from _train_data import spread
 
 import nbft
 from nbft._utils import UnknownNameError
@@ -21,19 +21,10 @@ from nbft.templates import TemplateError
 LABELS = ["negative", "neutral", "positive"]
 
 
-def _spread(model, seed=0, std=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, std, generator=g)
-    return model
-
-
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = tiny_random("llama", seed=0)
-    return _spread(model), tok
+    return spread(model), tok
 
 
 def _rows(n=40):
@@ -222,7 +213,7 @@ def test_synthetic_tasks_never_count_as_forgetting(tiny):
     real = Task.from_data(_rows(), template="sentiment/1", name="real")
     fake = Task("fake", datasets.Dataset.from_list([{"question": f"q{i}", "answer": "a"} for i in range(6)]), "qa/1",
                 synthetic=True, max_new_tokens=2)  # fmt: skip
-    results = compare_models({"base": model, "tuned": _spread(tiny_random("llama", seed=1)[0], 1)}, [real, fake],
+    results = compare_models({"base": model, "tuned": spread(tiny_random("llama", seed=1)[0], 1)}, [real, fake],
                              target="real", n=4, tokenizer=tok, progress=False, n_boot=100)  # fmt: skip
     assert results["forgetting"][0]["n_other_tasks"] == 0
     assert any("synthetic" in n for n in results["notes"])

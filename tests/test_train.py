@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import torch
+from _train_data import losses, records
 
 from nbft.config import TrainConfig
 from nbft.models import tiny_random
@@ -19,16 +20,6 @@ from nbft.train.loop import TrainingError, lr_at, resolve_precision
 from nbft.train.loss import CausalLMLoss, linear_cross_entropy
 
 FP32 = {"precision": "fp32"}
-
-
-def records(n: int = 24, seed: int = 0) -> list[dict[str, str]]:
-    """Prompt/completion pairs with prompts of varied length, several times longer than completions."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        words = " ".join(f"w{int(x)}" for x in torch.randint(0, 50, (int(torch.randint(3, 15, (1,), generator=g)),)))
-        out.append({"prompt": f"Classify: {words}\nAnswer:", "completion": " yes" if i % 2 else " no"})
-    return out
 
 
 def tokenized(tokenizer, n: int = 24) -> list[dict[str, list[int]]]:
@@ -66,10 +57,6 @@ class Recorder:
 
     def of(self, kind):
         return [e for k, e in self.events if k == kind]
-
-
-def losses(run) -> list[float]:
-    return [h["loss"] for h in run.history if h["kind"] == "train"]
 
 
 # ---------------------------------------------------------------------------------------------------- config
