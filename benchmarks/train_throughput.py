@@ -274,7 +274,7 @@ def run_nbft(mode: str, train, heldout, steps: int, variant: str = "nbft") -> di
 
 
 def _bf16(device) -> bool:
-    from nbft.train.loop import resolve_precision
+    from nbft.train.precision import resolve_precision
 
     return resolve_precision("auto", device) is not None
 

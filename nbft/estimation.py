@@ -118,7 +118,7 @@ def estimate(
         (True, {})
         >>> print(est.summary())  # doctest: +SKIP
     """
-    from nbft.train.loop import _check_arguments, _check_flag
+    from nbft.train.api import _check_arguments, _check_flag
     from nbft.train.precision import precision_name, resolve_precision
 
     cfg = _check_arguments(model, config, [], background=False, overwrite=False)

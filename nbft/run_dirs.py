@@ -389,9 +389,9 @@ def register_run(run: Any) -> Any:
 def live_runs() -> list[Any]:
     """The ``nbft.train.Run`` objects of this process that are still training (registered, or found by gc)."""
     found = {id(r): r for r in list(_LIVE)}
-    loop = sys.modules.get("nbft.train.loop")
-    if loop is not None:  # runs started from a script or a cell without a panel
-        run_type = loop.Run
+    handles = sys.modules.get("nbft.train.run")
+    if handles is not None:  # runs started from a script or a cell without a panel
+        run_type = handles.Run
         for obj in gc.get_objects():
             if type(obj) is run_type:  # type(), not isinstance: some objects warn when asked for __class__
                 found.setdefault(id(obj), obj)

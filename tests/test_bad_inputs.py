@@ -1102,7 +1102,7 @@ case("finetune", "a config changed after it was made", _mutated, ValueError, r"l
 
 
 def _completed_run(ws: Path) -> Any:
-    from nbft.train.loop import Run
+    from nbft.train.run import Run
 
     run_dir = run_copy(ws, "completed")
     model, tok = fresh()

@@ -24,10 +24,9 @@ from nbft._utils import OWNER_MARKER, atomic_path, replace_folder
 from nbft.config import TrainConfig
 from nbft.models import tiny_random
 from nbft.run_dirs import read_run
-from nbft.train import finetune, resume
+from nbft.train import TrainingError, finetune, resume
 from nbft.train.checkpoint import list_checkpoints, tidy_checkpoints, verify_checkpoint
 from nbft.train.lock import LOCK_NAME, RunInUseError, RunLock
-from nbft.train.loop import TrainingError
 
 FP32 = {"precision": "fp32"}
 

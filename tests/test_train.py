@@ -12,12 +12,13 @@ from _train_data import losses, records
 
 from nbft.config import TrainConfig
 from nbft.models import tiny_random
-from nbft.train import HistoryWriter, StopTraining, TrainerObserverCallback, finetune, resume
+from nbft.train import HistoryWriter, StopTraining, TrainerObserverCallback, TrainingError, finetune, resume
 from nbft.train.batching import StepPlan, as_examples, collate_causal, collate_varlen
 from nbft.train.card import update_model_card
 from nbft.train.checkpoint import list_checkpoints
-from nbft.train.loop import TrainingError, lr_at, resolve_precision
 from nbft.train.loss import CausalLMLoss, linear_cross_entropy
+from nbft.train.precision import resolve_precision
+from nbft.train.schedule import lr_at
 
 FP32 = {"precision": "fp32"}
 

@@ -134,7 +134,7 @@ def test_unreadable_configs(tmp_path, capsys):
 
 
 def test_warns_when_accelerate_cpu_flag_started_one_process(monkeypatch, caplog):
-    from nbft.train.loop import _warn_single_cpu_launch
+    from nbft.train.api import _warn_single_cpu_launch
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")

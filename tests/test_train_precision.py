@@ -13,8 +13,9 @@ from nbft.config import TrainConfig
 from nbft.models import tiny_random
 from nbft.train import finetune, resume
 from nbft.train.batching import as_examples
-from nbft.train.loop import Run, _restore_model, setup, train_step
+from nbft.train.loop import setup, train_step
 from nbft.train.precision import LossScaler, resolve_precision
+from nbft.train.run import Run
 
 
 class _FakeCuda:
@@ -86,7 +87,7 @@ def _steps(cfg: TrainConfig, tmp_path, scaled: bool) -> tuple[list[float], dict[
         state.step += 1
         out.append(result.loss)
         assert not result.skipped
-    _restore_model(state)
+    state.restore_model()
     return out, {k: v.clone() for k, v in model.state_dict().items()}
 
 

@@ -3,9 +3,11 @@
 Public names (also exported from ``nbft``): :func:`finetune`, :func:`resume`, :class:`Run`, :class:`StopTraining`,
 :class:`Observer`, :class:`StepState`, :class:`ProgressObserver`, :class:`HistoryWriter`,
 :class:`TrainerObserverCallback`, :class:`~nbft.config.TrainConfig`. Also here: :class:`Monitor` (the measuring
-observer protocol, see :mod:`nbft.train.events`). The loop itself (``setup`` / ``train_step`` / ``cleanup``) is in
-:mod:`nbft.train.loop`; gradient synchronisation in :mod:`nbft.train.sync`; the attention layout in
-:mod:`nbft.train.layout`. Several processes: ``accelerate launch`` or :func:`nbft.launch`.
+observer protocol, see :mod:`nbft.train.events`). ``finetune``/``resume`` are in :mod:`nbft.train.api`, the
+:class:`Run` handle in :mod:`nbft.train.run`, the loop itself (``setup`` / ``train_step`` / ``cleanup``) in
+:mod:`nbft.train.loop` with its state in :mod:`nbft.train.state`; gradient synchronisation in
+:mod:`nbft.train.sync`; the attention layout in :mod:`nbft.train.layout`. Several processes: ``accelerate launch``
+or :func:`nbft.launch`.
 
 Names are imported on first use, so ``import nbft`` stays light (torch loads when training starts).
 
@@ -19,10 +21,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "finetune": "nbft.train.loop",
-    "resume": "nbft.train.loop",
-    "Run": "nbft.train.loop",
-    "TrainingError": "nbft.train.loop",
+    "finetune": "nbft.train.api",
+    "resume": "nbft.train.api",
+    "Run": "nbft.train.run",
+    "TrainingError": "nbft.train.sync",
     "StopTraining": "nbft.train.events",
     "Observer": "nbft.train.events",
     "StepState": "nbft.train.events",

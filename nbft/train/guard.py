@@ -7,6 +7,7 @@
 * **Resume continues what is there, or says why not**: the newest intact checkpoint (damaged ones are skipped with
   the reason, and set aside), a completed run only with ``more_steps=``, a changed ``run.json`` config only with
   ``allow_config_change=True``.
+* **Ctrl-C only asks for a stop**: :func:`stop_on_interrupt` turns the first interrupt into a stop request.
 
 Example:
     >>> check_new_run_dir(Path("/tmp/nbft-doc-new-run"), overwrite=False)  # an empty or missing folder is fine
@@ -14,12 +15,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import re
 import shutil
+import signal
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +250,34 @@ def _config_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     keys = sorted(set(before) | set(after))
     diffs = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys if before.get(k) != after.get(k)]
     return ", ".join(diffs)
+
+
+# ------------------------------------------------------------------------------------------------ interrupts
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(stop: Callable[[str], None]) -> Iterator[None]:
+    """Ctrl-C (SIGINT) calls ``stop("interrupted")``: the current step finishes and a checkpoint is written. A
+    second one aborts.
+
+    Only the main thread can own a signal handler; a background run is stopped through ``run.stop()`` (which
+    ``Run.wait()`` calls when interrupted).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    count = [0]
+
+    def handler(signum: int, frame: Any) -> None:
+        count[0] += 1
+        if count[0] > 1:
+            raise KeyboardInterrupt
+        logger.warning("interrupted: finishing this step, then stopping with a checkpoint (interrupt again to abort)")
+        stop("interrupted")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)

@@ -109,7 +109,7 @@ class TrainerObserverCallback(TrainerCallback):
 def _peak_memory_mb() -> float:
     import torch
 
-    from nbft.train.loop import peak_memory_mb
+    from nbft.train.memory import peak_memory_mb
 
     return peak_memory_mb(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 

@@ -33,6 +33,15 @@ def distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def is_main_process() -> bool:
+    """True in a single process, and on rank 0 when several processes train together."""
+    return not distributed() or torch.distributed.get_rank() == 0
+
+
+class TrainingError(RuntimeError):
+    """Training ended early for a reason the message explains (non-finite loss, out of memory)."""
+
+
 class MasterWeights:
     """The model computes in ``compute_dtype``; the optimizer updates fp32 master weights (mixed precision).
 
@@ -169,6 +178,31 @@ class GradSync:
             return self.scaler.step(optimizer)
         optimizer.step()
         return False
+
+    def update(self, optimizer: torch.optim.Optimizer, loss: float, grad_norm: float) -> bool:
+        """End the step: update the weights (the model gets the new master values), or skip the update when fp16
+        gradients overflowed (the loss scale halves); clear the gradients. True if the update was skipped.
+
+        Raises ``FloatingPointError`` (nothing updated) when the loss or gradient norm is not finite for any other
+        reason (a forward pass that overflowed, which no loss scale cures), or when fp16 overflowed in too many
+        steps in a row.
+        """
+        scaler = self.scaler
+        overflow = scaler is not None and math.isfinite(loss) and not math.isfinite(grad_norm) and not scaler.gave_up()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)) and not overflow:
+            self.zero_grad()
+            raise FloatingPointError(f"the loss became {loss} (gradient norm {grad_norm})")
+        skipped = self.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
+        if not skipped:
+            self.masters.master_to_model()
+        elif scaler is not None and scaler.gave_up():
+            raise FloatingPointError(
+                f"fp16 gradients overflowed in {scaler.skipped_in_a_row} steps in a row (loss scale now "
+                f"{scaler.value:g}; use precision='bf16' if the hardware has it)"
+            )
+        return skipped
 
     def zero_grad(self) -> None:
         self.masters.zero_grad()
