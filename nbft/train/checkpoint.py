@@ -375,7 +375,8 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
 
 def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    # By device number: sorted as strings, device 10's state would go to device 2.
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("torch_cuda_")), key=_device_number)]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     if "numpy_keys" in tensors:
@@ -384,6 +385,10 @@ def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         pos, has_gauss, cached = tensors["numpy_rest"].tolist()
         keys = tensors["numpy_keys"].numpy().astype(np.uint32)
         np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), cached))
+
+
+def _device_number(key: str) -> int:
+    return int(key.removeprefix("torch_cuda_"))
 
 
 def _python_rng() -> list[Any]:
