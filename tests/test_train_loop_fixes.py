@@ -8,6 +8,26 @@ from __future__ import annotations
 import torch
 
 
+def test_the_compile_checks_probe_runs_without_dropout_so_a_dropout_model_can_compile():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from nbft.train.kernels import apply_kernels, kernel_probe
+    from nbft.train.layout import VarlenLayout
+    from nbft.train.loss import CausalLMLoss
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
+                        eos_token_id=0, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)  # fmt: skip
+    model = GPT2LMHeadModel(config).train()
+    module, layout = CausalLMLoss(model, fused=True), VarlenLayout(0, torch.device("cpu"))
+    first, second = kernel_probe(module, layout), kernel_probe(module, layout)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))  # the same maths twice: no dropout
+    assert model.training  # and the model trains with its dropout afterwards
+    plan = apply_kernels(model, "compile", device=torch.device("cpu"), probe=lambda: kernel_probe(module, layout))
+    assert plan.name == "compile", plan.note
+    plan.undo()
+
+
 def test_cuda_rng_states_go_back_to_their_own_devices(monkeypatch):
     from nbft.train import checkpoint
 

@@ -193,16 +193,20 @@ def compile_problem(device: torch.device) -> str | None:
 
 def kernel_probe(module: Any, layout: Any) -> list[torch.Tensor]:
     """One forward and backward of the loss ``module`` on three small examples, collated by ``layout``: the loss
-    and a few gradients (to check compiled layers against the plain model). Gradients are cleared afterwards."""
+    and a few gradients (to check compiled layers against the plain model). Runs with dropout off (eval mode; the
+    model's mode is restored after) and clears the gradients afterwards."""
     model = module.model
     vocab = model.get_output_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)
     ids = [torch.randint(0, vocab, (n,), generator=gen) for n in (24, 17, 9)]
     params = [p for p in model.parameters() if p.requires_grad]
     watched = [params[0], params[len(params) // 2], params[-1]]
+    was_training = model.training
+    model.eval()  # with dropout on, two runs of the same maths never agree and the check would always refuse
     try:
         loss = sum(module(**batch).float() for batch in layout.batches(ids, [x.clone() for x in ids]))
         loss.backward()
         return [loss.detach(), *[p.grad.detach().clone() for p in watched if p.grad is not None]]
     finally:
         model.zero_grad(set_to_none=True)
+        model.train(was_training)
