@@ -6,6 +6,14 @@ RNG states go back to their own devices."""
 from __future__ import annotations
 
 import torch
+from _train_data import records
+
+from nbft.config import TrainConfig
+from nbft.models import tiny_random
+from nbft.train import StopTraining, finetune, resume
+from nbft.train.checkpoint import list_checkpoints
+
+FP32 = {"precision": "fp32"}
 
 
 def test_the_compile_checks_probe_runs_without_dropout_so_a_dropout_model_can_compile():
@@ -26,6 +34,35 @@ def test_the_compile_checks_probe_runs_without_dropout_so_a_dropout_model_can_co
     plan = apply_kernels(model, "compile", device=torch.device("cpu"), probe=lambda: kernel_probe(module, layout))
     assert plan.name == "compile", plan.note
     plan.undo()
+
+
+class Measure:
+    """A measuring observer: the sum of the weights every 2 steps."""
+
+    every = 2
+
+    def measure(self, model, tokenizer, step):
+        return {"weight_sum": float(sum(p.detach().float().sum() for p in model.parameters()))}
+
+
+class StopBeforeAnyStep:
+    def on_train_begin(self, info):
+        raise StopTraining("stopped before the first step")
+
+
+def test_resuming_from_a_step_0_checkpoint_does_not_measure_the_base_model_again(tmp_path):
+    import json
+
+    model, tok = tiny_random("llama")
+    cfg = TrainConfig(max_steps=4, batch_size=4, **FP32)
+    run = finetune(model, tok, records(8), config=cfg, observers=[Measure(), StopBeforeAnyStep()],
+                   run_dir=tmp_path / "r")  # fmt: skip
+    assert run.status == "stopped" and [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-000000"]
+    rest = resume(tmp_path / "r", observers=[Measure()])
+    assert rest.status == "completed"
+    assert [h["step"] for h in rest.history if h["kind"] == "monitor"] == [0, 2, 4]
+    lines = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in lines if h["kind"] == "monitor"] == [0, 2, 4]  # the file equals the history
 
 
 def test_cuda_rng_states_go_back_to_their_own_devices(monkeypatch):

@@ -194,7 +194,7 @@ class HistoryWriter:
         # refused run leaves no files behind.
         start = info.get("start_step", 0)
         kept: list[str] = []
-        if start and self.path.exists():
+        if (start or info.get("resumed")) and self.path.exists():  # a resume from step 0 keeps the base point
             kept = [ln for ln in self.path.read_text(errors="replace").splitlines() if _step_of(ln) <= start]
         self._pending = kept
 

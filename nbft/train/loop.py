@@ -90,7 +90,7 @@ def train_loop(run: RunHandle) -> None:
         cfg, oom = run.config, False
         try:
             with stop_on_interrupt(run.stop):
-                if state.step == 0:
+                if state.step == 0 and not _measured(run.history, 0):  # a resume from step 0 has it already
                     _measure(run, state, None)  # the monitors' point for the base model
                 (stop,) = agree(state.device, run.stop_requested)
                 while not stop and state.step < state.total_steps:
@@ -347,6 +347,7 @@ def _tell_observers(run: RunHandle, state: TrainState, hw: _Hardware) -> None:
     info = {
         "total_steps": state.total_steps,
         "start_step": state.start_step,
+        "resumed": run.resume_from is not None,
         "steps_per_epoch": state.plan.steps_per_epoch,
         "examples": len(run.train),
         "parameters": sum(p.numel() for p in masters.master),
@@ -564,6 +565,10 @@ def _measure(run: RunHandle, state: TrainState, step_state: StepState | None) ->
             run.events.emit("on_monitor", step_state, row)
             want_checkpoint = want_checkpoint or (bool(record.get("save_checkpoint")) and step > 0)
     return want_checkpoint
+
+
+def _measured(history: list[dict[str, Any]], step: int) -> bool:
+    return any(h["kind"] == "monitor" and h["step"] == step for h in history)
 
 
 def _autosave_due(state: TrainState) -> bool:
