@@ -16,6 +16,44 @@ from nbft.train.checkpoint import list_checkpoints
 FP32 = {"precision": "fp32"}
 
 
+def _fp16_run(tmp_path, name, overflow_at=None, monkeypatch=None):
+    """A tiny fp16 run (fp16 computes on CPU too); ``overflow_at``: the step whose gradients are made to overflow
+    (once), as fp16 gradients do when the loss scale is too large."""
+    if overflow_at is not None:
+        from nbft.train.precision import LossScaler
+
+        original, calls = LossScaler.unscale, []
+
+        def unscale(self, optimizer):  # called once per step attempt, on the summed gradients
+            calls.append(1)
+            if len(calls) == overflow_at:
+                optimizer.param_groups[0]["params"][0].grad.fill_(float("inf"))
+            original(self, optimizer)
+
+        monkeypatch.setattr(LossScaler, "unscale", unscale)
+    model, tok = tiny_random("llama")
+    cfg = TrainConfig(max_steps=5, batch_size=4, learning_rate=1e-3, warmup_steps=3, precision="fp16")
+    return finetune(model, tok, records(16), config=cfg, run_dir=tmp_path / name)
+
+
+def test_an_fp16_step_skipped_for_overflow_does_not_count_as_an_update(tmp_path, monkeypatch):
+    plain = _fp16_run(tmp_path, "plain")
+    run = _fp16_run(tmp_path, "skip", overflow_at=2, monkeypatch=monkeypatch)
+    rows = [h for h in run.history if h["kind"] == "train"]
+    applied = [h for h in rows if not h["skipped"]]
+    skipped = [h for h in rows if h["skipped"]]
+    # The history keeps the skipped attempt, under the step it tried; the step is then taken again.
+    assert [h["step"] for h in skipped] == [2] and [h["step"] for h in rows] == [1, 2, 2, 3, 4, 5]
+    assert skipped[0]["loss_scale"] == 2 * applied[1]["loss_scale"]  # retried with half the scale
+    # max_steps, warm-up and the schedule count applied updates: the same as in a run without the overflow.
+    assert run.summary["steps"] == 5 and run.summary["skipped_steps"] == 1
+    want = [h["learning_rate"] for h in plain.history if h["kind"] == "train"]
+    assert [h["learning_rate"] for h in applied] == want
+    assert skipped[0]["learning_rate"] == applied[1]["learning_rate"] == want[1]
+    # and each applied update saw the same examples as in the run without the overflow
+    assert [h["tokens"] for h in applied] == [h["tokens"] for h in plain.history if h["kind"] == "train"]
+
+
 def test_the_compile_checks_probe_runs_without_dropout_so_a_dropout_model_can_compile():
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -89,8 +89,8 @@ class StepState:
     loss_scale: float | None = None
     """fp16 runs: the dynamic loss scale this step's backward used; ``None`` in bf16 and fp32 runs."""
     skipped: bool = False
-    """fp16 runs: True when this step's gradients overflowed, so the weights were not updated (and the loss scale
-    was halved); the step still counts."""
+    """fp16 runs: True when this attempt at step ``step`` overflowed, so the weights were not updated (and the loss
+    scale was halved); the step is then taken again, and only the applied update counts (schedule, ``max_steps``)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -266,7 +266,7 @@ class ProgressObserver:
     def on_step(self, state: StepState) -> None:
         if self.bar is not None:
             self._postfix(state)
-            self.bar.update(1)
+            self.bar.update(0 if state.skipped else 1)  # a skipped fp16 attempt is taken again: not a step
 
     def on_eval(self, state: StepState, metrics: dict[str, float]) -> None:
         self.val_loss = metrics.get("val_loss")

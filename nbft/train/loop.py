@@ -13,8 +13,9 @@ loop as its work; the loop sees the run as a :class:`~nbft.train.state.RunHandle
 One :func:`train_step`: the step's micro-batches come from the :class:`~nbft.train.batching.StepPlan` (a pure
 function of seed and step; each process takes every ``world``-th); each is collated by the run's
 :mod:`attention layout <nbft.train.layout>`, and ``sum(CE) / labelled tokens in the whole step`` is backpropagated
-into the fp32 master gradients; :class:`~nbft.train.sync.GradSync` all-reduces them once, clips and updates (or
-skips an fp16 overflow).
+into the fp32 master gradients; :class:`~nbft.train.sync.GradSync` all-reduces them once, clips and updates.
+fp16 gradients that overflow skip the update (the loss scale halves) and the same step is taken again: the step
+counter, the schedule, warm-up and ``max_steps`` count applied updates; the history keeps the skipped attempt.
 
 Several processes (``accelerate launch``, ``nbft.launch``) run this same loop on their shares of each step. Only
 the main process runs observers and writes files; a stop (``run.stop()``, an observer's ``StopTraining``, Ctrl-C)
@@ -96,6 +97,9 @@ def train_loop(run: RunHandle) -> None:
                 while not stop and state.step < state.total_steps:
                     epoch, micro_batches = state.plan.step(state.step)
                     result = train_step(state, micro_batches)
+                    if result.skipped:  # fp16 overflow: nothing learned; the same step again, at half the loss scale
+                        _record_step(run, state, result, epoch)
+                        continue
                     state.step += 1  # the update and the counter move together: a step is never split
                     step_state = _record_step(run, state, result, epoch)
                     eval_due = bool(cfg.eval_every) and state.step % cfg.eval_every == 0
@@ -490,11 +494,12 @@ def _task_losses(state: TrainState, micro_batches: list[list[int]], sums: torch.
 
 
 def _record_step(run: RunHandle, state: TrainState, result: StepResult, epoch: float) -> StepState:
+    """A history row and ``on_step`` for a step (an attempt skipped for fp16 overflow: under the step it tried)."""
     state.train_time += result.seconds
     state.tokens_seen += result.tokens
-    done = state.step - state.start_step
+    done = max(state.step - state.start_step, 1)
     step_state = StepState(
-        step=state.step,
+        step=state.step + 1 if result.skipped else state.step,
         total_steps=state.total_steps,
         epoch=epoch,
         loss=result.loss,

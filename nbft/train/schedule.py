@@ -1,5 +1,7 @@
 """The learning-rate schedule: linear warm-up, then linear decay, cosine decay or constant.
 
+The step is the number of updates applied so far: an fp16 step skipped for overflow is not one (it is taken again).
+
 Example:
     >>> lr_at(0, total=10, warmup=2, peak=1e-4, schedule="linear")
     0.0
