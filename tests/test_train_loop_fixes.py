@@ -5,6 +5,11 @@ RNG states go back to their own devices."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
+import pytest
 import torch
 from _train_data import records
 
@@ -14,6 +19,74 @@ from nbft.train import StopTraining, finetune, resume
 from nbft.train.checkpoint import list_checkpoints
 
 FP32 = {"precision": "fp32"}
+
+
+needs_main_thread = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signal handlers belong to the main thread"
+)
+
+
+class InterruptAt:
+    """Sends this process a SIGINT (Ctrl-C) the first time the run reaches ``phase`` (an ``on_phase`` name, or
+    ``"on_eval"``), from the main thread, as a user pressing Ctrl-C at that moment."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase, self.sent = phase, 0
+
+    def _interrupt(self) -> None:
+        if not self.sent:
+            self.sent += 1
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_phase(self, phase: dict) -> None:
+        if phase["phase"] == self.phase:
+            self._interrupt()
+
+    def on_eval(self, state, metrics) -> None:
+        if self.phase == "on_eval":
+            self._interrupt()
+
+
+@needs_main_thread
+def test_one_interrupt_during_setup_stops_the_run_with_a_checkpoint(tmp_path):
+    model, tok = tiny_random("llama")
+    ctrl_c = InterruptAt("setup")
+    run = finetune(model, tok, records(8), config=TrainConfig(max_steps=3, batch_size=4, **FP32),
+                   observers=[ctrl_c], run_dir=tmp_path / "r")  # fmt: skip
+    assert ctrl_c.sent == 1
+    assert run.status == "stopped" and run.error is None and run.stop_reason == "interrupted"
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-000000"]
+    assert resume(tmp_path / "r").status == "completed"  # and resume() continues it
+
+
+@needs_main_thread
+@pytest.mark.parametrize("phase", ["final_eval", "on_eval", "saving"])
+def test_one_interrupt_after_the_last_step_still_writes_the_final_checkpoint_and_model(phase, tmp_path):
+    model, tok = tiny_random("llama")
+    ctrl_c = InterruptAt(phase)
+    cfg = TrainConfig(max_steps=2, batch_size=4, **FP32)
+    run = finetune(model, tok, records(8), val=records(4, seed=1), config=cfg, observers=[ctrl_c],
+                   run_dir=tmp_path / "r")  # fmt: skip
+    assert ctrl_c.sent == 1
+    assert run.error is None and run.status == "completed", run.error
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-000002"]
+    assert (tmp_path / "r" / "model" / "model.safetensors").is_file()
+    assert [h["step"] for h in run.history if h["kind"] == "eval"] == [2]
+
+
+@needs_main_thread
+def test_an_interrupt_nobody_sent_twice_is_not_called_a_second_one(tmp_path):
+    class Raises:  # a KeyboardInterrupt that did not come through the handler (e.g. raised by code)
+        def on_step(self, state):
+            raise KeyboardInterrupt
+
+    model, tok = tiny_random("llama")
+    run = finetune(model, tok, records(8), config=TrainConfig(max_steps=3, batch_size=4, save_every=1, **FP32),
+                   observers=[Raises()], run_dir=tmp_path / "r", background=True)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt) as info:
+        run.wait()
+    assert run.status == "failed"
+    assert "second" not in str(info.value) and "aborted by an interrupt" in str(info.value)
 
 
 def _fp16_run(tmp_path, name, overflow_at=None, monkeypatch=None):

@@ -255,29 +255,36 @@ def _config_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ interrupts
 
 
+@dataclasses.dataclass
+class Interrupts:
+    """The Ctrl-C presses a run received (the first asks for a stop, a second aborts)."""
+
+    count: int = 0
+
+
 @contextlib.contextmanager
-def stop_on_interrupt(stop: Callable[[str], None]) -> Iterator[None]:
-    """Ctrl-C (SIGINT) calls ``stop("interrupted")``: the current step finishes and a checkpoint is written. A
-    second one aborts.
+def stop_on_interrupt(stop: Callable[[str], None]) -> Iterator[Interrupts]:
+    """Ctrl-C (SIGINT) calls ``stop("interrupted")``: the current step finishes and a checkpoint is written (after
+    the last step: the run completes as usual). A second one aborts (``KeyboardInterrupt``).
 
     Only the main thread can own a signal handler; a background run is stopped through ``run.stop()`` (which
     ``Run.wait()`` calls when interrupted).
     """
+    interrupts = Interrupts()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupts
         return
     previous = signal.getsignal(signal.SIGINT)
-    count = [0]
 
     def handler(signum: int, frame: Any) -> None:
-        count[0] += 1
-        if count[0] > 1:
+        interrupts.count += 1
+        if interrupts.count > 1:
             raise KeyboardInterrupt
         logger.warning("interrupted: finishing this step, then stopping with a checkpoint (interrupt again to abort)")
         stop("interrupted")
 
     signal.signal(signal.SIGINT, handler)
     try:
-        yield
+        yield interrupts
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)

@@ -86,11 +86,12 @@ def train_loop(run: RunHandle) -> None:
     """
     run.status = "running"
     state: TrainState | None = None
-    try:
-        state = setup(run)
-        cfg, oom = run.config, False
+    # From setup to the end event, one Ctrl-C only asks for a stop: the final checkpoint and model are still written.
+    with stop_on_interrupt(run.stop) as interrupts:
         try:
-            with stop_on_interrupt(run.stop):
+            state = setup(run)
+            cfg, oom = run.config, False
+            try:
                 if state.step == 0 and not _measured(run.history, 0):  # a resume from step 0 has it already
                     _measure(run, state, None)  # the monitors' point for the base model
                 (stop,) = agree(state.device, run.stop_requested)
@@ -112,30 +113,31 @@ def train_loop(run: RunHandle) -> None:
                     stop, save = agree(state.device, run.stop_requested, save or due)
                     if save or (stop and state.step < state.total_steps):
                         write_checkpoint(run, state)
-        except _OOM_ERRORS:
-            oom = True  # handled below, outside the except block, so the traceback's tensors can be freed
-        if oom:
-            state.free_memory()
-            raise TrainingError(
-                f"out of memory at step {state.step + 1} on {state.device}. Lower TrainConfig.batch_size (or "
-                "tokens_per_step), raise grad_accum (same maths, less memory), or lower max_length. The memory has "
-                "been freed."
-            )
-        cleanup(run, state)
-    except BaseException as exc:
-        if state is not None and not state.restored:  # leave the model usable: original dtype, last good weights
-            state.free_memory()
-            state.restore_model()
-        if isinstance(exc, KeyboardInterrupt):
-            kept = latest_checkpoint(run.run_dir)
-            exc = KeyboardInterrupt(f"aborted by a second interrupt; resume() continues from {kept or 'the start'}")
-        run.status, run.error = "failed", exc
-        run.summary = {**run.summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        logger.error("training failed: %s", exc)
-    finally:
-        run.summary.setdefault("status", run.status)
-        run.release()  # before the end event: an observer that lists the runs must see this one as ended
-        run.events.emit("on_train_end", dict(run.summary))
+            except _OOM_ERRORS:
+                oom = True  # handled below, outside the except block, so the traceback's tensors can be freed
+            if oom:
+                state.free_memory()
+                raise TrainingError(
+                    f"out of memory at step {state.step + 1} on {state.device}. Lower TrainConfig.batch_size (or "
+                    "tokens_per_step), raise grad_accum (same maths, less memory), or lower max_length. The memory has "
+                    "been freed."
+                )
+            cleanup(run, state)
+        except BaseException as exc:
+            if state is not None and not state.restored:  # leave the model usable: original dtype, last good weights
+                state.free_memory()
+                state.restore_model()
+            if isinstance(exc, KeyboardInterrupt):
+                kept = latest_checkpoint(run.run_dir)
+                how = "a second interrupt" if interrupts.count > 1 else "an interrupt"
+                exc = KeyboardInterrupt(f"aborted by {how}; resume() continues from {kept or 'the start'}")
+            run.status, run.error = "failed", exc
+            run.summary = {**run.summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            logger.error("training failed: %s", exc)
+        finally:
+            run.summary.setdefault("status", run.status)
+            run.release()  # before the end event: an observer that lists the runs must see this one as ended
+            run.events.emit("on_train_end", dict(run.summary))
 
 
 # ------------------------------------------------------------------------------------------------------ setup
