@@ -151,3 +151,21 @@ def test_every_generation_engine_equals_one_at_a_time_greedy(arch, keywords):
     for engine in engines:
         got, _ = generate_ids(model, prompts, max_new_tokens=10, pad_id=0, eos_ids=[2], batch_size=5, engine=engine)
         assert got == want, (arch, engine)
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
+def test_training_and_validation_losses_honour_the_window(arch, tmp_path):
+    # Through finetune: the setup check picks a layout that honours the window, and evaluate_loss uses it too.
+    model, tok = _model(arch, {"sliding_window": WINDOW})
+    ids, labels = _examples(model.config.vocab_size, seq2seq=False)
+    data = [{"input_ids": x.tolist(), "labels": y.tolist()} for x, y in zip(ids, labels, strict=True)]
+    with torch.no_grad():
+        before = float(_own_forward(model, ids, labels))
+    cfg = TrainConfig(max_steps=1, batch_size=len(data), precision="fp32", learning_rate=1e-3)
+    run = finetune(model, tok, data, val=data, config=cfg, run_dir=tmp_path / "r")
+    assert losses(run) == [pytest.approx(before, rel=1e-6)]  # the step's loss, at the weights it started from
+    model.eval()
+    with torch.no_grad():
+        after = float(_own_forward(model, ids, labels))
+    assert after != pytest.approx(before, rel=1e-4)  # the step changed the model
+    assert run.history[-1]["kind"] == "eval" and run.history[-1]["val_loss"] == pytest.approx(after, rel=1e-6)
