@@ -18,7 +18,7 @@ from _train_data import losses, records, spread
 from test_evaluate_generation import _generate_each
 
 from nbft.config import TrainConfig
-from nbft.evaluate.generation import generate_ids
+from nbft.evaluate.generation import encode_continuation, encode_prompt, generate_ids, score_choices
 from nbft.models import tiny_random
 from nbft.train import finetune
 from nbft.train.layout import attention_pattern, choose_layout
@@ -151,6 +151,26 @@ def test_every_generation_engine_equals_one_at_a_time_greedy(arch, keywords):
     for engine in engines:
         got, _ = generate_ids(model, prompts, max_new_tokens=10, pad_id=0, eos_ids=[2], batch_size=5, engine=engine)
         assert got == want, (arch, engine)
+
+
+@pytest.mark.parametrize(("arch", "keywords"), ARCHS, ids=[a for a, _ in ARCHS])
+def test_choice_scores_equal_the_models_own_forward(arch, keywords):
+    model, tok = _model(arch, keywords, std=0.3)
+    seq2seq = model.config.is_encoder_decoder
+    prompts = [f"Question {i}: " + "abc " * (6 + 4 * i) + "\nAnswer:" for i in range(3)]  # 35 to 67 tokens
+    choices = [" yes", " no", " maybe not"]
+    got = score_choices(model, tok, prompts, choices, batch_size=4, progress=False)  # left-padded batches
+    for i, prompt in enumerate(prompts):
+        p = encode_prompt(tok, prompt, seq2seq=seq2seq)
+        for j, choice in enumerate(choices):
+            c = torch.tensor(encode_continuation(tok, choice))
+            with torch.no_grad():
+                if seq2seq:
+                    logits = model(input_ids=torch.tensor([p]), labels=c[None]).logits[0]
+                else:
+                    logits = model(input_ids=torch.cat([torch.tensor(p), c])[None]).logits[0, len(p) - 1 : -1]
+            want = float(torch.log_softmax(logits.float(), -1).gather(-1, c[:, None]).sum())
+            assert got[i, j] == pytest.approx(want, abs=1e-4), (arch, i, j)
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
