@@ -178,16 +178,23 @@ def _windowed_examples(vocab: int, lengths=(70, 45, 20, 36)) -> list[torch.Tenso
     return [torch.randint(4, vocab, (n,), generator=gen) for n in lengths]
 
 
-@pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["mistral", "gemma2", "gemma3_text"])
 def test_every_layout_honours_a_sliding_window_shorter_than_the_examples(arch, monkeypatch):
+    # The CUDA kernels' contracts on CPU: flash-varlen through its reference, FlexAttention uncompiled (its eager
+    # reference: the block mask and soft-capping score_mod are nbft's; compiled flex on CPU trips an inductor bug).
+    from torch.nn.attention.flex_attention import flex_attention as eager_flex
+
     monkeypatch.setattr(attention, "_varlen_kernel", lambda: _reference_varlen)
+    monkeypatch.setattr(attention, "_flex", lambda: eager_flex)
     model, _ = tiny_random(arch, sliding_window=32, hidden_size=32)
     spread(model, std=0.15)
     module = CausalLMLoss(model, fused=False)
     pattern = attention_pattern(model.config)
     ids = _windowed_examples(model.config.vocab_size)
     alone = [model(input_ids=x[None]).logits[0] for x in ids]
-    layouts = (VarlenLayout, FlashVarlenLayout, BlockMaskLayout, PaddedLayout)  # flash-varlen via its reference
+    layouts = [VarlenLayout, FlexLayout, BlockMaskLayout, PaddedLayout]
+    if arch != "gemma2":  # PyTorch's varlen kernel has no soft-capping: the check refuses it for Gemma 2
+        layouts.append(FlashVarlenLayout)
     for cls in layouts:
         layout = cls(0, CPU, torch.float32, pattern)
         with torch.no_grad():
@@ -199,6 +206,9 @@ def test_every_layout_honours_a_sliding_window_shorter_than_the_examples(arch, m
         for a, b in zip(got, alone, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"{arch} {cls.name}")
         assert layout_problem(module, layout) is None, (arch, cls.name)
+    if arch == "gemma2":
+        problem = layout_problem(module, FlashVarlenLayout(0, CPU, torch.float32, pattern))
+        assert "no attention-logit soft-capping" in problem
     # The same layouts without the model's window: the check's examples are longer than it, so it is caught.
     assert check_lengths(pattern) == (69, 35, 8)
     assert "differ from its logits alone" in layout_problem(module, BlockMaskLayout(0, CPU, torch.float32, {}))
