@@ -354,8 +354,91 @@ def byte_tokenizer(chat_template: bool = True) -> Any:
     return tokenizer
 
 
+TINY_ARCHS = (
+    "llama", "t5", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2",
+    "gpt_neox", "opt", "bart", "llama4_text",
+)  # fmt: skip
+"""Architectures :func:`tiny_random` builds (transformers ``model_type`` names)."""
+
+_SEQ2SEQ = {"t5", "bart"}
+
+
+def _tiny_config(arch: str, *, vocab: int, hidden: int, layers: int, heads: int, inter: int, max_pos: int,
+                 window: int | None, ids: dict[str, int]) -> Any:  # fmt: skip
+    """A transformers config of ``arch`` at toy size; names differ per family, so each gets its own keywords."""
+    from transformers import AutoConfig
+
+    kv = max(1, heads // 2)
+    common = {"vocab_size": vocab, **ids}
+    decoder = {
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "max_position_embeddings": max_pos,
+        "tie_word_embeddings": True,
+    }
+    if arch == "llama":
+        return AutoConfig.for_model(arch, **common, **decoder)
+    if arch in ("qwen2", "qwen3", "olmo2", "phi3", "gemma"):
+        extra: dict[str, Any] = {"head_dim": hidden // heads} if arch in ("qwen3", "gemma") else {}
+        if (
+            arch in ("qwen2", "qwen3") and window is not None
+        ):  # Qwen's window covers the layers from max_window_layers on
+            extra |= {"use_sliding_window": True, "sliding_window": window, "max_window_layers": layers // 2}
+        if arch == "phi3":
+            extra |= {"sliding_window": window}
+        return AutoConfig.for_model(arch, **common, **decoder, **extra)
+    if arch == "mistral":
+        return AutoConfig.for_model(arch, **common, **decoder, head_dim=hidden // heads, sliding_window=window)
+    if arch in ("gemma2", "gemma3_text"):
+        # Alternating sliding/full layers (gemma2) or the 5:1 pattern cut to ``layers`` (gemma3), soft-capping on.
+        types = ["sliding_attention" if (i + 1) % (2 if arch == "gemma2" else 6) else "full_attention"
+                 for i in range(layers)]  # fmt: skip
+        if "full_attention" not in types:
+            types[-1] = "full_attention"
+        if window is None:
+            types = ["full_attention"] * layers
+        return AutoConfig.for_model(
+            arch, **common, **decoder, head_dim=hidden // heads, sliding_window=window or max_pos,
+            layer_types=types, final_logit_softcapping=30.0, attn_logit_softcapping=50.0 if arch == "gemma2" else None,
+        )  # fmt: skip
+    if arch == "llama4_text":  # chunked attention on every layer (``window`` = chunk size), one expert
+        return AutoConfig.for_model(
+            arch, **common, **decoder, intermediate_size_mlp=inter, head_dim=hidden // heads, num_local_experts=1,
+            interleave_moe_layer_step=layers, attention_chunk_size=window or max_pos,
+        )  # fmt: skip
+    if arch == "gpt2":
+        return AutoConfig.for_model(arch, **common, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_pos,
+                                    n_inner=inter)  # fmt: skip
+    if arch == "gpt_neox":
+        return AutoConfig.for_model(
+            arch, **common, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=inter, max_position_embeddings=max_pos, tie_word_embeddings=True,
+        )  # fmt: skip
+    if arch == "opt":
+        return AutoConfig.for_model(
+            arch, **common, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=inter,
+            max_position_embeddings=max_pos, word_embed_proj_dim=hidden,
+        )  # fmt: skip
+    if arch == "bart":
+        return AutoConfig.for_model(
+            arch, **common, d_model=hidden, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
+            decoder_attention_heads=heads, encoder_ffn_dim=inter, decoder_ffn_dim=inter,
+            max_position_embeddings=max_pos, decoder_start_token_id=ids["eos_token_id"], forced_eos_token_id=None,
+        )  # fmt: skip
+    if arch == "t5":
+        return AutoConfig.for_model(
+            arch, vocab_size=vocab, d_model=hidden, d_kv=hidden // heads, d_ff=inter, num_layers=layers,
+            num_decoder_layers=layers, num_heads=heads, pad_token_id=ids["pad_token_id"],
+            eos_token_id=ids["eos_token_id"], decoder_start_token_id=ids["pad_token_id"],
+        )  # fmt: skip
+    raise unknown("tiny_random arch", arch, list(TINY_ARCHS))
+
+
 def tiny_random(
-    arch: Literal["llama", "t5"] = "llama",
+    arch: str = "llama",
     *,
     seed: int = 0,
     hidden_size: int = 64,
@@ -363,55 +446,47 @@ def tiny_random(
     num_heads: int = 4,
     intermediate_size: int | None = None,
     max_position_embeddings: int = 1024,
+    sliding_window: int | None = None,
 ) -> tuple[Any, Any]:
     """A few-layer randomly initialised model and a byte-level tokenizer, built without any network.
+
+    ``arch`` is one of :data:`TINY_ARCHS`. ``sliding_window`` gives the architectures that have one (mistral,
+    qwen2/qwen3 on their later layers, phi3, gemma2 and gemma3_text on their sliding layers) a window of that many
+    tokens, and llama4_text chunks of that many; ``None`` leaves every layer on full attention.
 
     Example:
         >>> model, tok = tiny_random("t5", hidden_size=32)
         >>> model_kind(model)
         'seq2seq'
+        >>> tiny_random("mistral", sliding_window=8)[0].config.sliding_window
+        8
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    tokenizer = byte_tokenizer(chat_template=arch == "llama")
-    vocab_size = len(tokenizer)
-    intermediate_size = intermediate_size or hidden_size * 2
+    if arch not in TINY_ARCHS:
+        raise unknown("tiny_random arch", arch, list(TINY_ARCHS))
+    tokenizer = byte_tokenizer(chat_template=arch not in _SEQ2SEQ)
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    config = _tiny_config(
+        arch,
+        vocab=len(tokenizer),
+        hidden=hidden_size,
+        layers=num_layers,
+        heads=num_heads,
+        inter=intermediate_size or hidden_size * 2,
+        max_pos=max_position_embeddings,
+        window=sliding_window,
+        ids=ids,
+    )
+    kind: TaskType = "seq2seq" if arch in _SEQ2SEQ else "causal"
     torch.manual_seed(seed)
-    if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=max(1, num_heads // 2),
-            max_position_embeddings=max_position_embeddings,
-            tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            attn_implementation="sdpa",
-        )
-        model = LlamaForCausalLM(config)
-        kind: TaskType = "causal"
-    elif arch == "t5":
-        config = T5Config(
-            vocab_size=vocab_size,
-            d_model=hidden_size,
-            d_kv=hidden_size // num_heads,
-            d_ff=intermediate_size,
-            num_layers=num_layers,
-            num_decoder_layers=num_layers,
-            num_heads=num_heads,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-        model = T5ForConditionalGeneration(config)
-        kind = "seq2seq"
-    else:
-        raise unknown("tiny_random arch", arch, ["llama", "t5"])
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    model = auto.from_config(config)  # transformers picks SDPA where the architecture supports it (not gemma2)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return _finish(model, tokenizer, kind, None)

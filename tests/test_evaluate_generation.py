@@ -43,6 +43,7 @@ def _one_at_a_time(model, prompts, max_new_tokens, eos):
 
 
 def _generate_each(model, prompts, max_new_tokens, eos):
+    """One-at-a-time greedy ``model.generate`` (no padding anywhere): the reference every engine must equal."""
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
         pad_token_id=0, eos_token_id=eos,
@@ -51,7 +52,7 @@ def _generate_each(model, prompts, max_new_tokens, eos):
     for p in prompts:
         ids = torch.tensor([p])
         toks = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)[0]
-        toks = toks[len(p) :].tolist()
+        toks = toks[1 if model.config.is_encoder_decoder else len(p) :].tolist()  # seq2seq: after the start
         out.append(toks[: next((j + 1 for j, t in enumerate(toks) if t in eos), len(toks))])
     return out
 
@@ -130,3 +131,43 @@ def test_logits_processors_in_the_models_generation_config_go_through_generate(m
 def test_unknown_engine_is_refused(model_and_eos):
     with pytest.raises(ValueError, match="engine must be"):
         generate_ids(model_and_eos[0], [[1, 2]], max_new_tokens=2, pad_id=0, engine="vllm")
+
+
+@pytest.mark.parametrize("engine", ["shared-prefix", "static", "hf"])
+def test_a_generated_pad_id_is_an_ordinary_token_not_the_end_of_a_row(engine, model_and_eos):
+    model, _ = model_and_eos
+    prompts = _prompts(model.config.vocab_size, n=4)
+    want = _one_at_a_time(model, prompts, 8, [2])
+    pad = want[0][1]  # a token the model generates mid-row, used as the padding id (many tokenizers pad with EOS)
+    assert pad != 2 and len(want[0]) > 2
+    got, _ = generate_ids(model, prompts, max_new_tokens=8, pad_id=pad, eos_ids=[2], batch_size=4, engine=engine)
+    assert got == want
+
+
+@pytest.fixture(scope="module")
+def windowed():
+    model, _ = tiny_random("mistral", sliding_window=16, hidden_size=32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3, generator=g)
+    return model.eval()
+
+
+def test_shared_prefix_is_exact_on_a_sliding_window_model(windowed, monkeypatch):
+    prompts = _prompts(windowed.config.vocab_size, n=4, shared=20)  # rows cross the 16-token window
+    eos = _common_eos(windowed, prompts)
+    got, _ = generate_ids(windowed, prompts, max_new_tokens=10, pad_id=0, eos_ids=eos, engine="shared-prefix")
+    assert got == _one_at_a_time(windowed, prompts, 10, eos)
+    # Inside the window the prefix is still shared: run once, as for any model.
+    monkeypatch.setattr(windowed.config, "sliding_window", 4096)
+    widths: list[tuple[int, int]] = []
+    hook = windowed.register_forward_pre_hook(
+        lambda m, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        generate_ids(windowed, prompts, max_new_tokens=4, pad_id=0, engine="shared-prefix")
+    finally:
+        hook.remove()
+    assert widths[0] == (1, 20)

@@ -285,9 +285,9 @@ def generate_ids(
         engine = "hf"
     outputs: list[list[int]] = [[] for _ in encoded]
     first = np.zeros((len(encoded), len(first_token_ids))) if first_token_ids is not None else None
-    stop_set = set(eos_ids) | {pad_id}
+    eos = set(eos_ids)  # only EOS and stop strings end a row: a generated pad id is an ordinary token
+    stopper = _stop_criteria(tokenizer, stop_strings)
     if engine == "shared-prefix":
-        stopper = _stop_criteria(tokenizer, stop_strings)
         with _eval_mode(model), _progress(len(encoded), desc, progress) as bar:
             for batch in _batches(order, batch_size):
                 new_ids, logp = _greedy_shared_prefix(
@@ -328,9 +328,8 @@ def generate_ids(
             new = (seqs if seq2seq else seqs[:, width:]).tolist()
             for row, i in enumerate(batch):
                 toks = new[row][1:] if seq2seq else new[row]  # a seq2seq output starts with the decoder start
-                # keep tokens up to and including the first EOS; what follows is padding of a finished row
-                cut = next((j + 1 for j, t in enumerate(toks) if t in stop_set), len(toks))
-                outputs[i] = toks[:cut]
+                # keep tokens up to the end of the row (EOS or stop string); what follows pads a finished row
+                outputs[i] = toks[: _finished_at(list(encoded[i]), toks, eos, stopper, pad_id, device)]
             bar.update(len(batch))
     return outputs, first
 
@@ -398,6 +397,20 @@ def _stop_criteria(tokenizer: Any, stop_strings: Sequence[str]) -> Any:
     return StopStringCriteria(tokenizer, list(stop_strings))
 
 
+def _finished_at(
+    prompt: list[int], toks: list[int], eos: set[int], stopper: Any, pad_id: int, device: torch.device
+) -> int:
+    """How many of ``generate``'s tokens for a row are its own: up to and including the first EOS or the token that
+    completes a stop string (the same rule, transformers' ``StopStringCriteria``, that ended the row). The rest is
+    padding added after the row finished; a generated pad id before that is an ordinary token."""
+    end = next((j + 1 for j, t in enumerate(toks) if t in eos), len(toks))
+    if stopper is not None and end > 0:
+        tails = _tails([prompt + toks[: j + 1] for j in range(end)], pad_id, device, stopper.maximum_token_len + 1)
+        hits = stopper(tails, None).tolist()
+        end = next((j + 1 for j, hit in enumerate(hits) if hit), end)
+    return end
+
+
 def _common_prefix(prompts: list[list[int]]) -> int:
     first, n = prompts[0], min(len(p) for p in prompts) - 1  # every row keeps one token of its own
     k = 0
@@ -418,11 +431,15 @@ def _greedy_shared_prefix(
 ) -> tuple[list[list[int]], torch.Tensor | None]:
     """Greedy decoding of one batch: the shared prefix once, each row's own tokens, then one token per step for the
     rows still running. Each row's attention sees exactly its own prompt (prefix + its tokens; the padding between
-    them is masked) at the positions it has alone, so its tokens equal one-at-a-time greedy decoding."""
+    them is masked) at the positions it has alone, so its tokens equal one-at-a-time greedy decoding. transformers
+    counts a sliding window in cache slots, not positions, so padding between the prefix and a row's tokens would
+    shift the window: a model with a window that a row crosses decodes the batch without a shared prefix."""
     device = _device(model)
     rows = len(prompts)
     shared = _common_prefix(prompts) if rows > 1 else 0
     shared = shared if shared >= _MIN_SHARED else 0
+    if shared and _window_shifts(model, prompts, shared, max_new_tokens):
+        shared = 0  # plain left padding: no padding between a row's tokens, so its sliding window is its own
     cache = None
     if shared:
         prefix = torch.tensor([prompts[0][:shared]], device=device)
@@ -484,6 +501,16 @@ def _greedy_shared_prefix(
         cache, logits = _cache_of(out), out.logits[:, -1]
         next_position = next_position + 1
     return outputs, first
+
+
+def _window_shifts(model: Any, prompts: list[list[int]], shared: int, max_new_tokens: int) -> bool:
+    """True when padding between the shared prefix and the rows' own tokens would move some row's sliding window
+    (or chunk): rows of different lengths, and a row that reaches past the model's smallest window."""
+    from nbft.train.layout import attention_pattern, smallest_span  # the model's attention rules, read once
+
+    span = smallest_span(attention_pattern(model.config))
+    own = {len(p) - shared for p in prompts}
+    return span is not None and len(own) > 1 and shared + max(own) + max_new_tokens > span
 
 
 def _cache_keyword(model: Any) -> str:

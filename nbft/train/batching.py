@@ -32,6 +32,9 @@ logger = logging.getLogger("nbft.train")
 
 IGNORE = -100
 
+Rule = tuple[str, int] | None
+"""How a layer attends: ``None`` (full causal), ``("window", W)`` (the last W tokens) or ``("chunk", C)``."""
+
 
 @dataclasses.dataclass
 class Examples:
@@ -383,6 +386,7 @@ def collate_causal(
     pack: bool,
     mask_dtype: torch.dtype = torch.float32,
     groups: list[int] | None = None,
+    pattern: dict[str, Rule] | None = None,
 ) -> dict[str, Any]:
     """Build one causal micro-batch in rows (several examples per row when ``pack``, else one per row).
 
@@ -392,7 +396,11 @@ def collate_causal(
     block-diagonal causal mask, **additive** (0 where a token may attend, the dtype's minimum where not) in
     ``mask_dtype``, the model's compute dtype: every attention implementation adds a float mask to its scores,
     while eager attention adds a boolean mask as 0/1, which masks nothing. It is ``None`` when every row is a single
-    unpadded example (the kernel's own causal path is then used). ``groups`` (one int per example, e.g. its task)
+    unpadded example (the kernel's own causal path is then used). ``pattern`` maps the model's layer types to their
+    attention rule (``None`` = full causal, ``("window", W)``, ``("chunk", C)``; see
+    :func:`nbft.train.layout.attention_pattern`): with one type the mask follows its rule, with several the mask is
+    a dict of masks per layer type, which transformers' models with mixed layers (Gemma 2/3, Qwen) take as given.
+    ``groups`` (one int per example, e.g. its task)
     adds a ``groups`` tensor aligned with ``targets`` (-1 elsewhere), for a loss per group.
     """
     lengths = [len(x) for x in input_ids]
@@ -418,14 +426,17 @@ def collate_causal(
                 group_ids[r, start : start + n - 1] = groups[i]
             spans[i] = (r, start)
             start += n
-    mask = None
+    mask: torch.Tensor | dict[str, torch.Tensor] | None = None
     if any(len(row) > 1 for row in rows) or bool((segments < 0).any()):
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         # Padding positions form their own block (they attend to earlier padding), so no row is fully masked:
         # a fully masked row gives NaN in SDPA, and NaN * 0 would still poison the weight gradients.
-        allowed = (segments[:, :, None] == segments[:, None, :]) & causal
-        mask = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill_(~allowed, torch.finfo(mask_dtype).min)
-        mask = mask[:, None]
+        same = (segments[:, :, None] == segments[:, None, :]) & causal
+        masks = {
+            kind: _additive(_restrict(same, positions, rule), mask_dtype)
+            for kind, rule in (pattern or {"full_attention": None}).items()
+        }
+        mask = next(iter(masks.values())) if len(masks) == 1 else masks
     batch: dict[str, Any] = {
         "input_ids": ids,
         "position_ids": positions,
@@ -436,6 +447,25 @@ def collate_causal(
     if groups is not None:
         batch["groups"] = group_ids
     return batch
+
+
+def _restrict(allowed: torch.Tensor, positions: torch.Tensor, rule: Rule) -> torch.Tensor:
+    """``allowed`` (same example, causal) narrowed to a layer's rule: the last ``W`` tokens of a sliding window
+    (``q - k < W``, as transformers defines it), or the same ``C``-token chunk of the example."""
+    if rule is None:
+        return allowed
+    kind, size = rule
+    q, k = positions[:, :, None], positions[:, None, :]
+    if kind == "window":
+        return allowed & (q - k < size)
+    if kind == "chunk":
+        return allowed & (q // size == k // size)
+    raise ValueError(f"unknown attention rule {rule!r}")
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[rows, 1, L, L]`` additive float mask: 0 where allowed, the dtype's minimum elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def collate_varlen(

@@ -14,6 +14,11 @@ A layout turns a micro-batch of examples into the batches the loss module runs. 
 * ``single``: one example per forward pass, no mask and no padding: the model's own causal path. Always correct,
   slowest; the last fallback.
 
+Every layout honours the model's attention pattern per layer (:func:`attention_pattern`): the per-example attention
+functions take each layer's sliding window from transformers (``sliding_window``), and 4D masks are built per layer
+type (a dict of masks when layers differ, as Gemma 2/3 take). A layout that cannot serve a pattern (chunked
+attention without a mask) is skipped with one logged line naming the layout tried instead.
+
 Any 4D mask is additive float in the model's compute dtype, so eager attention (which adds a boolean mask as 0/1)
 masks what it must. :func:`choose_layout` checks the chosen layout once at setup, as
 :func:`~nbft.train.loss.check_fused_head` does for the LM head: every example's logits must equal the logits it gets
@@ -32,12 +37,14 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 
 from nbft.train import attention
-from nbft.train.batching import collate_causal, collate_seq2seq, collate_varlen
+from nbft.train.batching import Rule, collate_causal, collate_seq2seq, collate_varlen
 
 logger = logging.getLogger("nbft.train")
 
@@ -52,15 +59,64 @@ class AttentionLayout(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
+def attention_pattern(config: Any) -> dict[str, Rule]:
+    """How each type of layer of a model attends, read from its config: layer type -> rule (``None`` for full
+    causal attention, ``("window", W)`` for a sliding window of ``W`` tokens, ``("chunk", C)`` for chunked
+    attention). Layer types follow transformers' ``config.layer_types`` (``"full_attention"``,
+    ``"sliding_attention"``, ``"chunked_attention"``); a config without them but with a ``sliding_window`` (Mistral,
+    Phi-3) has one sliding type for every layer.
+
+    Example:
+        >>> from nbft.models import tiny_random
+        >>> attention_pattern(tiny_random("gemma2", sliding_window=8)[0].config)
+        {'sliding_attention': ('window', 8), 'full_attention': None}
+        >>> attention_pattern(tiny_random()[0].config)
+        {'full_attention': None}
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    chunk = getattr(config, "attention_chunk_size", None)
+    types = getattr(config, "layer_types", None)
+    if not types:
+        uses_window = window is not None and getattr(config, "use_sliding_window", True) is not False
+        types = ["sliding_attention" if uses_window else "chunked_attention" if chunk else "full_attention"]
+    rules = {"sliding_attention": ("window", window) if window else None, "chunked_attention": ("chunk", chunk)}
+    return {kind: rules.get(kind) for kind in dict.fromkeys(types)}
+
+
+def smallest_span(pattern: dict[str, Rule]) -> int | None:
+    """The fewest tokens any layer sees (its window or chunk), or ``None`` when every layer attends fully."""
+    sizes = [rule[1] for rule in pattern.values() if rule is not None]
+    return min(sizes) if sizes else None
+
+
+def describe(pattern: dict[str, Rule]) -> str:
+    """``"sliding_attention: window 512, full_attention: full"``, for messages."""
+    return ", ".join(f"{kind}: {'full' if rule is None else f'{rule[0]} {rule[1]}'}" for kind, rule in pattern.items())
+
+
 class _Layout:
     name = "?"
     timings: dict[str, float] | None = None
     """Seconds per forward + backward of the sample micro-batch, per layout, when the layout was chosen by timing."""
 
-    def __init__(self, pad_id: int, device: torch.device, mask_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        pad_id: int,
+        device: torch.device,
+        mask_dtype: torch.dtype = torch.float32,
+        pattern: dict[str, Rule] | None = None,
+    ) -> None:
         self.pad_id = pad_id
         self.device = device
         self.mask_dtype = mask_dtype
+        self.pattern = pattern
+        """The model's attention rule per layer type (:func:`attention_pattern`); masks are built per rule."""
+
+    @staticmethod
+    def serves(pattern: dict[str, Rule]) -> str | None:
+        """Why this layout cannot run a model with this attention pattern, or ``None`` when it can."""
+        return None
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -80,6 +136,14 @@ class VarlenLayout(_Layout):
 
     @staticmethod
     def supported(device: torch.device) -> str | None:
+        return None
+
+    @staticmethod
+    def serves(pattern: dict[str, Rule]) -> str | None:
+        # The per-layer attention functions learn a layer's sliding window from transformers (``sliding_window``),
+        # but nothing tells them about chunks.
+        if any(rule is not None and rule[0] == "chunk" for rule in pattern.values()):
+            return "chunked attention is not passed to attention functions; it needs a mask"
         return None
 
 
@@ -119,7 +183,13 @@ class BlockMaskLayout(_Layout):
 
     def batches(self, input_ids, labels, groups=None):
         batch = collate_causal(
-            input_ids, labels, pad_id=self.pad_id, pack=self.pack, mask_dtype=self.mask_dtype, groups=groups
+            input_ids,
+            labels,
+            pad_id=self.pad_id,
+            pack=self.pack,
+            mask_dtype=self.mask_dtype,
+            groups=groups,
+            pattern=self.pattern,
         )
         return [self._to_device(batch)]
 
@@ -193,6 +263,8 @@ def choose_layout(
     prefer: str = "auto",
     measure: bool = False,
     sample: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+    max_length: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> _Layout:
     """The first layout, in order ``flash-varlen`` → ``flex`` (CUDA) / ``varlen`` (CPU) → ``mask`` → ``padded`` →
     ``single``, that can run here and passes the check.
@@ -200,25 +272,47 @@ def choose_layout(
     ``module`` is a :class:`~nbft.train.loss.CausalLMLoss` (or a ``Seq2SeqLoss``, which always gets ``seq2seq``).
     ``packing=False`` starts at ``padded``; ``prefer`` (``TrainConfig.attention``) starts the chain at that layout.
     ``mask_dtype`` defaults to the model's parameter dtype. With ``measure=True`` (and ``sample``, a micro-batch of
-    ``(input_ids, labels)``), every packed layout that passes is timed on ``sample`` and the fastest is returned.
+    ``(input_ids, labels)``), every packed layout that passes is timed on ``sample`` (with ``clock``) and the
+    fastest is returned.
+
+    Every layout honours the model's attention pattern (:func:`attention_pattern`: sliding windows, chunks, per
+    layer type); one that cannot is skipped with a logged line saying why. The check uses examples longer than
+    the smallest window (one longer than two), capped at ``max_length`` (the longest training example: a window
+    no example reaches changes nothing), so a layout that ignores a window that matters is never chosen. A model
+    whose code is not transformers' own (``trust_remote_code``) is also checked on ``sample``, one real batch;
+    if that fails, a ``ValueError`` names the mismatch and the settings to try.
     """
     model = module.model
     device = device if device is not None else next(model.parameters()).device
     mask_dtype = mask_dtype or next(model.parameters()).dtype
     if getattr(model.config, "is_encoder_decoder", False):
         return Seq2SeqLayout(pad_id, device)
+    pattern = attention_pattern(model.config)
+    if any(rule is not None for rule in pattern.values()):
+        logger.info("attention pattern of %s: %s", type(model).__name__, describe(pattern))
     chain = _candidates(model, device, packing, prefer)
     passed: list[_Layout] = []
     for i, cls in enumerate(chain):
-        layout = cls(pad_id, device, mask_dtype)
-        unsupported = getattr(cls, "supported", lambda d: None)(device)
+        layout = cls(pad_id, device, mask_dtype, pattern)
+        unsupported = getattr(cls, "supported", lambda d: None)(device) or cls.serves(pattern)
         if unsupported is not None:
-            logger.info("attention layout %r skipped: %s", layout.name, unsupported)
+            later = next((c.name for c in chain[i + 1 :] if c.serves(pattern) is None), "single")
+            log = logger.warning if cls.serves(pattern) is not None else logger.info
+            log("attention layout %r skipped for %s: %s; trying %r", layout.name, type(model).__name__, unsupported,
+                later)  # fmt: skip
             continue
         if not check or cls is SingleLayout:
             passed.append(layout)
             break
-        problem = layout_problem(module, layout)
+        problem = layout_problem(module, layout, max_length=max_length)
+        if problem is None and sample is not None and _custom_code(model):
+            problem = layout_problem(module, layout, sample=sample)
+            if problem is not None:
+                raise ValueError(
+                    f"{type(model).__name__} (custom code) gives different logits with the {layout.name!r} attention "
+                    f"layout than alone on a real batch: {problem}. Try TrainConfig(attention='padded') or "
+                    "TrainConfig(packing=False); attention='single' always matches the model's own forward"
+                )
         if problem is None:
             passed.append(layout)
             if not (measure and sample is not None and cls in _PACKED):
@@ -233,16 +327,24 @@ def choose_layout(
         )
     packed = [layout for layout in passed if type(layout) in _PACKED]
     if len(packed) > 1 and sample is not None:
-        return _fastest(module, packed, sample)
+        return _fastest(module, packed, sample, clock)
     if not passed:
         raise AssertionError("unreachable: the single layout always passes")
     return passed[0]
 
 
-def _fastest(module: Any, layouts: list[_Layout], sample: tuple[list[torch.Tensor], list[torch.Tensor]]) -> _Layout:
-    """Time a forward + backward of ``sample`` with each layout (after one warm-up run); keep the fastest."""
-    import time
+def _custom_code(model: Any) -> bool:
+    """A model whose code is not one of transformers' own architectures (``trust_remote_code``, or user code)."""
+    return not type(model).__module__.startswith("transformers.models.")
 
+
+def _fastest(
+    module: Any,
+    layouts: list[_Layout],
+    sample: tuple[list[torch.Tensor], list[torch.Tensor]],
+    clock: Callable[[], float] = time.perf_counter,
+) -> _Layout:
+    """Time a forward + backward of ``sample`` with each layout (after one warm-up run); keep the fastest."""
     model = module.model
     ids, labels = sample
     timings: dict[str, float] = {}
@@ -251,11 +353,11 @@ def _fastest(module: Any, layouts: list[_Layout], sample: tuple[list[torch.Tenso
             best = float("inf")
             for _ in range(2):  # the first run compiles (flex) and warms the kernels
                 _sync(layout.device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 for batch in layout.batches(ids, labels):
                     module(**batch).float().backward()
                 _sync(layout.device)
-                best = min(best, time.perf_counter() - t0)
+                best = min(best, clock() - t0)
             timings[layout.name] = best
         except Exception as exc:  # e.g. out of memory with one layout: the others may still run
             logger.warning("attention layout %r could not be timed (%s: %s)", layout.name, type(exc).__name__, exc)
@@ -274,22 +376,52 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def check_lengths(pattern: dict[str, Rule] | None, max_length: int | None = None) -> tuple[int, int, int]:
+    """Lengths of the check's three examples: 24, 12 and 8 tokens, or, when a layer attends to fewer tokens
+    (window or chunk ``W``), ``2W + 5``, ``W + 3`` and 8, so one example crosses two windows and one crosses one.
+    ``max_length`` caps them: a window no example reaches changes nothing.
+
+    Example:
+        >>> check_lengths({"sliding_attention": ("window", 16)})
+        (37, 19, 8)
+    """
+    span = smallest_span(pattern or {})
+    lengths = (24, 12, 8) if span is None else (max(24, 2 * span + 5), max(12, span + 3), 8)
+    if max_length is not None:
+        lengths = tuple(max(2, min(n, max_length)) for n in lengths)  # type: ignore[assignment]
+    return lengths  # type: ignore[return-value]
+
+
 @torch.no_grad()
-def layout_problem(module: Any, layout: _Layout) -> str | None:
+def layout_problem(
+    module: Any,
+    layout: _Layout,
+    *,
+    max_length: int | None = None,
+    sample: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+) -> str | None:
     """``None`` when ``layout`` gives each example the logits it has alone, and no example sees another's tokens.
 
-    Three synthetic examples (24, 12 and 8 tokens) are used, so the ``mask`` layout packs the last two into one
-    padded row. Checks: (1) logits equal those of each example run alone, within the dtype's tolerance; (2) after
-    changing the middle example's last token, the logits of its earlier tokens and of the other examples are
-    unchanged (masked positions contribute exact zeros, so this holds in any dtype).
+    Three synthetic examples are used (:func:`check_lengths`: longer than the model's smallest attention window),
+    so the ``mask`` layout packs the last two into one padded row; or the real micro-batch ``sample``. Checks:
+    (1) logits equal those of each example run alone, within the dtype's tolerance; (2) after changing the middle
+    example's last token, the logits of its earlier tokens and of the other examples are unchanged (masked
+    positions contribute exact zeros, so this holds in any dtype).
     """
     model = module.model
     was_training = model.training
     model.eval()
     try:
         vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 256
-        gen = torch.Generator().manual_seed(0)
-        ids = [torch.randint(0, vocab, (n,), generator=gen) for n in (24, 12, 8)]
+        if sample is not None:
+            ids = [x.clone() for x in sample[0]]
+        else:
+            gen = torch.Generator().manual_seed(0)
+            # The model's own windows decide the lengths (not the layout's idea of them), within its positions.
+            limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+            cap = min((n for n in (max_length, limit) if n), default=None)
+            lengths = check_lengths(attention_pattern(model.config), cap)
+            ids = [torch.randint(0, vocab, (n,), generator=gen) for n in lengths]
         labels = [x.clone() for x in ids]
         first = _per_example_logits(module, layout, ids, labels)
         dtype = first[0].dtype
@@ -300,6 +432,8 @@ def layout_problem(module: Any, layout: _Layout) -> str | None:
             err = float((got.float() - alone).abs().max()) / scale
             if not err <= tol:  # also catches NaN
                 return f"an example's logits differ from its logits alone by {err:.2g} (relative)"
+        if len(ids) < 2:
+            return None
         # Change the middle example's last token: it shares a packed row with the next example (any layout).
         changed = [x.clone() for x in ids]
         changed[1][-1] = (changed[1][-1] + 1) % vocab
