@@ -109,3 +109,20 @@ def test_replay_effect_lines():
     assert check_replay(0.3) == (0.3,)
     with pytest.raises(ValueError, match="twice"):
         check_replay((0.1, 0.1))
+
+
+def test_the_experiment_and_the_demo_load_models_through_one_public_function():
+    import inspect
+
+    import nbft.demo
+    import nbft.forgetting
+    from nbft.models import resolve_model
+
+    source = inspect.getsource(nbft.forgetting)
+    assert "from nbft.demo" not in source and "import nbft.demo" not in source  # no demo <-> forgetting circle
+    assert not hasattr(nbft.demo, "_load")
+    model, tok, label, folder = resolve_model("tiny")
+    assert label == "tiny-random-llama" and folder is None
+    assert resolve_model((model, tok))[:2] == (model, tok) and resolve_model(model, tok).tokenizer is tok
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        resolve_model(model)
