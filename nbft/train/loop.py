@@ -90,6 +90,8 @@ from nbft.train.sync import (
     all_reduce_sum,
     broadcast_from_main,
     broadcast_from_main_object,
+    buffer_dtypes,
+    cast_buffers,
     distributed,
     gather_to_all,
 )
@@ -478,6 +480,7 @@ def _resumed_run(
     model = auto.from_pretrained(
         checkpoint / "model", dtype=torch.float32, attn_implementation=meta.get("attn_implementation")
     )
+    cast_buffers(model, meta.get("buffer_dtypes", {}))  # RoPE frequencies etc. as the run had them (see sync.py)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer") if (run_dir / "tokenizer").exists() else None
     val_path = run_dir / "data" / "validation.safetensors"
     return Run(
@@ -1380,6 +1383,7 @@ def _write_run_files(run_dir: Path, run: Run, kind: str, dtype: torch.dtype, att
         "base_model": run.base_model,
         "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": attn_implementation,
+        "buffer_dtypes": buffer_dtypes(run.model),
     }
     write_training_hashes(run_dir / "data", run.train_hashes)  # None: warns that overlap can't be checked
     with atomic_path(run_dir / "run.json") as tmp:

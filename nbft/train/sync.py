@@ -152,6 +152,28 @@ def restore_buffers(model: Any, saved: dict[str, torch.Tensor]) -> None:
                 module._buffers[leaf] = value.to(device, copy=True)
 
 
+def buffer_dtypes(model: Any) -> dict[str, str]:
+    """The dtype of each floating-point buffer the state dict leaves out (``{"model.rotary_emb.inv_freq":
+    "float32"}``): what a run records so that resume() rebuilds them as the model had them (a model handed over
+    after ``model.to(torch.bfloat16)`` trains with bf16-rounded RoPE frequencies, and must resume with them)."""
+    return {k: str(v.dtype).removeprefix("torch.") for k, v in derived_buffers(model).items() if v.is_floating_point()}
+
+
+def cast_buffers(model: Any, dtypes: dict[str, str]) -> None:
+    """Cast the named buffers to the recorded dtypes (see :func:`buffer_dtypes`); names the model lacks are skipped.
+    The model computes them from its config, so the cast gives exactly what the recorded run had."""
+    for name, dtype_name in dtypes.items():
+        prefix, _, leaf = name.rpartition(".")
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            continue
+        current = module._buffers.get(leaf)
+        dtype = getattr(torch, dtype_name, None)
+        if current is not None and isinstance(dtype, torch.dtype) and current.dtype != dtype:
+            module._buffers[leaf] = current.to(dtype)
+
+
 class GradSync:
     """Accumulate over a step's micro-batches, all-reduce the fp32 master gradients once, then clip.
 
