@@ -162,6 +162,8 @@ def buffer_dtypes(model: Any) -> dict[str, str]:
 def cast_buffers(model: Any, dtypes: dict[str, str]) -> None:
     """Cast the named buffers to the recorded dtypes (see :func:`buffer_dtypes`); names the model lacks are skipped.
     The model computes them from its config, so the cast gives exactly what the recorded run had."""
+    if not isinstance(dtypes, dict):  # an older or hand-edited run.json: the buffers stay as the model made them
+        return
     for name, dtype_name in dtypes.items():
         prefix, _, leaf = name.rpartition(".")
         try:
@@ -169,7 +171,7 @@ def cast_buffers(model: Any, dtypes: dict[str, str]) -> None:
         except AttributeError:
             continue
         current = module._buffers.get(leaf)
-        dtype = getattr(torch, dtype_name, None)
+        dtype = getattr(torch, str(dtype_name), None)
         if current is not None and isinstance(dtype, torch.dtype) and current.dtype != dtype:
             module._buffers[leaf] = current.to(dtype)
 
