@@ -79,32 +79,6 @@ TINY_DEFAULTS = DemoSettings(
 )  # fmt: skip
 
 
-def _load(model: Any) -> tuple[Any, Any, str, Path | None]:
-    """(model, tokenizer, label, folder of the base weights on disk, if any)."""
-    from nbft import models
-
-    if model is None or model == "default":
-        m, tok = models.load_model()
-        label = models.DEFAULT_MODEL
-    elif model == "tiny":
-        m, tok = models.tiny_random("llama", seed=0)
-        return m, tok, "tiny-random-llama", None
-    elif isinstance(model, tuple):
-        m, tok = model
-        label = getattr(m, "name_or_path", "") or type(m).__name__
-    else:
-        m, tok = models.load_model(str(model))
-        label = str(model)
-    # The base weights on disk (for the streaming weight-change view): the folder the model was loaded from.
-    folder = None
-    loaded_from = getattr(m, "name_or_path", None)
-    if loaded_from and Path(loaded_from).is_dir() and any(Path(loaded_from).glob("*.safetensors")):
-        folder = Path(loaded_from)
-    elif label == models.DEFAULT_MODEL and any(models.offline_copy_dir(label).glob("*.safetensors")):
-        folder = models.offline_copy_dir(label)
-    return m, tok, label, folder
-
-
 def _check_arguments(cfg: DemoSettings, names: list[str], offline: set[str], model: Any, out: Path) -> None:
     """What can be known before any work: counts are positive, every task's data is reachable, a model path
     exists, the output folder is a folder."""
@@ -216,13 +190,13 @@ def _run_demo(
     progress: bool,
     echo: Callable[[str], None] | None,
 ) -> dict[str, Any]:
-    import torch
-
     from nbft.data import tokenize_for_training
     from nbft.evaluate import ForgettingMonitor, evaluate_model, get_task, list_tasks
     from nbft.forgetting import check_replay, replay_effect, replay_mixture, variant_label
+    from nbft.models import resolve_model
     from nbft.report import compare
     from nbft.train import ProgressObserver, TrainConfig, finetune
+    from nbft.train.variants import BaseSnapshot
 
     say = echo or (lambda line: logger.info("%s", line))
     t_start = time.perf_counter()
@@ -270,7 +244,7 @@ def _run_demo(
 
     # model ---------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    mdl, tok, label, base_folder = _load(model)
+    mdl, tok, label, base_folder = resolve_model(model)
     timings["load_s"] = time.perf_counter() - t0
     chat = cfg.chat_template and bool(getattr(tok, "chat_template", None))
     say(
@@ -313,7 +287,7 @@ def _run_demo(
             out_.append(ForgettingMonitor(task_objs, n=cfg.monitor_n, checkpoints=False, chat_template=chat, seed=seed))
         return out_
 
-    base_state = {k: v.detach().clone() for k, v in mdl.state_dict().items()} if shares else None
+    base = BaseSnapshot(mdl) if shares else None  # weights and buffers: each replay variant starts from this base
     run = finetune(mdl, tok, train_tok, val=val_tok, config=tcfg, observers=observers(), run_dir=out)
     run.wait()
     timings["train_s"] = time.perf_counter() - t0
@@ -326,7 +300,7 @@ def _run_demo(
     models: dict[str, Any] = {"base": base_eval, "tuned": run}
     training: dict[str, Any] = {}
     replay_runs = []
-    if shares:
+    if base is not None:  # replay variants
         # the tuned model is evaluated now, before the replay variants retrain the same weights from the base
         zero_shot = dataclasses.replace(ecfg, icl_shots=(0,))  # k-shot columns are the base model's only
         models["tuned"] = evaluate_model(mdl, task_objs, name="tuned", tokenizer=tok, target=target, config=zero_shot)
@@ -334,8 +308,7 @@ def _run_demo(
         timings["eval_tuned_s"] = time.perf_counter() - t0
         for share in shares:
             t0 = time.perf_counter()
-            with torch.no_grad():
-                mdl.load_state_dict(base_state)  # the same base, the same seed, the same target examples
+            base.restore()  # the same base (bit for bit, buffers too), the same seed, the same target examples
             mixed, counts = replay_mixture(train_rows, replay_rows, share, seed=seed)
             mixed_tok = tokenize_for_training(mixed, tok, max_length=max(cfg.max_length, cfg.replay_max_length),
                                               chat_template=chat)  # fmt: skip
@@ -353,7 +326,7 @@ def _run_demo(
             say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}, final loss {rrun.final_loss:.3f}, in "
                 f"{timings[f'train_{name}_s']:.0f}s, evaluated in {timings[f'eval_{name}_s']:.0f}s"
                 + _monitor_line(rrun))  # fmt: skip
-        del base_state
+        del base
         t0 = time.perf_counter()
     # the runs themselves (not bare models): compare() reads what each trained on and checks every test example
     table = compare(models, task_objs, target=target, config=ecfg, tokenizer=tok, training_data=training or None)

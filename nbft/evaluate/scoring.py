@@ -207,7 +207,8 @@ def _scored(
     }
     if ci:
         n = len(examples)
-        result["ci"] = {k: list(stats.bootstrap_ci(stat[k], n=n, n_boot=cfg.n_boot, seed=cfg.seed)) for k in keys}
+        ci = {k: stats.bootstrap_ci(stat[k], n=n, n_boot=cfg.n_boot, seed=cfg.seed, key=task.name) for k in keys}
+        result["ci"] = {k: list(v) for k, v in ci.items()}
     return result
 
 

@@ -9,8 +9,10 @@ a training-time monitor or a forgetting experiment can reuse it without a compar
 - :func:`forgetting`: G (gain on the target), BWT′ (mean Δ on the other tasks), AF (mean drop, counting only drops),
   the worst drop and the number of significant regressions, each aggregate with a CI when replicates are given.
 
-All scores are points (0-100). Resampling uses one fixed index matrix per (n, seed), shared by every model and task
-of a table, which is what makes the intervals *paired*.
+All scores are points (0-100). Resampling uses one fixed index matrix per (n, seed, key): every model scored on the
+same task (``key`` = the task's name) shares it, which is what makes the intervals *paired*; different tasks are
+independent samples, so each gets its own resamples (one matrix for all would couple them: the CI of BWT′ over two
+tasks whose changes cancel example by example would shrink to a point).
 
 Example:
     >>> import numpy as np
@@ -24,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,13 +47,21 @@ Scores = np.ndarray | Callable[[np.ndarray], float]
 such as macro-F1 or chrF++)."""
 
 
-def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """The bootstrap's index matrix (``n_boot`` × ``n``): the same for every model, so Δ intervals are paired."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+def resample_indices(n: int, n_boot: int, seed: int, key: str | None = None) -> np.ndarray:
+    """The bootstrap's index matrix (``n_boot`` × ``n``): the same for every model scored on the task ``key``, so Δ
+    intervals are paired; another ``key`` (another task, an independent sample) gets independent indices.
+
+    Example:
+        >>> a, b = resample_indices(5, 3, 0, key="qa"), resample_indices(5, 3, 0, key="ner")
+        >>> bool((a == resample_indices(5, 3, 0, key="qa")).all()), bool((a == b).all())
+        (True, False)
+    """
+    entropy = [seed] if key is None else [seed, zlib.crc32(key.encode())]  # crc32: the same in every process
+    return np.random.default_rng(np.random.SeedSequence(entropy)).integers(0, n, size=(n_boot, n))
 
 
-def _replicates(values: Scores, n: int, n_boot: int, seed: int) -> np.ndarray:
-    idx = resample_indices(n, n_boot, seed)
+def _replicates(values: Scores, n: int, n_boot: int, seed: int, key: str | None = None) -> np.ndarray:
+    idx = resample_indices(n, n_boot, seed, key)
     if callable(values):
         return np.array([values(row) for row in idx], dtype=float)
     return np.asarray(values, dtype=float)[idx].mean(axis=1)
@@ -66,11 +77,18 @@ def _interval(reps: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def bootstrap_ci(
-    values: Scores, n: int | None = None, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    values: Scores,
+    n: int | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    key: str | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of a mean (``values`` = per-example scores) or of any statistic.
 
-    For a corpus-level statistic pass ``values`` as a function of a resampled index array, and ``n``.
+    For a corpus-level statistic pass ``values`` as a function of a resampled index array, and ``n``. ``key``: the
+    task's name (its resamples, see :func:`resample_indices`).
 
     Example:
         >>> lo, hi = bootstrap_ci(np.array([100, 0, 100, 100.0]), n_boot=200)
@@ -80,24 +98,33 @@ def bootstrap_ci(
     n = len(values) if n is None else n  # type: ignore[arg-type]
     if n == 0:
         return (math.nan, math.nan)
-    return _interval(_replicates(values, n, n_boot, seed), level)
+    return _interval(_replicates(values, n, n_boot, seed, key), level)
 
 
 def delta_replicates(
-    base: Scores, other: Scores, n: int | None = None, *, n_boot: int = 1000, seed: int = 0
+    base: Scores, other: Scores, n: int | None = None, *, n_boot: int = 1000, seed: int = 0, key: str | None = None
 ) -> np.ndarray:
-    """Bootstrap replicates of Δ = statistic(other) − statistic(base), both on the same resampled examples."""
+    """Bootstrap replicates of Δ = statistic(other) − statistic(base), both on the same resampled examples (those
+    of the task ``key``: pass each task's name, so that independent tasks get independent resamples)."""
     if n is None:
         n = len(base)  # type: ignore[arg-type]
     if n == 0:
         return np.full(n_boot, math.nan)
-    return _replicates(other, n, n_boot, seed) - _replicates(base, n, n_boot, seed)
+    return _replicates(other, n, n_boot, seed, key) - _replicates(base, n, n_boot, seed, key)
 
 
 def paired_bootstrap_ci(
-    base: Scores, other: Scores, n: int | None = None, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    base: Scores,
+    other: Scores,
+    n: int | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    key: str | None = None,
 ) -> tuple[float, float]:
-    """Paired percentile bootstrap CI of Δ = statistic(other) − statistic(base), resampling examples jointly.
+    """Paired percentile bootstrap CI of Δ = statistic(other) − statistic(base), resampling examples jointly
+    (``key``: the task's name, see :func:`resample_indices`).
 
     Example:
         >>> paired_bootstrap_ci(np.zeros(5), np.full(5, 10.0), n_boot=100)
@@ -107,7 +134,7 @@ def paired_bootstrap_ci(
         n = len(base)  # type: ignore[arg-type]
     if n == 0:
         return (math.nan, math.nan)
-    return _interval(delta_replicates(base, other, n, n_boot=n_boot, seed=seed), level)
+    return _interval(delta_replicates(base, other, n, n_boot=n_boot, seed=seed, key=key), level)
 
 
 def _value(scores: Scores, n: int) -> float:
@@ -124,6 +151,7 @@ def delta(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Δ = other − base on the same ``n`` examples, with its paired bootstrap CI.
 
@@ -131,6 +159,8 @@ def delta(
     and losses count examples whose per-example score rose, stayed or fell (from the arrays themselves, or from
     ``*_per_example`` when the statistic is a corpus metric). ``significant``: the CI excludes 0; ``regression``:
     it lies wholly below 0. ``replicates`` holds the bootstrap Δs (for CIs of aggregates, see :func:`forgetting`).
+    ``key``: the task's name; each task gets its own resamples (see :func:`resample_indices`), so the aggregates'
+    CIs treat tasks as the independent samples they are.
 
     Example:
         >>> delta(np.array([0.0, 100.0]), np.array([100.0, 100.0]), n_boot=100)["delta"]
@@ -138,7 +168,7 @@ def delta(
     """
     if n is None:
         n = len(base)  # type: ignore[arg-type]
-    reps = delta_replicates(base, other, n, n_boot=n_boot, seed=seed)
+    reps = delta_replicates(base, other, n, n_boot=n_boot, seed=seed, key=key)
     lo, hi = _interval(reps, level) if n else (math.nan, math.nan)
     b, o = _value(base, n) if n else math.nan, _value(other, n) if n else math.nan
     pb = base_per_example if base_per_example is not None else (None if callable(base) else np.asarray(base, float))
@@ -177,7 +207,8 @@ def forgetting(
             target and every other task.
         target: the task trained on; its Δ is G. The other tasks measure forgetting.
         replicates: ``{task: bootstrap Δ replicates}`` (same length for every task, from :func:`delta` or
-            :func:`delta_replicates`): adds a CI for G, BWT′, AF and the worst drop, as ``<name>_ci_low/_ci_high``.
+            :func:`delta_replicates`, each with ``key=task``): adds a CI for G, BWT′, AF and the worst drop, as
+            ``<name>_ci_low/_ci_high``.
 
     Definitions over the other tasks t: BWT′ = mean Δ_t (negative = forgetting; the prime says it is measured against
     the base model, not after each task of a sequence); AF = mean max(0, −Δ_t); worst drop = min Δ_t.

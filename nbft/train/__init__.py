@@ -33,6 +33,7 @@ _EXPORTS = {
     "HistoryWriter": "nbft.train.events",
     "TrainerObserverCallback": "nbft.train.hf_callback",
     "update_model_card": "nbft.train.card",
+    "BaseSnapshot": "nbft.train.variants",
     "TrainConfig": "nbft.config",
 }
 

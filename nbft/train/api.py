@@ -36,7 +36,7 @@ from nbft.train.guard import check_new_run_dir, claim_model, clear_old_run, plan
 from nbft.train.lock import RunLock
 from nbft.train.loop import train_loop
 from nbft.train.run import Run
-from nbft.train.sync import broadcast_from_main_object, distributed, is_main_process
+from nbft.train.sync import broadcast_from_main_object, cast_buffers, distributed, is_main_process
 
 logger = logging.getLogger("nbft.train")
 
@@ -210,6 +210,7 @@ def _resumed_run(
     model = auto.from_pretrained(
         checkpoint / "model", dtype=torch.float32, attn_implementation=meta.get("attn_implementation")
     )
+    cast_buffers(model, meta.get("buffer_dtypes", {}))  # RoPE frequencies etc. as the run had them (see sync.py)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer") if (run_dir / "tokenizer").exists() else None
     val_path = run_dir / "data" / "validation.safetensors"
     return Run(

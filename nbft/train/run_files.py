@@ -26,7 +26,7 @@ from nbft.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state,
 from nbft.train.fsdp import full_optimizer_state, full_state_dict, load_full_optimizer_state
 from nbft.train.selection import protected_steps
 from nbft.train.state import RunHandle, TrainState
-from nbft.train.sync import TrainingError, agree, gather_to_all
+from nbft.train.sync import TrainingError, agree, buffer_dtypes, gather_to_all
 
 logger = logging.getLogger("nbft.train")
 
@@ -129,6 +129,7 @@ def write_run_files(
         "base_model": run.base_model,
         "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": attn_implementation,
+        "buffer_dtypes": buffer_dtypes(run.model),
     }
     write_training_hashes(run_dir / "data", run.train_hashes)  # None: warns that overlap can't be checked
     with atomic_path(run_dir / "run.json") as tmp:

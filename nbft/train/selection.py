@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nbft.train.checkpoint import checkpoint_dir
+from nbft.train.checkpoint import checkpoint_dir, list_checkpoints
 
 __all__ = ["best_checkpoint", "protected_steps"]
 
@@ -59,9 +59,13 @@ def best_checkpoint(
     """The checkpoint with the best target score whose worst drop on the other tasks stays within ``max_drop``.
 
     ``max_drop`` is a fraction of each other task's base score (0.2: every other task keeps at least 80% of its base
-    score); default: the monitor's own ``max_drop``. Ties go to the earlier step. The last point of a completed run
-    is its final model (``<run_dir>/model``). Returns a checkpoint folder (``nbft.load_model`` and ``nbft.compare``
-    take it); raises ``LookupError`` when no point fits, naming the smallest worst drop there was.
+    score); default: the monitor's own ``max_drop``. Ties go to the earlier step. ``total_steps``: the last step of
+    a completed run, whose final model (``<run_dir>/model``) then stands for that step, unless the run went on past
+    it (``resume(..., more_steps=N)`` wrote later checkpoints, and may have replaced or outdated ``model/``); without
+    it, only checkpoint folders are returned (a completed run's final checkpoint holds its final weights).
+
+    Returns a checkpoint folder (``nbft.load_model`` and ``nbft.compare`` take it); raises ``LookupError`` when no
+    point fits, naming the smallest worst drop there was.
 
     Example::
 
@@ -88,11 +92,11 @@ def best_checkpoint(
             f"was {least['worst_drop']:.0%} ({least.get('worst_task')}) at step {least['step']}. Raise max_drop, stop "
             "earlier, or train with replay (nbft.mix(..., replay=0.1))"
         )
-    final = total_steps if total_steps is not None else max(p["step"] for p in points)
+    final = _final_model_step(run_dir, total_steps)
     for p in fits:
         step = int(p["step"])
         path = checkpoint_dir(run_dir, step)
-        if step == final and (run_dir / "model" / "config.json").exists():
+        if step == final:
             chosen = run_dir / "model"  # the completed run's saved model (its final checkpoint holds the same weights)
         elif path.is_dir():
             chosen = path
@@ -110,3 +114,12 @@ def best_checkpoint(
         f"the points within the budget (steps {steps}) have no checkpoint in {run_dir / 'checkpoints'}: train with "
         "ForgettingMonitor(checkpoints=True) (the default), and a larger TrainConfig.keep_last to keep more of them"
     )
+
+
+def _final_model_step(run_dir: Path, total_steps: int | None) -> int | None:
+    """The step whose weights ``<run_dir>/model`` is known to hold: the completed run's last step, if nothing was
+    trained past it (any later step leaves a checkpoint, when the extended run stops or completes)."""
+    if total_steps is None or not (run_dir / "model" / "config.json").exists():
+        return None
+    later = [p for p in list_checkpoints(run_dir) if int(p.name.removeprefix("step-")) > total_steps]
+    return None if later else int(total_steps)

@@ -66,13 +66,17 @@ class MasterWeights:
         self.params = list(model.parameters())
         self.restore_dtype = restore_dtype or self.params[0].dtype
         self.separate = compute_dtype != torch.float32 and keep_master
+        # Buffers the state dict leaves out (RoPE's inv_freq, ...) are derived from the config: the saved model
+        # recomputes them on load, so the model given back must hold them exactly as it came.
+        self.derived = derived_buffers(model)
         if self.separate:
             with torch.no_grad():
                 self.master = [torch.nn.Parameter(p.detach().float().clone()) for p in self.params]
-            model.to(compute_dtype)  # in place: the same Parameter objects (ties kept), now bf16
-        else:
+        # Parameters only, in place (the same Parameter objects, so ties are kept): buffers keep the dtype the model
+        # made them in (RoPE computes in fp32 from fp32 frequencies; bf16 would round 0.316228 to 0.316406).
+        cast_parameters(model, compute_dtype)
+        if not self.separate:
             # fp32, or pure bf16 (keep_master=False): the model's own parameters are what the optimizer updates.
-            model.to(compute_dtype)
             self.master = self.params
 
     def accumulate(self) -> None:
@@ -105,10 +109,80 @@ class MasterWeights:
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Training is over: the model gets ``restore_dtype`` back, holding the trained master values."""
-        self.model.to(self.restore_dtype)  # first: copying fp32 masters into bf16 weights would round them
+        """Training is over: the model gets ``restore_dtype`` back, holding the trained master values, and its
+        derived (non-persistent) buffers exactly as they came."""
+        cast_parameters(self.model, self.restore_dtype)  # first: copying fp32 masters into bf16 would round them
         if self.separate:
             torch._foreach_copy_(self.params, self.master)
+        restore_buffers(self.model, self.derived)
+
+
+def cast_parameters(model: Any, dtype: torch.dtype) -> None:
+    """Cast ``model``'s floating-point parameters (and their gradients) to ``dtype`` in place; buffers are left as
+    they are. The Parameter objects stay the same, so tied weights stay tied and an optimizer keeps its references.
+
+    Example:
+        >>> m = torch.nn.BatchNorm1d(2)
+        >>> cast_parameters(m, torch.bfloat16)
+        >>> m.weight.dtype, m.running_mean.dtype
+        (torch.bfloat16, torch.float32)
+    """
+    with torch.no_grad():
+        for p in model.parameters():  # each shared Parameter once
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+                if p.grad is not None:
+                    p.grad = p.grad.to(dtype)
+
+
+def derived_buffers(model: Any) -> dict[str, torch.Tensor]:
+    """Copies of the buffers that ``model.state_dict()`` leaves out (non-persistent: recomputed from the config on
+    load, such as RoPE's ``inv_freq``), by name."""
+    out = {}
+    for prefix, module in model.named_modules():
+        for name in module._non_persistent_buffers_set:
+            value = module._buffers.get(name)
+            if value is not None:
+                out[f"{prefix}.{name}" if prefix else name] = value.detach().clone()
+    return out
+
+
+def restore_buffers(model: Any, saved: dict[str, torch.Tensor]) -> None:
+    """Put ``saved`` buffers back into ``model`` exactly (their dtype and values), on the device each now lives on."""
+    with torch.no_grad():
+        for name, value in saved.items():
+            prefix, _, leaf = name.rpartition(".")
+            module = model.get_submodule(prefix)
+            current = module._buffers.get(leaf)
+            if current is not None and current.dtype == value.dtype and current.shape == value.shape:
+                current.copy_(value)  # in place: a buffer shared between modules stays shared
+            else:
+                device = current.device if current is not None else value.device
+                module._buffers[leaf] = value.to(device, copy=True)
+
+
+def buffer_dtypes(model: Any) -> dict[str, str]:
+    """The dtype of each floating-point buffer the state dict leaves out (``{"model.rotary_emb.inv_freq":
+    "float32"}``): what a run records so that resume() rebuilds them as the model had them (a model handed over
+    after ``model.to(torch.bfloat16)`` trains with bf16-rounded RoPE frequencies, and must resume with them)."""
+    return {k: str(v.dtype).removeprefix("torch.") for k, v in derived_buffers(model).items() if v.is_floating_point()}
+
+
+def cast_buffers(model: Any, dtypes: dict[str, str]) -> None:
+    """Cast the named buffers to the recorded dtypes (see :func:`buffer_dtypes`); names the model lacks are skipped.
+    The model computes them from its config, so the cast gives exactly what the recorded run had."""
+    if not isinstance(dtypes, dict):  # an older or hand-edited run.json: the buffers stay as the model made them
+        return
+    for name, dtype_name in dtypes.items():
+        prefix, _, leaf = name.rpartition(".")
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            continue
+        current = module._buffers.get(leaf)
+        dtype = getattr(torch, str(dtype_name), None)
+        if current is not None and isinstance(dtype, torch.dtype) and current.dtype != dtype:
+            module._buffers[leaf] = current.to(dtype)
 
 
 class GradSync:
