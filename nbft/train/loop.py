@@ -64,6 +64,7 @@ from nbft.train.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,
+    write_failure,
 )
 from nbft.train.events import PROCESS_OBSERVERS, Events, HistoryWriter, Observer, StepState, StopTraining
 from nbft.train.guard import (
@@ -694,6 +695,7 @@ def train_loop(run: Run) -> None:
         if isinstance(exc, KeyboardInterrupt):
             kept = latest_checkpoint(run.run_dir)
             exc = KeyboardInterrupt(f"aborted by a second interrupt; resume() continues from {kept or 'the start'}")
+        exc = write_failure(exc, run.run_dir) or exc  # a full or read-only disk: what failed, how to resume
         run.status, run.error = "failed", exc
         run.summary = {**run.summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         logger.error("training failed: %s", exc)
@@ -1374,7 +1376,10 @@ def _write_run_files(run_dir: Path, run: Run, kind: str, dtype: torch.dtype, att
             run.tokenizer.save_pretrained(run_dir / "tokenizer")
         except Exception as exc:  # a custom tokenizer that cannot be saved only costs resume() its tokenizer
             logger.warning("could not save the tokenizer to the run directory (%s)", exc)
+    from nbft import __version__
+
     meta = {
+        "nbft": __version__,  # a later nbft that cannot read this file says which version wrote it
         "config": dataclasses.asdict(run.config),
         "kind": kind,
         "base_model": run.base_model,
