@@ -217,7 +217,7 @@ def newer_version_note(text: str) -> str:
 
     Example:
         >>> newer_version_note('{"nbft": "99.0", "config": {}}')  # doctest: +ELLIPSIS
-        ' It was written by nbft 99.0 (this is ...): upgrade with pip install -U nbft and try again'
+        ' It was written by nbft 99.0 (this is ...): upgrade with pip install -U nbft, then try again'
         >>> newer_version_note('{"config": {}}')
         ''
     """
