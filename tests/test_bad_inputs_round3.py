@@ -24,6 +24,7 @@ from typing import Any
 import datasets
 import pytest
 from _train_data import records
+from test_bad_inputs import _tree  # one tree snapshot for both catalogues
 
 import nbft
 from nbft.config import TrainConfig
@@ -34,18 +35,6 @@ from nbft.train.checkpoint import list_checkpoints, verify_checkpoint
 from nbft.train.lock import RunLock
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    """Files with (size, mtime) and folders by name: equal trees mean nothing was written or deleted."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            out[p.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
-        else:
-            out[p.relative_to(root).as_posix() + "/"] = (0, 0)
-    return out
 
 
 @contextlib.contextmanager
