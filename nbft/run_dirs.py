@@ -212,6 +212,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def newer_version_note(text: str) -> str:
+    """For an error about a ``run.json`` (its text): which nbft wrote it, when that is newer than this one.
+
+    Example:
+        >>> newer_version_note('{"nbft": "99.0", "config": {}}')  # doctest: +ELLIPSIS
+        ' It was written by nbft 99.0 (this is ...): upgrade with pip install -U nbft, then try again'
+        >>> newer_version_note('{"config": {}}')
+        ''
+    """
+    from packaging.version import InvalidVersion, Version
+
+    from nbft import __version__
+
+    try:
+        meta = json.loads(text)
+        version = meta.get("nbft") if isinstance(meta, dict) else None
+    except ValueError:  # too damaged to parse: the version may still be readable
+        found = re.search(r'"nbft"\s*:\s*"([^"]{1,40})"', text)
+        version = found.group(1) if found else None
+    try:
+        newer = isinstance(version, str) and Version(version) > Version(__version__)
+    except InvalidVersion:
+        return ""
+    if not newer:
+        return ""
+    return (
+        f" It was written by nbft {version} (this is {__version__}): upgrade with pip install -U nbft, then try again"
+    )
+
+
 def read_run(run_dir: str | os.PathLike[str], *, _live: list[Any] | None = None) -> RunInfo:
     """Read one run directory (read-only) into a :class:`RunInfo`.
 
@@ -227,12 +257,18 @@ def read_run(run_dir: str | os.PathLike[str], *, _live: list[Any] | None = None)
             f"{path} is not an nbft run directory (no run.json); list the runs with nbft.runs('runs') and pass "
             "one of their paths"
         )
+    text = meta_path.read_text(errors="replace")
     try:
-        meta = json.loads(meta_path.read_text(errors="replace"))
+        meta = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path} is damaged ({exc}); this run cannot be resumed from its files") from None
+        raise ValueError(
+            f"{meta_path} is damaged ({exc}); this run cannot be resumed from its files.{newer_version_note(text)}"
+        ) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
-        raise ValueError(f"{meta_path} is damaged (not a run description); this run cannot be resumed from its files")
+        raise ValueError(
+            f"{meta_path} is damaged (not a run description); this run cannot be resumed from its files."
+            f"{newer_version_note(text)}"
+        )
     history = load_history(path)
     # a record whose step is not a number (edited by hand, or damaged) says nothing about progress
     history = [h for h in history if isinstance(h.get("step", 0), int | float) and not isinstance(h.get("step"), bool)]

@@ -25,7 +25,8 @@ Record fields (one row per point): ``monitor`` (``"forgetting"``), ``target``, `
 (points 0-100, the task's headline metric), ``base`` ``{task: value at step 0}``, ``metric`` ``{task: key}``, ``drop``
 ``{other task: (base - value) / base}``, ``worst_drop`` and ``worst_task`` (the largest relative drop among the other
 tasks), ``target_score``, ``max_drop``, ``best_step`` (the best point so far within ``max_drop``), ``samples``
-``{task: [{"input", "output", "reference"}]}``, ``every``, ``n``, ``split``, ``monitor_s`` (its time so far),
+``{task: [{"input", "output", "reference"}]}``, ``every``, ``n`` ``{task: examples scored}`` (fewer than asked when a
+split is smaller: the monitor warns once), ``split``, ``monitor_s`` (its time so far),
 ``share`` (its share of the wall time so far, from step 1), ``floors``, ``warning`` (when it warned),
 ``save_checkpoint`` and ``keep_checkpoints``.
 
@@ -82,7 +83,8 @@ class ForgettingMonitor:
             A misspelt name fails here, with "did you mean", before any training.
         every: optimizer steps between points. ``None`` (default): about 4 points per run, spaced further apart if
             the measured cost would exceed ``budget``. ``0``: only at the start and the end.
-        n: examples per task (a fixed, seeded sample of its validation split: the same ones at every point).
+        n: examples per task (a fixed, seeded sample of its validation split: the same ones at every point). A
+            smaller split is monitored on all it has, with a warning naming the task and both counts.
         target: the task being trained for (default: the first of ``tasks``).
         floors: ``{task: fraction}``: stop the run (with a checkpoint) when a task scores below that fraction of its
             base score, e.g. ``{"qa": 0.8}``.
@@ -207,6 +209,18 @@ class ForgettingMonitor:
                 raise TaskError(f"ForgettingMonitor: task {task.name!r} has no {split!r} split (it has {list(splits)})")
             self.examples[task.name] = task.sample(self.n, split=split, seed=self.seed)
             self.splits[task.name] = split
+            used = len(self.examples[task.name])
+            if used == 0:
+                raise TaskError(
+                    f"ForgettingMonitor: task {task.name!r} has no examples in its {split!r} split; give it some "
+                    "or leave it out of the monitor"
+                )
+            if used < self.n:  # once per task: prepare() loads each task once
+                self._warn(
+                    f"ForgettingMonitor: task {task.name!r}: asked for n={self.n}, but its {split!r} split has only "
+                    f"{used} example{'s' if used != 1 else ''}: every point scores those {used} (each one moves the "
+                    f"score by {100 / used:.0f} points). Give the task a larger {split!r} split for a steadier curve"
+                )
 
     def _scored_tasks(self) -> list[Task]:
         """The tasks as scored while monitoring: answers capped at ``max_new_tokens``."""
@@ -308,7 +322,7 @@ class ForgettingMonitor:
             "max_drop": self.max_drop,
             "samples": samples,
             "every": self.every,
-            "n": self.n,
+            "n": {name: len(ex) for name, ex in self.examples.items()},
             "split": self.splits.get(self.target),
         }
         if self.floors:
@@ -399,9 +413,13 @@ class ForgettingMonitor:
                 f"examples), a training step {step_s:.2f} s. Raise every=, lower n= or leave every=None to space the "
                 "points automatically"
             )
+        self._warn(message)
+
+    def _warn(self, message: str) -> None:
+        """Warn once: in ``warnings``, on the next history row and as a ``UserWarning``."""
         self.warnings.append(message)
-        self._pending_warning = message
-        warnings.warn(message, UserWarning, stacklevel=2)
+        self._pending_warning = message if self._pending_warning is None else f"{self._pending_warning}; {message}"
+        warnings.warn(message, UserWarning, stacklevel=3)
 
     def __repr__(self) -> str:
         every = "auto" if self.auto else self.every

@@ -96,7 +96,20 @@ def _prepare(task: Task, n: int | None, shots_k: Sequence[int], seed: int) -> _T
         pool = [ex for ex in splits["train"] if _example_key(task, ex) not in test_keys]
         for k in wanted:
             if k > len(pool):
-                raise TaskError(f"task {task.name!r}: {k}-shot prompts need {k} train examples, it has {len(pool)}")
+                n_train = len(splits["train"])
+                if len(pool) < n_train:  # the shortfall is the overlap with the test split, not a small train split
+                    shared = n_train - len(pool)
+                    which = f"all {shared} are" if shared == n_train else f"{shared} of them are"
+                    have = (
+                        f"its train split has {n_train} examples, but {which} also in its test split, and k-shot "
+                        f"prompts never show a test example ({len(pool)} left)"
+                    )
+                else:
+                    have = f"its train split has {n_train}"
+                raise TaskError(
+                    f"task {task.name!r}: {k}-shot prompts need {k} train examples; {have}. Give the task more train "
+                    f"examples that are not in its test split, or lower k in icl_shots (e.g. icl_shots=(0,))"
+                )
             rng = random.Random(f"{seed}-{task.name}-{k}")
             shots[k] = [rng.sample(pool, k) for _ in test]
     return _TaskData(task, test, idx, refs, n_avail, shots, [{} for _ in test], list(range(len(test))))
@@ -154,6 +167,22 @@ def _config(
 
 
 # --------------------------------------------------------------------------------------------------- models
+def _refuse_a_run_being_written(path: Path) -> None:
+    """A run directory whose lock another live writer holds: say who, and to wait (resume would be refused)."""
+    from nbft.run_dirs import _lock_held
+    from nbft.train.lock import LOCK_NAME, RunInUseError, read_lock
+
+    if not _lock_held(path):
+        return
+    holder = read_lock(path / LOCK_NAME) or {}
+    who = f"process {holder.get('pid', '?')} on {holder.get('host', 'this machine')}"
+    since = f" (since {holder['started']})" if holder.get("started") else ""
+    raise RunInUseError(
+        f"{path} is still being written by {who}{since}: it has no final model/ until that run completes. Wait for "
+        "it to finish (run.wait(), or watch nbft.runs()) or stop it, then compare its model/ folder"
+    )
+
+
 def _materialize(spec: Any, tokenizer: Any) -> tuple[Any, Any, bool]:
     """(model, tokenizer, owned): ``owned`` models were loaded here and are released after use."""
     if isinstance(spec, tuple) and len(spec) == 2:
@@ -164,6 +193,7 @@ def _materialize(spec: Any, tokenizer: Any) -> tuple[Any, Any, bool]:
         text = spec.decode() if isinstance(spec, bytes) else str(spec)
         path = Path(text)
         if (path / "run.json").exists() and not (path / "model").is_dir():
+            _refuse_a_run_being_written(path)
             raise FileNotFoundError(
                 f"{path} is a run directory without a final model/ (the run has not completed): resume it with "
                 "nbft.resume(...), or pass a checkpoint's model folder"

@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -33,12 +35,12 @@ import re
 import shutil
 import struct
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from nbft._utils import OWNER_MARKER, atomic_path
@@ -50,6 +52,74 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TEMP_DIR = re.compile(r"^\.step-(\d+)\.(?:[a-z0-9_]{8}|old-\d+)$")
 MANIFEST = "manifest.json"
 _REQUIRED = ("model/config.json", "optimizer.safetensors", "rng.safetensors", "state.json")
+
+
+class RunWriteError(OSError):
+    """A run file could not be written (a full or read-only disk...); the message says what failed, which
+    checkpoint is intact, and how to resume. ``errno`` is the original error's."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO}
+
+
+def write_failure(exc: BaseException, run_dir: str | Path, what: str | None = None) -> RunWriteError | None:
+    """``exc`` as a :class:`RunWriteError` when it is a failed write to the disk (``what`` names what was being
+    written; without it only disk errors such as a full or read-only disk count); ``None`` otherwise.
+
+    Example:
+        >>> err = write_failure(OSError(28, "No space left on device"), "runs/missing", "the checkpoint of step 4")
+        >>> str(err).split(":")[0]
+        'could not write the checkpoint of step 4 to runs/missing'
+    """
+    if isinstance(exc, RunWriteError):
+        return exc
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, SafetensorError):  # the Rust error: IoError(Os { code: 28, ..., message: "No space left..." })
+        found = re.search(r"code: (\d+).*?message: \"([^\"]*)\"", str(exc))
+        code, reason = (int(found.group(1)), found.group(2)) if found else (None, str(exc))
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    else:
+        return None
+    run_dir = Path(run_dir)
+    name = getattr(exc, "filename", None)
+    if what is None:  # only a disk error while writing the run directory (a full /tmp elsewhere is another story)
+        if code not in _DISK_ERRNOS or (name and not Path(name).resolve().is_relative_to(run_dir.resolve())):
+            return None
+        what = str(name) if name else "a run file"
+    kept, _ = resumable_checkpoint(run_dir)
+    if kept is not None:
+        saved = (
+            f"Nothing was lost: the previous checkpoint {kept.name} is intact (nothing half-written was left "
+            f"behind). {_remedy(code)}, then continue the run from {kept.name} with nbft.resume('{run_dir}')"
+        )
+    else:
+        saved = (
+            f"No checkpoint had been written yet, so the run has to start again. {_remedy(code)}, then train again "
+            "with overwrite=True"
+        )
+    error = RunWriteError(f"could not write {what} to {run_dir}: {reason}. {saved}")
+    error.errno = code
+    return error
+
+
+@contextlib.contextmanager
+def _write_failures(run_dir: Path, what: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, SafetensorError) as exc:
+        raise write_failure(exc, run_dir, what) from exc  # type: ignore[misc]
+
+
+def _remedy(code: int | None) -> str:
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "Free some space on that disk (or copy the run folder to a larger one)"
+    if code == errno.EROFS:
+        return "Make the disk writable again (or copy the run folder to a writable one)"
+    return "Fix the cause above"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -99,7 +169,8 @@ def save_checkpoint(
         if barrier is not None:
             barrier()
         return target
-    with atomic_path(target, overwrite=True) as tmp:  # checkpoints/step-N is nbft's own name
+    # a full or read-only disk: RunWriteError (the earlier checkpoints are untouched, the temporary folder removed)
+    with _write_failures(run_dir, f"the checkpoint of step {step}"), atomic_path(target, overwrite=True) as tmp:
         tmp.mkdir()
         model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)
         opt = optimizer_state if optimizer_state is not None else optimizer.state_dict()  # type: ignore[union-attr]

@@ -164,11 +164,17 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no run directory {run_dir}; list your runs with nbft.runs('runs') and pass one")
     if not meta_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not an nbft run directory (no run.json); pass the run_dir of finetune()")
+    from nbft.run_dirs import newer_version_note
+
+    text = meta_path.read_text(errors="replace")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(text)
         if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
             raise ValueError("no config in it")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
+        newer = newer_version_note(text)
+        if newer:
+            raise ValueError(f"{meta_path} is in a form this nbft cannot read ({exc}).{newer}") from None
         raise ValueError(
             f"{meta_path} is damaged ({exc}): resume needs it. Restore it from a copy, or start a new run"
         ) from None
@@ -209,7 +215,10 @@ def plan_resume(
     try:
         config = TrainConfig(**meta["config"])
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{run_dir}/run.json holds a config that is not valid: {exc}") from None
+        from nbft.run_dirs import newer_version_note
+
+        newer = newer_version_note((run_dir / "run.json").read_text(errors="replace"))
+        raise ValueError(f"{run_dir}/run.json holds a config that is not valid: {exc}.{newer}") from None
     saved = state.get("config")
     if more_steps is not None:
         if not completed and not final:

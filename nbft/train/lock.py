@@ -29,6 +29,7 @@ import contextlib
 import datetime as _dt
 import errno
 import json
+import logging
 import os
 import socket
 import sys
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 LOCK_NAME = "run.lock"
+
+logger = logging.getLogger("nbft.train")
 
 
 class RunInUseError(OSError):
@@ -107,6 +110,10 @@ class RunLock:
         try:
             if _same_file(fd, self.path):
                 self.path.unlink(missing_ok=True)  # while still holding it: nobody can take the old file meanwhile
+        except OSError as exc:
+            # A read-only or failing disk: the file stays, harmless (the OS lock ends with the close below and the
+            # next writer takes the file over). Never raise here: it would hide the error that ended the run.
+            logger.warning("could not remove the lock file %s (%s); the next run takes it over", self.path, exc)
         finally:
             os.close(fd)
         self._cleanup_dir()

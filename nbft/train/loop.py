@@ -42,7 +42,7 @@ import torch
 
 from nbft.config import TrainConfig
 from nbft.train.batching import Examples, StepPlan, eval_batches
-from nbft.train.checkpoint import latest_checkpoint, list_checkpoints
+from nbft.train.checkpoint import latest_checkpoint, list_checkpoints, write_failure
 from nbft.train.events import Events, StepState, StopTraining
 from nbft.train.fsdp import fsdp_plugin, fsdp_requested, full_state_dict
 from nbft.train.guard import stop_on_interrupt
@@ -131,6 +131,7 @@ def train_loop(run: RunHandle) -> None:
                 kept = latest_checkpoint(run.run_dir)
                 how = "a second interrupt" if interrupts.count > 1 else "an interrupt"
                 exc = KeyboardInterrupt(f"aborted by {how}; resume() continues from {kept or 'the start'}")
+            exc = write_failure(exc, run.run_dir) or exc  # a full or read-only disk: what failed, how to resume
             run.status, run.error = "failed", exc
             run.summary = {**run.summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             logger.error("training failed: %s", exc)

@@ -123,7 +123,10 @@ def write_run_files(
             run.tokenizer.save_pretrained(run_dir / "tokenizer")
         except Exception as exc:  # a custom tokenizer that cannot be saved only costs resume() its tokenizer
             logger.warning("could not save the tokenizer to the run directory (%s)", exc)
+    from nbft import __version__
+
     meta = {
+        "nbft": __version__,  # a later nbft that cannot read this file says which version wrote it
         "config": dataclasses.asdict(run.config),
         "kind": kind,
         "base_model": run.base_model,

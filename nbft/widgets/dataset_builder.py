@@ -507,6 +507,15 @@ class DatasetBuilder(widgets.VBox):
             self._cache[key] = _load_task_data(task, n, self.seed.value)
         return self._cache[key]
 
+    def _examples(self) -> int | None:
+        """The examples field as the API takes it (0 = all: ``None``), checked in the field's own words."""
+        value = self.n.value
+        if value < 0:
+            raise ValueError(
+                f"the examples (0=all) field is {value}: type how many examples to keep, or 0 = all of them"
+            )
+        return value or None
+
     def load(self, sample: int | None = None) -> Any:
         """The examples Build starts from: the typed path/Hub name, else the given source, else the task's data."""
         if self.source_text.value.strip() or self.source is not None:
@@ -514,7 +523,7 @@ class DatasetBuilder(widgets.VBox):
             if sample is not None and hasattr(data, "select") and len(data) > sample:
                 data = data.select(range(sample))
             return data
-        n = self.n.value or None
+        n = self._examples()
         return self._task_data(self.task.value, min(n, sample) if n and sample else (sample or n))
 
     def _build(self, sample: int | None) -> Any:
@@ -524,7 +533,7 @@ class DatasetBuilder(widgets.VBox):
             raise ValueError("select at least one template")
         if not (self.source_text.value.strip() or self.source is not None):
             # Built-in data: the task's own splits, so nothing built here is ever scored by compare().
-            n = self.n.value or None
+            n = self._examples()
             if sample is not None:
                 n = min(n, sample) if n else sample
             return _build_task_data(self.task.value, list(self.templates.value), n, self.seed.value)
@@ -535,7 +544,7 @@ class DatasetBuilder(widgets.VBox):
             split=self.split,
             seed=self.seed.value,
             columns=self.columns or None,
-            max_examples=(self.n.value or None) if sample is None else None,
+            max_examples=self._examples() if sample is None else None,
         )
 
     # ------------------------------------------------------------------------------------------- preview
@@ -670,7 +679,7 @@ class DatasetBuilder(widgets.VBox):
     def _build_other(self, task: str) -> Any:
         if task in self._hub_only and self._is_offline():
             self._task_data(task, None)  # raises the offline error that names what to do
-        return _build_task_data(task, None, self.n.value or None, self.seed.value)
+        return _build_task_data(task, None, self._examples(), self.seed.value)
 
     def close(self) -> None:
         """Close the builder and let go of its data (the built dataset, the loaded sources)."""
