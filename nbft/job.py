@@ -419,6 +419,7 @@ def run_job(
     from nbft.train import ProgressObserver, finetune
     from nbft.train import resume as resume_run
     from nbft.train.checkpoint import list_checkpoints
+    from nbft.train.guard import foreign_entries
 
     say = echo or (lambda line: logger.info("%s", line))
     run_dir = Path(job.output_dir) if job.output_dir else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
@@ -440,6 +441,13 @@ def run_job(
         raise ConfigError(
             f"{job.source}: output_dir {run_dir} already holds a run; continue it with `nbft train "
             f"{job.source} {further}`, or set another output_dir (--set output_dir=...)"
+        )
+    foreign = [] if holds_run else foreign_entries(run_dir)
+    if foreign:  # a run never mixes into a folder of the user's (its own data/ or tokenizer/ included)
+        shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+        raise ConfigError(
+            f"{job.source}: output_dir {run_dir} holds files that are not an nbft run ({shown}): a run needs an "
+            f"empty or new folder; set another output_dir (--set output_dir={run_dir / 'run-1'})"
         )
     _check_reachable(job)  # a task that needs the Hub fails now, not after training
     state = PartialState(cpu=not torch.cuda.is_available())
