@@ -1104,6 +1104,9 @@ def save_dataset(
         raise FileExistsError(
             f"{path} is a folder: give a file path for the {format} file, e.g. {path / ('data.' + format)}"
         )
+    if isinstance(data, datasets.DatasetDict):
+        for name in data:
+            _check_split_name(name, path)
     with atomic_path(path, kind=kind, overwrite=overwrite) as tmp:
         if format == "disk":
             data.save_to_disk(str(tmp))
@@ -1114,6 +1117,26 @@ def save_dataset(
         else:
             _write_file(data, tmp, format)
     return path
+
+
+def _check_split_name(name: Any, path: Path) -> None:
+    """A split name becomes a file or folder name inside ``path``: a plain name only, never a path out of it."""
+    text = str(name)
+    bad = (
+        not text.strip()
+        or text in (".", "..")
+        or text.startswith(".")
+        or "/" in text
+        or "\\" in text
+        or "\0" in text
+        or (os.altsep is not None and os.altsep in text)
+    )
+    if bad:
+        raise DataError(
+            f"the DatasetDict has a split named {text!r}, which is not a plain name: its files would be written "
+            f"outside {path} (or hidden). Rename the split to a plain name, e.g. "
+            f"DatasetDict({{'train': data[{text!r}], ...}})"
+        )
 
 
 def _write_file(ds: datasets.Dataset, path: Path, format: str) -> None:

@@ -11,11 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import datasets
 import pytest
 import test_bad_inputs as catalogue
 from _train_data import records
-from test_bad_inputs import Case, cfg, cli, file, fresh, refused_by_cli, settled, workspace  # noqa: F401 (fixture)
+from test_bad_inputs import (  # noqa: F401 (workspace: the fixture)
+    QA,
+    SENT,
+    Case,
+    cfg,
+    cli,
+    file,
+    fresh,
+    pairs,
+    refused_by_cli,
+    settled,
+    workspace,
+)
 
+from nbft.data import DataError, save_dataset
 from nbft.train import finetune
 
 CASES: list[Case] = []
@@ -66,9 +80,92 @@ case(
 )
 
 
+# --- 2. a DatasetBuilder export never replaces a dataset it did not write
+def _another_dataset(ws: Path) -> Path:
+    sentiment = datasets.DatasetDict({"train": datasets.Dataset.from_list(SENT)})
+    return settled(save_dataset(sentiment, ws / "data" / "sentiment", "jsonl"))
+
+
+def _qa_builder() -> Any:
+    from nbft.widgets import DatasetBuilder
+
+    builder = DatasetBuilder(QA, task="qa", debounce=None)
+    builder.templates.value = ("qa/1",)
+    builder.build()
+    return builder
+
+
+case(
+    "widgets",
+    "DatasetBuilder export of a qa build into another dataset's folder",
+    lambda ws: (_another_dataset(ws), _qa_builder().export(str(ws / "data" / "sentiment"), "jsonl")),
+    FileExistsError,
+    r"data/sentiment already holds a dataset \(train.jsonl\) that this builder did not write since it was opened: "
+    r"choose another path, or replace it with export\(..., overwrite=True\)",
+    writes=("data/",),  # the folder that holds the other dataset (made by the case; the dataset itself is checked)
+)
+
+
+# --- 3. split names never leave the target folder
+for fmt in ("disk", "jsonl"):
+    case(
+        "data",
+        f"save_dataset of a DatasetDict with a split named '../../x' ({fmt})",
+        lambda ws, fmt=fmt: save_dataset(
+            datasets.DatasetDict({"train": pairs(), "../../x": pairs()}), ws / "out" / "a" / "b", fmt
+        ),
+        DataError,
+        r"a split named '../../x', which is not a plain name: its files would be written outside .*b.*Rename the split",
+    )
+
+
 # --- the test
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.area}: {c.name}" for c in CASES])
 def test_bad_input_round3(case: Case, workspace: Path) -> None:  # noqa: F811 (the fixture)
     catalogue.test_bad_input(case, workspace)
+
+
+def test_dataset_builder_export_path_follows_the_task_and_the_panel_asks_before_replacing(tmp_path, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    from nbft.widgets import DatasetBuilder
+
+    monkeypatch.chdir(tmp_path)
+    other = save_dataset(datasets.DatasetDict({"train": datasets.Dataset.from_list(SENT)}), "data/sentiment", "jsonl")
+    before = catalogue._tree(other)
+    both = [{**s, **q} for s, q in zip(SENT, QA, strict=True)]  # columns for either task
+    builder = DatasetBuilder(both, task="sentiment", debounce=None)
+    builder.build()
+    assert builder.export_path.value == "data/sentiment"
+    builder.task.value = "qa"  # the path follows the task (the user has not edited it)
+    assert builder.export_path.value == "data/qa"
+    builder.templates.value = ("qa/1",)
+    builder.export_button.click()  # the sentiment build is not the qa task's: nothing is written
+    assert "click Build first" in builder.status_label.value and not Path("data/qa").exists()
+    builder.build()
+    builder.export_path.value = "data/sentiment"  # edited by the user: a later task change leaves it alone
+    builder.export_button.click()
+    assert builder.export_button.description == "Replace" and "click Replace" in builder.export_label.value
+    assert catalogue._tree(other) == before, "asked first: nothing replaced"
+    assert builder.dataset is not None, "the refusal keeps the built dataset"
+    builder.export_format.value = "parquet"  # a changed export is a new question
+    assert builder.export_button.description == "Export"
+    builder.export_format.value = "jsonl"
+    builder.export_button.click()
+    builder.export_button.click()  # confirmed
+    assert "wrote" in builder.export_label.value and builder.export_button.description == "Export"
+    assert "What is 0 plus 0?" in (other / "train.jsonl").read_text()
+    builder.export_button.click()  # this builder wrote it since it was opened: no question
+    assert "wrote" in builder.export_label.value
+    builder.task.value = "sentiment"
+    assert builder.export_path.value == "data/sentiment"
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    builder.export_path.value = str(user)
+    builder.task.value = "qa"
+    builder.export_button.click()
+    builder.export_button.click()  # a folder of the user's files is never replaced from the panel
+    assert (user / "notes.txt").read_text() == "mine" and sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+    assert "files nbft did not write" in builder.status_label.value
