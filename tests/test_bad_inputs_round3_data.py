@@ -119,6 +119,36 @@ for fmt in ("disk", "jsonl"):
     )
 
 
+# --- 4. a key given twice in a config
+for name, body, says in [
+    (
+        "train: given twice",
+        "model: tiny\ndata: sentiment\ntrain: {max_steps: 2}\neval: {n: 3}\ntrain:\n  learning_rate: 0.1\n",
+        r"train.yaml: not valid YAML: the key 'train' is given twice \(lines 3 and 5\); only the last would count: "
+        r"keep one",
+    ),
+    (
+        "max_steps given twice in one line",
+        "model: tiny\ndata: sentiment\ntrain: {max_steps: 2, max_steps: 3}\n",
+        r"the key 'max_steps' is given twice \(line 3\)",
+    ),
+]:
+    case(
+        "cli",
+        f"nbft train with a config whose {name}",
+        lambda ws, body=body: cli("train", file(ws, "train.yaml", body)),
+        None,
+        check=refused_by_cli(says),
+    )
+case(
+    "cli",
+    "nbft train with a JSON config whose model is given twice",
+    lambda ws: cli("train", file(ws, "train.json", '{"model": "tiny", "data": "sentiment", "model": "x"}')),
+    None,
+    check=refused_by_cli(r"train.json: the key 'model' is given twice in one object .*keep one"),
+)
+
+
 # --- the test
 
 
