@@ -312,8 +312,19 @@ def split_examples(
         )
         if key not in first or raw[i] < raw[first[key]]:
             first[key] = i
-    if len(first) < len(rows):
-        logger.info("dropped %d exact duplicate examples of %d", len(rows) - len(first), len(rows))
+    dropped = len(rows) - len(first)
+    if len(first) == 1 and dropped:
+        raise DataError(
+            f"all {len(rows)} examples are the same example (equal {', '.join(fields)}, ignoring case and spacing): "
+            "one example is nothing to train or evaluate on. Check the export or filter that produced the data"
+        )
+    if dropped:
+        # a large share of copies usually means a broken export or join: say so; a few retweets are routine
+        log = logger.warning if dropped * 10 >= len(rows) else logger.info
+        log(
+            "dropped %d exact duplicate examples of %d (equal %s, ignoring case and spacing): %d distinct remain",
+            dropped, len(rows), ", ".join(fields), len(first),
+        )  # fmt: skip
     keys, unique = list(first), list(first.values())
     # near duplicates (a shared 13-word window) stay together: one side of the split, never both
     groups = near_duplicate_groups([[v for v in rows[i].values() if isinstance(v, str)] for i in unique])
@@ -325,9 +336,28 @@ def split_examples(
     order = sorted(members, key=digest.__getitem__)
     labels = [str(rows[unique[members[g][0]]][stratify]) for g in order] if stratify else None
     parts = _assign_splits(len(order), fractions, seed, labels)
+    _warn_empty_splits(parts, fractions, len(rows), len(first))
     return datasets.DatasetDict(
         {name: source.select([unique[j] for k in idx for j in members[order[k]]]) for name, idx in parts.items()}
     )
+
+
+def _warn_empty_splits(
+    parts: Mapping[str, list[int]], fractions: Sequence[float], n_rows: int, n_distinct: int
+) -> None:
+    """Say so when a split that was asked for (a fraction above 0) came out empty: too few distinct examples."""
+    empty = [name for (name, idx), share in zip(parts.items(), fractions, strict=True) if share > 0 and not idx]
+    if not empty:
+        return
+    smallest = min(f for f in fractions if f > 0)
+    enough = next(n for n in range(1, 10_000) if round(n * smallest) >= 1)
+    sizes = ", ".join(f"{name} {len(idx)}" for name, idx in parts.items())
+    copies = f" ({n_rows} before dropping duplicates)" if n_rows != n_distinct else ""
+    logger.warning(
+        "only %d distinct examples%s: the split %s gives %s, so %s %s empty (no validation loss, nothing to evaluate "
+        "on). Add data (at least %d distinct examples), or set split= with 0 for the splits you do not need",
+        n_distinct, copies, tuple(fractions), sizes, " and ".join(empty), "is" if len(empty) == 1 else "are", enough,
+    )  # fmt: skip
 
 
 def _assign_splits(n: int, fractions: Sequence[float], seed: int, labels: list[str] | None) -> dict[str, list[int]]:
@@ -694,6 +724,7 @@ def mix(
                 part = part.add_column("task", [k] * part.num_rows)
             chosen.append(part)
     _warn_mix_mistakes(parts)
+    _check_mix_columns(parts)
     common = [c for c in chosen[0].column_names if all(c in p.column_names for p in chosen)]
     dropped = sorted({c for p in chosen for c in p.column_names} - set(common))
     if dropped:  # concatenating would fill them with None for the datasets that lack them
@@ -706,6 +737,25 @@ def mix(
         ", ".join(f"{k} {counts[k]} ({counts[k] / max(total, 1):.1%}, asked {norm[k]:.1%})" for k in names),
     )
     return mixed
+
+
+_TRAINING_COLUMNS = ("prompt", "completion", "input_ids", "labels")
+
+
+def _check_mix_columns(parts: Mapping[str, datasets.Dataset]) -> None:
+    """Refuse parts whose training columns differ: the mixture would lose the ones not in every part (e.g. no
+    ``prompt`` when one part calls it ``text``), and could not be trained on."""
+    lost = [c for c in _TRAINING_COLUMNS if any(c in p.column_names for p in parts.values())
+            and not all(c in p.column_names for p in parts.values())]  # fmt: skip
+    if not lost:
+        return
+    each = "; ".join(f"{k!r} has {p.column_names}" for k, p in parts.items())
+    raise DataError(
+        f"mix(): the datasets have different columns ({each}), so the mixture would have no {lost} column"
+        f"{'s' if len(lost) > 1 else ''}. Give every dataset the same columns: build each with "
+        "build_instruction_dataset (prompt/completion), or rename, e.g. data.rename_column('text', 'prompt'); "
+        "tokenized parts need input_ids and labels in each"
+    )
 
 
 def _warn_mix_mistakes(parts: Mapping[str, datasets.Dataset]) -> None:

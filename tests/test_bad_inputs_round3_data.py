@@ -8,6 +8,7 @@ check that nothing outside what the call may write was written or deleted).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from test_bad_inputs import (  # noqa: F401 (workspace: the fixture)
     QA,
     SENT,
     Case,
+    _warned,
     cfg,
     cli,
     file,
@@ -29,7 +31,8 @@ from test_bad_inputs import (  # noqa: F401 (workspace: the fixture)
     workspace,
 )
 
-from nbft.data import DataError, save_dataset
+from nbft.data import DataError, build_instruction_dataset, mix, save_dataset
+from nbft.templates import PromptTemplate, TemplateError
 from nbft.train import finetune
 
 CASES: list[Case] = []
@@ -146,6 +149,78 @@ case(
     lambda ws: cli("train", file(ws, "train.json", '{"model": "tiny", "data": "sentiment", "model": "x"}')),
     None,
     check=refused_by_cli(r"train.json: the key 'model' is given twice in one object .*keep one"),
+)
+
+
+# --- 5. splits that come out empty are said
+case(
+    "data",
+    "50 identical rows",
+    lambda ws: build_instruction_dataset([{"question": "What is 2 plus 2?", "answer": "4"}] * 50, "qa"),
+    DataError,
+    r"all 50 examples are the same example \(equal answer, question, ignoring case and spacing\).*Check the export",
+)
+
+
+def _said(*patterns: str) -> Any:
+    def check(warnings: list[str], ws: Path) -> None:
+        for pattern in patterns:
+            assert any(re.search(pattern, w) for w in warnings), warnings
+
+    return check
+
+
+case(
+    "data",
+    "2 examples give empty validation and test splits: said",
+    lambda ws: _warned(lambda: build_instruction_dataset(QA[:2], "qa")),
+    None,
+    check=_said(
+        r"only 2 distinct examples: the split \(0.8, 0.1, 0.1\) gives train 2, validation 0, test 0, so validation "
+        r"and test are empty .*Add data \(at least 6 distinct examples\), or set split="
+    ),
+)
+case(
+    "data",
+    "many duplicates dropped: said",
+    lambda ws: _warned(lambda: build_instruction_dataset(QA[:10] * 3, "qa")),
+    None,
+    check=_said(r"dropped 20 exact duplicate examples of 30 .*: 10 distinct remain"),
+)
+
+
+# --- 6. a template that renders 100 MB
+def _big(instruction: str) -> PromptTemplate:
+    return PromptTemplate(id="big/1", task="qa", instruction=instruction, target="answer")
+
+
+for name, instruction, says in [
+    ("'x' * 10**8", "{{ 'x' * 10**8 }} {{ question }}", r"a value of 1 x 100,000,000 items"),
+    ("a loop of 100000 long lines", "{% for i in range(100000) %}{{ question }} {{ question }}{% endfor %}", r"so far"),
+    ("question.ljust(10**8)", "{{ question.ljust(10**8) }}", r"ljust\(100,000,000\)"),
+]:
+    case(
+        "templates",
+        f"a template that renders 100 MB: {name}",
+        lambda ws, instruction=instruction: build_instruction_dataset(QA, _big(instruction)),
+        TemplateError,
+        r"row 1 .*template 'big/1' renders more than 1,000,000 characters for one example \(.*"
+        + says
+        + r".*\), the limit nbft.templates.MAX_RENDERED_CHARS; a prompt that long is a template mistake",
+    )
+
+
+# --- 7. mix() of parts with different columns
+_QA_TRAIN = build_instruction_dataset(QA, "qa")["train"]
+_AS_TEXT = _QA_TRAIN.rename_column("prompt", "text").map(lambda r: {"task": "other"})
+case(
+    "mixing",
+    "mix of parts with different columns (prompt / text)",
+    lambda ws: mix({"qa": _QA_TRAIN, "other": _AS_TEXT}),
+    DataError,
+    r"mix\(\): the datasets have different columns \('qa' has \['prompt', 'completion', .*\]; 'other' has "
+    r"\['text', 'completion', .*\]\), so the mixture would have no \['prompt'\] column. Give every dataset the same "
+    r"columns: .*rename_column\('text', 'prompt'\)",
 )
 
 
