@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pandas as pd
 import pytest
 import test_bad_inputs as catalogue
 from _train_data import records
@@ -26,12 +27,14 @@ from test_bad_inputs import (  # noqa: F401 (workspace: the fixture)
     file,
     fresh,
     pairs,
+    qa_rows,
     refused_by_cli,
     settled,
     workspace,
 )
 
 from nbft.data import DataError, build_instruction_dataset, mix, save_dataset
+from nbft.evaluate import Task, TaskError
 from nbft.templates import PromptTemplate, TemplateError
 from nbft.train import finetune
 
@@ -222,6 +225,103 @@ case(
     r"\['text', 'completion', .*\]\), so the mixture would have no \['prompt'\] column. Give every dataset the same "
     r"columns: .*rename_column\('text', 'prompt'\)",
 )
+
+
+# --- 8, 9. values pyarrow cannot store: named by column, row and value
+case(
+    "data",
+    "an int among texts (list of dicts)",
+    lambda ws: build_instruction_dataset(qa_rows(question=5), "qa"),
+    DataError,
+    r"row 4 of the data \(index 3 of your list\): column 'question' holds 5 \(a number\), but its other rows hold "
+    r"text \(29 of 30\); a column holds one type.*str\(r\['question'\]\)",
+)
+case(
+    "data",
+    "an int among texts (Task.from_data)",
+    lambda ws: Task.from_data(qa_rows(question=5), "qa/1"),
+    TaskError,
+    r"row 4 of the data \(index 3 of your list\): column 'question' holds 5 \(a number\)",
+)
+case(
+    "data",
+    "an int among texts (DataFrame)",
+    lambda ws: build_instruction_dataset(pd.DataFrame(qa_rows(question=5)), "qa"),
+    DataError,
+    r"row 4 of the data \(DataFrame index 3\): column 'question' holds 5.*df\['question'\].astype\(str\)",
+)
+for where, make, error in [
+    ("list of dicts", lambda: build_instruction_dataset(qa_rows(question="bad \ud800 text"), "qa"), DataError),
+    ("Task.from_data", lambda: Task.from_data(qa_rows(question="bad \ud800 text"), "qa/1"), TaskError),
+]:
+    case(
+        "data",
+        f"a lone surrogate in a text ({where})",
+        lambda ws, make=make: make(),
+        error,
+        r"row 4 of the data \(index 3 of your list\): column 'question' holds '\\ud800' at character 5 .*a lone "
+        r"surrogate, which is not valid Unicode text.*encode\('utf-8', 'replace'\)",
+    )
+
+
+# --- 10. a CSV that is only a header
+case(
+    "data",
+    "CSV with a header and no rows",
+    lambda ws: build_instruction_dataset(file(ws, "header.csv", "question,answer\n"), "qa"),
+    DataError,
+    r"header.csv has a header \(question, answer\) and no rows: add the examples below the header line",
+)
+
+
+# --- 11. row numbers name the line of the user's file
+_MULTILINE = "".join(f'"What is\n{i}?",{i}\n' for i in range(10))  # each record spans two lines
+for name, content, says in [
+    (
+        "None in line 22 of a CSV (multi-line records before it)",
+        "question,answer\n" + _MULTILINE + ",5\n" + "".join(f"q{i},{i}\n" for i in range(20)),
+        r"^line 22 of rows.csv: template 'qa/1': field 'question' is missing",
+    ),
+    (
+        "null in line 21 of a JSONL file (blank lines before it)",
+        "".join(f'{{"question": "q{i}", "answer": "a{i}"}}\n\n' for i in range(10))
+        + '{"question": null, "answer": "x"}\n',
+        r"^line 21 of rows.jsonl: template 'qa/1': field 'question' is missing",
+    ),
+    (
+        "an empty answer in line 11 of a JSONL file",
+        "".join(f'{{"question": "q{i}", "answer": "a{i}"}}\n' for i in range(10))
+        + '{"question": "x", "answer": " "}\n',
+        r"1 of 11 examples have an empty completion \(field 'answer'; line 11 of rows.jsonl\)",
+    ),
+]:
+    suffix = ".csv" if "CSV" in name else ".jsonl"
+    case(
+        "data",
+        name,
+        lambda ws, content=content, suffix=suffix: build_instruction_dataset(file(ws, "rows" + suffix, content), "qa"),
+        (DataError, TemplateError),
+        says,
+    )
+
+
+# --- 12. a UTF-16 CSV
+for name, content, says in [
+    (
+        "with a byte-order mark",
+        "question,answer\ncaf\xe9,b\n".encode("utf-16"),
+        "it starts with a UTF-16 byte-order mark",
+    ),
+    ("without one", "question,answer\ncaf\xe9,b\n".encode("utf-16-le"), "half of its bytes are zero"),
+]:
+    case(
+        "data",
+        f"UTF-16 CSV {name}",
+        lambda ws, content=content: build_instruction_dataset(file(ws, "utf16.csv", content), "qa"),
+        DataError,
+        rf"utf16.csv is UTF-16 text \({says}\), not UTF-8: re-save it as UTF-8 "
+        r".*pd.read_csv\(path, encoding='utf-16'\)",
+    )
 
 
 # --- the test
