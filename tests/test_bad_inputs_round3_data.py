@@ -33,6 +33,7 @@ from test_bad_inputs import (  # noqa: F401 (workspace: the fixture)
     workspace,
 )
 
+from nbft import report as nbft_report
 from nbft.data import DataError, build_instruction_dataset, mix, save_dataset
 from nbft.evaluate import Task, TaskError
 from nbft.templates import PromptTemplate, TemplateError
@@ -322,6 +323,41 @@ for name, content, says in [
         rf"utf16.csv is UTF-16 text \({says}\), not UTF-8: re-save it as UTF-8 "
         r".*pd.read_csv\(path, encoding='utf-16'\)",
     )
+
+
+# --- 13. markdown export: names are text, never markup
+_MD_TABLE: list[Any] = []
+
+
+def _markdown_of_odd_names(ws: Path) -> str:
+    if not _MD_TABLE:
+        import nbft
+
+        rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(30)]
+        task = Task.from_data(rows, "qa/1", name="qa|*x*")
+        models = {"base": catalogue.tiny(), "tuned|_v2_`x`<b>": catalogue.tiny()}
+        _MD_TABLE.append(nbft.compare(models, [task], n=3, progress=False))
+    return nbft_report.export_markdown(_MD_TABLE[0])
+
+
+def _plain_names(md: str, ws: Path) -> None:
+    forgetting = md.split("**Forgetting.**")[1].split("\n\n")[0]
+    assert "tuned\\|\\_v2\\_\\`x\\`&lt;b&gt;:" in forgetting, forgetting
+    assert "<b>" not in md and "tuned|_v2_" not in md, md
+    rows = [ln for ln in md.splitlines() if ln.startswith("|") and "qa" in ln]
+    assert rows and all("qa\\|\\*x\\*" in ln for ln in rows), rows
+    header = md.splitlines()[0]
+    cells = [c for c in re.split(r"(?<!\\)\|", header) if c.strip()]
+    assert len(cells) == len(md.splitlines()[2].strip("|").split(" | ")), "a name's | never adds a column"
+
+
+case(
+    "report",
+    "markdown escapes markdown in model and task names (table, forgetting line)",
+    _markdown_of_odd_names,
+    None,
+    check=_plain_names,
+)
 
 
 # --- the test
