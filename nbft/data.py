@@ -371,8 +371,8 @@ def _check_csv_rows(path: Path) -> None:
         header = next(reader, [])
         if header and not any(row for row in reader):
             raise DataError(
-                f"{path} has a header ({', '.join(header)}) and no rows: add the examples below the header line, "
-                "or check the export that wrote it"
+                f"{path} has a header ({', '.join(header)}) and no rows, so no examples: add them below the header "
+                "line, or check the export that wrote it"
             )
 
 

@@ -271,7 +271,7 @@ case(
     "CSV with a header and no rows",
     lambda ws: build_instruction_dataset(file(ws, "header.csv", "question,answer\n"), "qa"),
     DataError,
-    r"header.csv has a header \(question, answer\) and no rows: add the examples below the header line",
+    r"header.csv has a header \(question, answer\) and no rows, so no examples: add them below the header",
 )
 
 

@@ -252,6 +252,25 @@ def test_a_run_never_lands_in_a_folder_holding_the_users_files(tmp_path):
     assert run.status == "completed" and (empty / "data" / "train.safetensors").is_file()
 
 
+def test_what_a_run_killed_during_setup_left_is_nbfts_not_the_users(tmp_path):
+    from nbft.train.guard import foreign_entries
+
+    run_dir = tmp_path / "r"
+    (run_dir / "data").mkdir(parents=True)
+    (run_dir / "tokenizer").mkdir()
+    (run_dir / "data" / "train.safetensors").write_bytes(b"x")  # killed before run.json: a new run may go here
+    (run_dir / "tokenizer" / "tokenizer.json").write_text("{}")
+    (run_dir / ".run.json.abcd1234").write_text("{")  # an atomic write's temporary
+    assert foreign_entries(run_dir) == []
+    (run_dir / "tokenizer" / "my-notes.txt").write_text("mine")
+    assert foreign_entries(run_dir) == ["tokenizer/"]
+    (run_dir / "data" / "train.safetensors").unlink()  # a tokenizer/ folder alone is the user's
+    (run_dir / "tokenizer" / "my-notes.txt").unlink()
+    assert foreign_entries(run_dir) == ["data/", "tokenizer/"]
+    (run_dir / "model").mkdir()  # a model/ folder nbft did not mark is the user's, not a run
+    assert foreign_entries(run_dir) == ["data/", "model/", "tokenizer/"]
+
+
 def test_overwrite_removes_only_the_runs_files(tmp_path, caplog):
     model, tok = tiny_random("llama")
     run_dir = tmp_path / "r"
