@@ -193,14 +193,15 @@ def _bad_value(rows: Sequence[Mapping[str, Any]], where: Callable[[int], str], f
                 else:
                     i_odd = i
                 value = rows[i_odd][col]
-                if frame:
-                    fix = f"df[{col!r}] = df[{col!r}].astype(str)" if seen == "text" else "df[...] = ... (one type)"
-                else:
-                    fix = f"rows = [{{**r, {col!r}: str(r[{col!r}])}} for r in rows]" if seen == "text" else "..."
+                plural = {"a number": "numbers", "a record": "records", "a list": "lists"}.get(seen, seen)
+                fix = f"so that the column holds only {plural}"
+                if seen == "text":
+                    to_text = f"df[{col!r}] = df[{col!r}].astype(str)" if frame else (
+                        f"rows = [{{**r, {col!r}: str(r[{col!r}])}} for r in rows]")  # fmt: skip
+                    fix = f"or convert the column to text, e.g. {to_text}"
                 return (
                     f"{where(i_odd)}: column {col!r} holds {value!r} ({kind}), but its other rows hold {seen} "
-                    f"({kinds[seen]} of {sum(kinds.values())}); a column holds one type. Fix that value, or convert "
-                    f"the column, e.g. {fix}"
+                    f"({kinds[seen]} of {sum(kinds.values())}); a column holds one type. Fix that value, {fix}"
                 )
     return None
 
