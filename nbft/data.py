@@ -495,11 +495,6 @@ def split_examples(
         if key not in first or raw[i] < raw[first[key]]:
             first[key] = i
     dropped = len(rows) - len(first)
-    if len(first) == 1 and dropped:
-        raise DataError(
-            f"all {len(rows)} examples are the same example (equal {', '.join(fields)}, ignoring case and spacing): "
-            "one example is nothing to train or evaluate on. Check the export or filter that produced the data"
-        )
     if dropped:
         # a large share of copies usually means a broken export or join: say so; a few retweets are routine
         log = logger.warning if dropped * 10 >= len(rows) else logger.info
@@ -536,9 +531,10 @@ def _warn_empty_splits(
     sizes = ", ".join(f"{name} {len(idx)}" for name, idx in parts.items())
     copies = f" ({n_rows} before dropping duplicates)" if n_rows != n_distinct else ""
     logger.warning(
-        "only %d distinct examples%s: the split %s gives %s, so %s %s empty (no validation loss, nothing to evaluate "
-        "on). Add data (at least %d distinct examples), or set split= with 0 for the splits you do not need",
-        n_distinct, copies, tuple(fractions), sizes, " and ".join(empty), "is" if len(empty) == 1 else "are", enough,
+        "only %d distinct example%s%s: the split %s gives %s, so %s %s empty (no validation loss, nothing to "
+        "evaluate on). Add data (at least %d distinct examples), or set split= with 0 for the splits you do not need",
+        n_distinct, "" if n_distinct == 1 else "s", copies, tuple(fractions), sizes, " and ".join(empty),
+        "is" if len(empty) == 1 else "are", enough,
     )  # fmt: skip
 
 

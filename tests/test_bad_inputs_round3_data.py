@@ -157,15 +157,6 @@ case(
 
 
 # --- 5. splits that come out empty are said
-case(
-    "data",
-    "50 identical rows",
-    lambda ws: build_instruction_dataset([{"question": "What is 2 plus 2?", "answer": "4"}] * 50, "qa"),
-    DataError,
-    r"all 50 examples are the same example \(equal answer, question, ignoring case and spacing\).*Check the export",
-)
-
-
 def _said(*patterns: str) -> Any:
     def check(warnings: list[str], ws: Path) -> None:
         for pattern in patterns:
@@ -174,6 +165,19 @@ def _said(*patterns: str) -> Any:
     return check
 
 
+case(
+    "data",
+    "50 identical rows: said (one example is kept, the splits are empty)",
+    lambda ws: _warned(
+        lambda: build_instruction_dataset([{"question": "What is 2 plus 2?", "answer": "4"}] * 50, "qa")
+    ),
+    None,
+    check=_said(
+        r"dropped 49 exact duplicate examples of 50 \(equal answer, question, ignoring case and spacing\): 1 distinct",
+        r"only 1 distinct example \(50 before dropping duplicates\): .* gives train 1, validation 0, test 0, so "
+        r"validation and test are empty",
+    ),
+)
 case(
     "data",
     "2 examples give empty validation and test splits: said",
