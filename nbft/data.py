@@ -18,8 +18,9 @@ import logging
 import math
 import os
 import random
+import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,14 +86,19 @@ def load_source(source: Source, *, split: str | None = None) -> datasets.Dataset
     elif isinstance(source, datasets.Dataset):
         ds = source
     elif isinstance(source, pd.DataFrame):
-        ds = datasets.Dataset.from_pandas(source, preserve_index=False)
+        ds = _table(
+            lambda: datasets.Dataset.from_pandas(source, preserve_index=False),
+            lambda: source.to_dict("records"),
+            _dataframe_row(source),
+            frame=True,
+        )
     elif isinstance(source, (str, os.PathLike)):
         ds = _load_path_or_hub(str(source), split)
     elif isinstance(source, Sequence):
         rows = list(source)
         if rows and not all(isinstance(r, Mapping) for r in rows):
             raise DataError("a list source must hold dicts (one per example), e.g. [{'text': ..., 'label': ...}]")
-        ds = datasets.Dataset.from_list([dict(r) for r in rows]) if rows else datasets.Dataset.from_dict({})
+        ds = _from_rows([dict(r) for r in rows], lambda i: f"row {i + 1} of the data (index {i} of your list)")
     else:
         raise DataError(
             f"cannot load examples from a {type(source).__name__}; pass a Hub dataset name, a file path "
@@ -101,6 +107,143 @@ def load_source(source: Source, *, split: str | None = None) -> datasets.Dataset
     if ds.num_rows == 0:
         raise DataError("the source has no examples; check the file or filter that produced it")
     return ds
+
+
+_WHERE: weakref.WeakKeyDictionary[datasets.Dataset, Callable[[int], str]] = weakref.WeakKeyDictionary()
+"""For a dataset read from a file: where its row ``i`` is in that file (``line 12 of reviews.csv``), so that an
+error names the line the user can open, not a position counted after loading."""
+
+
+def _row_name(ds: datasets.Dataset, i: int) -> str:
+    where = _WHERE.get(ds)
+    return where(i) if where is not None else f"row {i + 1} of the data"
+
+
+def _from_rows(rows: list[dict[str, Any]], where: Callable[[int], str]) -> datasets.Dataset:
+    if not rows:
+        return datasets.Dataset.from_dict({})
+    return _table(lambda: datasets.Dataset.from_list(rows), lambda: rows, where)
+
+
+def _table(
+    make: Callable[[], datasets.Dataset],
+    rows: Callable[[], list[Mapping[str, Any]]],
+    where: Callable[[int], str],
+    frame: bool = False,
+) -> datasets.Dataset:
+    """``make()`` the Arrow table, or say which value made it fail (column, row and value), not pyarrow's words."""
+    import pyarrow as pa
+
+    try:
+        return make()
+    except (pa.ArrowException, UnicodeEncodeError, OverflowError) as exc:
+        problem = _bad_value(rows(), where, frame)
+        if problem is None:
+            raise DataError(
+                f"could not make a table of the examples ({type(exc).__name__}: {exc}); give each column one type "
+                "(text, numbers, or lists)"
+            ) from None
+        raise DataError(problem) from None
+
+
+def _kind(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None  # missing: fine in any column
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a record"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _bad_value(rows: Sequence[Mapping[str, Any]], where: Callable[[int], str], frame: bool = False) -> str | None:
+    """The first value that cannot go into an Arrow column: text that is not valid Unicode (a lone surrogate), or
+    a value whose type differs from the rest of its column (an int among texts). ``None`` if none is found."""
+    for i, row in enumerate(rows):
+        for col, value in row.items():
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return (
+                        f"{where(i)}: column {col!r} holds {value[exc.start]!r} at character {exc.start + 1} "
+                        f"({value[max(0, exc.start - 20) : exc.start + 20]!r}), a lone surrogate, which is not "
+                        "valid Unicode text (it often comes from reading bytes with errors='surrogateescape'). Fix or "
+                        "drop that value, e.g. value.encode('utf-8', 'replace').decode('utf-8')"
+                    )
+    first: dict[str, str] = {}
+    for i, row in enumerate(rows):
+        for col, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            seen = first.setdefault(col, kind)
+            if kind != seen:
+                # the rarer kind is the odd one out: name that value's row
+                kinds = Counter(k for r in rows if (k := _kind(r.get(col))) is not None)
+                if kinds[kind] > kinds[seen]:
+                    odd = next(j for j, r in enumerate(rows) if _kind(r.get(col)) == seen)
+                    kind, seen, i_odd = seen, kind, odd
+                else:
+                    i_odd = i
+                value = rows[i_odd][col]
+                plural = {"a number": "numbers", "a record": "records", "a list": "lists"}.get(seen, seen)
+                fix = f"so that the column holds only {plural}"
+                if seen == "text":
+                    to_text = f"df[{col!r}] = df[{col!r}].astype(str)" if frame else (
+                        f"rows = [{{**r, {col!r}: str(r[{col!r}])}} for r in rows]")  # fmt: skip
+                    fix = f"or convert the column to text, e.g. {to_text}"
+                return (
+                    f"{where(i_odd)}: column {col!r} holds {value!r} ({kind}), but its other rows hold {seen} "
+                    f"({kinds[seen]} of {sum(kinds.values())}); a column holds one type. Fix that value, {fix}"
+                )
+    return None
+
+
+def _dataframe_row(df: pd.DataFrame) -> Callable[[int], str]:
+    if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1:
+        return lambda i: f"row {i + 1} of the data (DataFrame index {i})"
+    return lambda i: f"row {i + 1} of the data (DataFrame index {df.index[i]!r})"
+
+
+def _file_lines(path: Path, fmt: str) -> Callable[[int], str]:
+    """Row ``i`` of a dataset read from ``path`` -> ``line N of name`` (read again only when an error needs it)."""
+    lines: list[int] = []
+
+    def where(i: int) -> str:
+        if not lines:
+            lines.extend(_record_lines(path, fmt))
+        if fmt == "parquet" or i >= len(lines):
+            return f"row {i + 1} of {path.name}"
+        return f"line {lines[i]} of {path.name}"
+
+    return where
+
+
+def _record_lines(path: Path, fmt: str) -> list[int]:
+    """The line (CSV, JSON Lines) where each record of ``path`` starts."""
+    import csv
+
+    if fmt == "csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            starts, prev = [], reader.line_num
+            for row in reader:
+                if row:  # the CSV reader skips blank lines, as nbft's loader does
+                    starts.append(prev + 1)
+                prev = reader.line_num
+            return starts
+    if fmt == "json":
+        text = path.read_text(encoding="utf-8")
+        return [n for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    return []
 
 
 def _load_path_or_hub(text: str, split: str | None) -> datasets.Dataset:
@@ -128,7 +271,10 @@ def _load_path_or_hub(text: str, split: str | None) -> datasets.Dataset:
             # load_dataset's packaged builders run offline; keep_in_memory avoids writing a cache per file.
             ds = datasets.load_dataset(fmt, data_files=str(path), split="train", keep_in_memory=True)
         except Exception as exc:  # the builders raise many types for a bad file; find the row and the reason
+            if fmt == "csv":
+                _check_csv_rows(path)
             raise DataError(f"could not read {path} as {fmt}: {_file_problem(path, fmt, exc)}") from None
+        _WHERE[ds] = _file_lines(path, fmt)
         if fmt == "csv" and len(ds.column_names) == 1:
             sep = next((s for s in (";", "\t", "|") if s in ds.column_names[0]), None)
             if sep is not None:
@@ -146,6 +292,23 @@ def _check_text_file(path: Path) -> None:
     """Refuse an empty file, or one that is not UTF-8 (naming the first line that is not)."""
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; check the export that wrote it")
+    with path.open("rb") as f:
+        head = f.read(4096)
+    utf16 = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or head[:200].count(b"\0") * 3 >= len(
+        head[:200]
+    )
+    if utf16:  # Excel's "Unicode text" and PowerShell's default: every other byte is zero
+        utf32 = head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE))
+        name = "UTF-32" if utf32 else "UTF-16"
+        bom = (
+            "it starts with a " + name + " byte-order mark"
+            if head[:2] in (b"\xff\xfe", b"\xfe\xff")
+            else ("half of its bytes are zero")
+        )
+        raise DataError(
+            f"{path} is {name} text ({bom}), not UTF-8: re-save it as UTF-8 (in Excel: 'CSV UTF-8'), or read it "
+            f"with pandas and pass the DataFrame, e.g. pd.read_csv(path, encoding={name.lower()!r})"
+        )
     decoder = codecs.getincrementaldecoder("utf-8")()
     line = 1
     with path.open("rb") as f:
@@ -184,15 +347,34 @@ def _json_document(path: Path) -> datasets.Dataset | None:
                     f"could not read {path}: item {n} of its JSON array is a {type(record).__name__}, not an object "
                     'like {"text": ..., "label": ...}'
                 )
-        return datasets.Dataset.from_list([dict(r) for r in doc]) if doc else datasets.Dataset.from_dict({})
+        item = f"item {{}} of the JSON array in {path.name}"
+        ds = _from_rows([dict(r) for r in doc], lambda i: item.format(i + 1))
+        _WHERE[ds] = lambda i: item.format(i + 1)
+        return ds
     if isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
         lengths = {k: len(v) for k, v in doc.items()}
         if len(set(lengths.values())) != 1:
             raise DataError(f"could not read {path}: its columns have different lengths {lengths}; make them equal")
-        return datasets.Dataset.from_dict(doc)
+        rows = [dict(zip(doc, values, strict=True)) for values in zip(*doc.values(), strict=True)]
+        ds = _from_rows(rows, lambda i: f"row {i + 1} of the columns in {path.name}")
+        return ds
     if isinstance(doc, dict):
-        return datasets.Dataset.from_list([doc])
+        return _from_rows([doc], lambda i: f"the record in {path.name}")
     raise DataError(f"could not read {path}: it holds a JSON {type(doc).__name__}, not records")
+
+
+def _check_csv_rows(path: Path) -> None:
+    """A CSV that is only a header line is valid CSV with no examples: say that, not "not valid csv"."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if header and not any(row for row in reader):
+            raise DataError(
+                f"{path} has a header ({', '.join(header)}) and no rows, so no examples: add them below the header "
+                "line, or check the export that wrote it"
+            )
 
 
 def _file_problem(path: Path, fmt: str, exc: BaseException) -> str:
@@ -312,8 +494,14 @@ def split_examples(
         )
         if key not in first or raw[i] < raw[first[key]]:
             first[key] = i
-    if len(first) < len(rows):
-        logger.info("dropped %d exact duplicate examples of %d", len(rows) - len(first), len(rows))
+    dropped = len(rows) - len(first)
+    if dropped:
+        # a large share of copies usually means a broken export or join: say so; a few retweets are routine
+        log = logger.warning if dropped * 10 >= len(rows) else logger.info
+        log(
+            "dropped %d exact duplicate examples of %d (equal %s, ignoring case and spacing): %d distinct remain",
+            dropped, len(rows), ", ".join(fields), len(first),
+        )  # fmt: skip
     keys, unique = list(first), list(first.values())
     # near duplicates (a shared 13-word window) stay together: one side of the split, never both
     groups = near_duplicate_groups([[v for v in rows[i].values() if isinstance(v, str)] for i in unique])
@@ -325,9 +513,29 @@ def split_examples(
     order = sorted(members, key=digest.__getitem__)
     labels = [str(rows[unique[members[g][0]]][stratify]) for g in order] if stratify else None
     parts = _assign_splits(len(order), fractions, seed, labels)
+    _warn_empty_splits(parts, fractions, len(rows), len(first))
     return datasets.DatasetDict(
         {name: source.select([unique[j] for k in idx for j in members[order[k]]]) for name, idx in parts.items()}
     )
+
+
+def _warn_empty_splits(
+    parts: Mapping[str, list[int]], fractions: Sequence[float], n_rows: int, n_distinct: int
+) -> None:
+    """Say so when a split that was asked for (a fraction above 0) came out empty: too few distinct examples."""
+    empty = [name for (name, idx), share in zip(parts.items(), fractions, strict=True) if share > 0 and not idx]
+    if not empty:
+        return
+    smallest = min(f for f in fractions if f > 0)
+    enough = next(n for n in range(1, 10_000) if round(n * smallest) >= 1)
+    sizes = ", ".join(f"{name} {len(idx)}" for name, idx in parts.items())
+    copies = f" ({n_rows} before dropping duplicates)" if n_rows != n_distinct else ""
+    logger.warning(
+        "only %d distinct example%s%s: the split %s gives %s, so %s %s empty (no validation loss, nothing to "
+        "evaluate on). Add data (at least %d distinct examples), or set split= with 0 for the splits you do not need",
+        n_distinct, "" if n_distinct == 1 else "s", copies, tuple(fractions), sizes, " and ".join(empty),
+        "is" if len(empty) == 1 else "are", enough,
+    )  # fmt: skip
 
 
 def _assign_splits(n: int, fractions: Sequence[float], seed: int, labels: list[str] | None) -> dict[str, list[int]]:
@@ -526,7 +734,7 @@ def _check_rows(ds: datasets.Dataset, templates: Sequence[PromptTemplate]) -> No
             try:
                 t.render(row)
             except TemplateError as exc:
-                raise TemplateError(f"row {i + 1} of the data: {exc}") from None
+                raise TemplateError(f"{_row_name(ds, i)}: {exc}") from None
 
 
 def check_examples(ds: datasets.Dataset, templates: Sequence[PromptTemplate]) -> None:
@@ -545,12 +753,15 @@ def _check_completions(ds: datasets.Dataset, templates: Sequence[PromptTemplate]
             if any(not t.completion(row).strip() for t in by_target.values()):
                 empty.append(i)
         except TemplateError as exc:
-            raise TemplateError(f"row {i + 1} of the data: {exc}") from None
+            raise TemplateError(f"{_row_name(ds, i)}: {exc}") from None
     if empty:
         target = next(iter(by_target))
-        shown = ", ".join(str(i + 1) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        shown = "rows " + ", ".join(str(i + 1) for i in empty[:5])
+        if ds in _WHERE:  # read from a file: the lines the user can open
+            shown = ", ".join(_row_name(ds, i) for i in empty[:5])
+        shown += " ..." if len(empty) > 5 else ""
         raise DataError(
-            f"{len(empty)} of {len(rows)} examples have an empty completion (field {target!r}; rows {shown}), "
+            f"{len(empty)} of {len(rows)} examples have an empty completion (field {target!r}; {shown}), "
             f"e.g. {[rows[i] for i in empty[:3]]}; drop or fill them before building "
             "(e.g. dataset.filter(lambda x: x[...].strip()))"
         )
@@ -565,7 +776,10 @@ def prepare_source(
         missing = [c for c in columns.values() if c not in ds.column_names]
         if missing:
             raise DataError(f"columns= names {missing}, which the data lacks; it has {ds.column_names}")
+        where = _WHERE.get(ds)
         ds = ds.rename_columns({col: field for field, col in columns.items() if col != field})
+        if where is not None:
+            _WHERE[ds] = where
     for t in templates:
         t.check_columns(ds.column_names)
     return ds
@@ -694,6 +908,7 @@ def mix(
                 part = part.add_column("task", [k] * part.num_rows)
             chosen.append(part)
     _warn_mix_mistakes(parts)
+    _check_mix_columns(parts)
     common = [c for c in chosen[0].column_names if all(c in p.column_names for p in chosen)]
     dropped = sorted({c for p in chosen for c in p.column_names} - set(common))
     if dropped:  # concatenating would fill them with None for the datasets that lack them
@@ -706,6 +921,25 @@ def mix(
         ", ".join(f"{k} {counts[k]} ({counts[k] / max(total, 1):.1%}, asked {norm[k]:.1%})" for k in names),
     )
     return mixed
+
+
+_TRAINING_COLUMNS = ("prompt", "completion", "input_ids", "labels")
+
+
+def _check_mix_columns(parts: Mapping[str, datasets.Dataset]) -> None:
+    """Refuse parts whose training columns differ: the mixture would lose the ones not in every part (e.g. no
+    ``prompt`` when one part calls it ``text``), and could not be trained on."""
+    lost = [c for c in _TRAINING_COLUMNS if any(c in p.column_names for p in parts.values())
+            and not all(c in p.column_names for p in parts.values())]  # fmt: skip
+    if not lost:
+        return
+    each = "; ".join(f"{k!r} has {p.column_names}" for k, p in parts.items())
+    raise DataError(
+        f"mix(): the datasets have different columns ({each}), so the mixture would have no {lost} column"
+        f"{'s' if len(lost) > 1 else ''}. Give every dataset the same columns: build each with "
+        "build_instruction_dataset (prompt/completion), or rename, e.g. data.rename_column('text', 'prompt'); "
+        "tokenized parts need input_ids and labels in each"
+    )
 
 
 def _warn_mix_mistakes(parts: Mapping[str, datasets.Dataset]) -> None:
@@ -1104,6 +1338,9 @@ def save_dataset(
         raise FileExistsError(
             f"{path} is a folder: give a file path for the {format} file, e.g. {path / ('data.' + format)}"
         )
+    if isinstance(data, datasets.DatasetDict):
+        for name in data:
+            _check_split_name(name, path)
     with atomic_path(path, kind=kind, overwrite=overwrite) as tmp:
         if format == "disk":
             data.save_to_disk(str(tmp))
@@ -1114,6 +1351,26 @@ def save_dataset(
         else:
             _write_file(data, tmp, format)
     return path
+
+
+def _check_split_name(name: Any, path: Path) -> None:
+    """A split name becomes a file or folder name inside ``path``: a plain name only, never a path out of it."""
+    text = str(name)
+    bad = (
+        not text.strip()
+        or text in (".", "..")
+        or text.startswith(".")
+        or "/" in text
+        or "\\" in text
+        or "\0" in text
+        or (os.altsep is not None and os.altsep in text)
+    )
+    if bad:
+        raise DataError(
+            f"the DatasetDict has a split named {text!r}, which is not a plain name: its files would be written "
+            f"outside {path} (or hidden). Rename the split to a plain name, e.g. "
+            f"DatasetDict({{'train': data[{text!r}], ...}})"
+        )
 
 
 def _write_file(ds: datasets.Dataset, path: Path, format: str) -> None:

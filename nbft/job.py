@@ -111,14 +111,14 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     text = path.read_text()
     if path.suffix.lower() == ".json":
         try:
-            raw = json.loads(text)
+            raw = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     else:
         import yaml
 
         try:
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=_unique_key_loader())  # safe_load's loader, refusing a key given twice
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -128,6 +128,48 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
         for item in overrides:
             _override(raw, item, str(path))
     return job_from_dict(raw, source=str(path), base_dir=path.parent)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ConfigError(
+                f"{path}: the key {key!r} is given twice in one object (only the last would count); keep one"
+            )
+        seen.add(key)
+    return dict(pairs)
+
+
+def _unique_key_loader() -> type:
+    """YAML's safe loader, except that a key given twice in one mapping is an error naming it and both lines (YAML
+    itself keeps the last silently: a second ``train:`` block would replace the first)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` may be overridden by the keys beside it: that is what it is for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base class says so
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    where = f"lines {first} and {line}" if first != line else f"line {line}"
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"the key {key!r} is given twice ({where}); only the last would count: keep one (merge "
+                        "the settings of both into it)",
+                        key_node.start_mark,
+                    )  # fmt: skip
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _override(raw: dict[str, Any], item: str, source: str) -> None:
@@ -467,6 +509,7 @@ def check_output_dir(job: JobConfig, *, resume: bool = False, more_steps: int | 
     import time
 
     from nbft.train.checkpoint import list_checkpoints
+    from nbft.train.guard import foreign_entries
 
     run_dir = Path(job.output_dir) if job.output_dir else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     if run_dir.exists() and not run_dir.is_dir():
@@ -487,6 +530,13 @@ def check_output_dir(job: JobConfig, *, resume: bool = False, more_steps: int | 
         raise ConfigError(
             f"{job.source}: output_dir {run_dir} already holds a run; continue it with `nbft train "
             f"{job.source} {further}`, or set another output_dir (--set output_dir=...)"
+        )
+    foreign = [] if holds_run else foreign_entries(run_dir)
+    if foreign:  # a run never mixes into a folder of the user's (its own data/ or tokenizer/ included)
+        shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+        raise ConfigError(
+            f"{job.source}: output_dir {run_dir} holds files that are not an nbft run ({shown}): a run needs an "
+            f"empty or new folder; set another output_dir (--set output_dir={run_dir / 'run-1'})"
         )
     return run_dir
 

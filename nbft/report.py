@@ -826,15 +826,15 @@ def export_markdown(table: ComparisonTable | Mapping[str, Any], path: str | Path
         if df[c].dtype.kind == "f":
             sign = str(c).startswith("Δ ")
             df[c] = df[c].map(lambda x, sign=sign: _fmt(x, sign=sign))
-        elif df[c].dtype.kind == "O":  # task and model names: markdown renders HTML, so show them as text
-            df[c] = df[c].map(lambda x: html.escape(x) if isinstance(x, str) else x)
-    df.columns = [html.escape(str(c)) for c in df.columns]
+        elif df[c].dtype.kind == "O":  # task and model names: shown as text, never as markup
+            df[c] = df[c].map(lambda x: _md(x) if isinstance(x, str) else x)
+    df.columns = [_md(str(c)) for c in df.columns]
     text = df.to_markdown(index=False) if _has_tabulate() else _markdown_table(df)
     forgetting = forgetting_summary(table)
-    if forgetting:
-        text += "\n\n**Forgetting.** " + forgetting.replace("\n", "  \n")
+    if forgetting:  # it names the models and tasks: escaped like the table
+        text += "\n\n**Forgetting.** " + "  \n".join(_md(line) for line in forgetting.splitlines())
     if table.notes:
-        text += "\n\n**Notes.**\n" + "\n".join(f"- {n}" for n in table.notes)
+        text += "\n\n**Notes.**\n" + "\n".join(f"- {_md(n)}" for n in table.notes)
     text += "\n\nValues are points (0-100); Δ CIs are paired bootstrap 95% intervals over the same test examples."
     if path is not None:
         from nbft._utils import atomic_path
@@ -842,6 +842,20 @@ def export_markdown(table: ComparisonTable | Mapping[str, Any], path: str | Path
         with atomic_path(path, kind="file") as tmp:
             tmp.write_text(text + "\n", encoding="utf-8")
     return text
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def _md(text: str) -> str:
+    """``text`` as literal markdown: HTML escaped (markdown renders it) and the characters that would format it
+    (``|`` ends a table cell, ``*``/``_`` emphasise, backticks open code, brackets make links) backslash-escaped.
+
+    Example:
+        >>> print(_md("tuned|*v2*_<b>"))
+        tuned\\|\\*v2\\*\\_&lt;b&gt;
+    """
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False)).replace("\n", " ")
 
 
 def _has_tabulate() -> bool:
@@ -853,8 +867,8 @@ def _has_tabulate() -> bool:
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+    def cell(v: Any) -> str:  # names arrive escaped by _md; numbers hold no markup
+        return str(v).replace("\n", " ")
 
     lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,7 +49,57 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, finalize=_finalize)
+MAX_RENDERED_CHARS = 1_000_000
+"""The most characters one rendered prompt may hold: far beyond any context window (a long paper is ~100k), so a
+template that renders more is a mistake (``{{ text * 10**6 }}``, a runaway loop), refused before it fills memory."""
+
+
+class _TooLarge(Exception):
+    """A template renders (or builds a value) longer than :data:`MAX_RENDERED_CHARS`."""
+
+
+class _Environment(SandboxedEnvironment):
+    """The sandbox, plus a size cap on ``*``, ``**`` and string widths: ``'x' * 10**8`` is refused before it builds
+    100 MB (the sandbox itself caps ``range()``; the rendered text is capped as it streams)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_RENDERED_CHARS
+                ):
+                    raise _TooLarge(f"a value of {len(seq)} x {times:,} items")
+        powers = operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+        if powers and right * math.log10(abs(left)) > MAX_RENDERED_CHARS:  # its digits alone would pass the cap
+            raise _TooLarge(f"the number {left}**{right}")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # 'x'.ljust(10**8), .center(), .zfill(): a width beyond the cap is refused before the string is built
+        if isinstance(getattr(__obj, "__self__", None), str):
+            widths = [a for a in (*args, *kwargs.values()) if isinstance(a, int) and a > MAX_RENDERED_CHARS]
+            if widths:
+                raise _TooLarge(f"{__obj.__name__}({widths[0]:,})")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+_ENV = _Environment(undefined=jinja2.StrictUndefined, autoescape=False, finalize=_finalize)
+
+
+def _render_capped(compiled: jinja2.Template, values: Mapping[str, Any]) -> str:
+    """Render chunk by chunk, stopping as soon as the text passes :data:`MAX_RENDERED_CHARS` (a loop over a long
+    range would otherwise build it all first)."""
+    parts, size = [], 0
+    for chunk in compiled.generate(**values):
+        size += len(chunk)
+        if size > MAX_RENDERED_CHARS:
+            raise _TooLarge(f"{size:,} characters so far")
+        parts.append(chunk)
+    return "".join(parts)
 
 
 class TemplateError(ValueError):
@@ -160,7 +211,13 @@ class PromptTemplate:
         if missing:
             self.check_columns(list(example))
         try:
-            text = self._compiled.render(**{f: example[f] for f in self.fields})  # type: ignore[attr-defined]
+            text = _render_capped(self._compiled, {f: example[f] for f in self.fields})  # type: ignore[attr-defined]
+        except _TooLarge as exc:
+            raise TemplateError(
+                f"template {self.id!r} renders more than {MAX_RENDERED_CHARS:,} characters for one example ({exc}), "
+                "the limit nbft.templates.MAX_RENDERED_CHARS; a prompt that long is a template mistake (e.g. "
+                "{{ text * 1000 }} or a loop) or an input that needs cutting first (e.g. {{ text[:20000] }})"
+            ) from None
         except _BadValue as exc:
             bad = [f for f in self.fields if _is_bad(example[f])]
             where = f"field {bad[0]!r}" if bad else "a value the template prints"

@@ -225,6 +225,74 @@ def test_a_run_directory_holding_another_run_is_not_overwritten(tmp_path):
         finetune(model, tok, records(8), config=TrainConfig(max_steps=1), run_dir=tmp_path / "afile")
 
 
+def _users_folder(root: Path) -> Path:
+    """A folder of the user's own: notes beside a ``data/`` and a ``tokenizer/`` subfolder of theirs."""
+    (root / "data").mkdir(parents=True)
+    (root / "tokenizer").mkdir()
+    (root / "notes.txt").write_text("mine")
+    (root / "data" / "reviews.csv").write_text("text,label\ngood,positive\n")
+    (root / "tokenizer" / "tokenizer.json").write_text('{"my": "tokenizer"}')
+    return root
+
+
+def test_a_run_never_lands_in_a_folder_holding_the_users_files(tmp_path):
+    model, tok = tiny_random("llama")
+    folder = _users_folder(tmp_path / "project")
+    before = tree(tmp_path)
+    for overwrite in (False, True):  # overwrite=True replaces an earlier run, never a folder of the user's
+        with pytest.raises(FileExistsError, match=r"holds files that are not an nbft run \(data/, notes.txt, "
+                           r"tokenizer/\): a run needs an empty or new folder.*run-1"):  # fmt: skip
+            finetune(model, tok, records(8), config=TrainConfig(max_steps=1, **FP32), run_dir=folder,
+                     overwrite=overwrite)  # fmt: skip
+        assert tree(tmp_path) == before, "nothing written, nothing deleted"
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is fine
+    run = finetune(model, tok, records(8), config=TrainConfig(max_steps=1, **FP32), run_dir=empty)
+    assert run.status == "completed" and (empty / "data" / "train.safetensors").is_file()
+
+
+def test_what_a_run_killed_during_setup_left_is_nbfts_not_the_users(tmp_path):
+    from nbft.train.guard import foreign_entries
+
+    run_dir = tmp_path / "r"
+    (run_dir / "data").mkdir(parents=True)
+    (run_dir / "tokenizer").mkdir()
+    (run_dir / "data" / "train.safetensors").write_bytes(b"x")  # killed before run.json: a new run may go here
+    (run_dir / "tokenizer" / "tokenizer.json").write_text("{}")
+    (run_dir / ".run.json.abcd1234").write_text("{")  # an atomic write's temporary
+    assert foreign_entries(run_dir) == []
+    (run_dir / "tokenizer" / "my-notes.txt").write_text("mine")
+    assert foreign_entries(run_dir) == ["tokenizer/"]
+    (run_dir / "data" / "train.safetensors").unlink()  # a tokenizer/ folder alone is the user's
+    (run_dir / "tokenizer" / "my-notes.txt").unlink()
+    assert foreign_entries(run_dir) == ["data/", "tokenizer/"]
+    (run_dir / "model").mkdir()  # a model/ folder nbft did not mark is the user's, not a run
+    assert foreign_entries(run_dir) == ["data/", "model/", "tokenizer/"]
+
+
+def test_overwrite_removes_only_the_runs_files(tmp_path, caplog):
+    model, tok = tiny_random("llama")
+    run_dir = tmp_path / "r"
+    finetune(model, tok, records(8), config=TrainConfig(max_steps=1, **FP32), run_dir=run_dir)
+    assert (run_dir / "tokenizer").is_dir() and (run_dir / "model" / OWNER_MARKER).is_file()
+    (run_dir / "notes.txt").write_text("beside the run")
+    (run_dir / "data" / "my-labels.csv").write_text("inside its data folder")
+    (run_dir / "tokenizer" / "README.txt").write_text("inside its tokenizer folder")
+    old = {p: p.stat().st_mtime_ns for p in (run_dir / "data").iterdir()}
+    with caplog.at_level(logging.WARNING, logger="nbft.train"):
+        run = finetune(model, tok, records(8), config=TrainConfig(max_steps=1, **FP32), run_dir=run_dir,
+                       overwrite=True)  # fmt: skip
+    assert run.status == "completed"
+    assert (run_dir / "notes.txt").read_text() == "beside the run"
+    assert (run_dir / "data" / "my-labels.csv").read_text() == "inside its data folder"
+    assert (run_dir / "tokenizer" / "README.txt").read_text() == "inside its tokenizer folder"
+    fresh = run_dir / "data" / "train.safetensors"
+    assert fresh.stat().st_mtime_ns != old[fresh], "the run's own data file was written anew"
+    said = "\n".join(r.getMessage() for r in caplog.records if "overwrite=True" in r.getMessage())
+    assert "data/train.safetensors" in said and "model/" in said, said
+    assert "kept what nbft did not write: data/my-labels.csv, tokenizer/README.txt" in said, said
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 CFG = {"max_steps": 6, "batch_size": 4, "learning_rate": 1e-3, "keep_last": 3, **FP32}

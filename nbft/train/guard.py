@@ -2,8 +2,10 @@
 
 * **One writer per run directory**: :class:`~nbft.train.lock.RunLock` (``run.lock``) for the run's whole life.
 * **One run per model object**: a model that a live run is training cannot start a second run.
-* **A new run never lands on an old one**: a folder holding another run (``run.json``, a history, checkpoints or a
-  model) is refused; ``overwrite=True`` replaces nbft's own files of it (and nothing else in the folder).
+* **A new run lands in an empty or new folder**: a folder holding files that are not an nbft run is refused (so a
+  run never mixes into the user's own ``data/`` or ``tokenizer/``); a folder holding another run (``run.json``, a
+  history, checkpoints or a model) is refused too, and ``overwrite=True`` replaces nbft's own files of it (by name:
+  nothing else in the folder, nor a file the user put in its ``data/`` or ``tokenizer/``).
 * **Resume continues what is there, or says why not**: the newest intact checkpoint (damaged ones are skipped with
   the reason, and set aside), a completed run only with ``more_steps=``, a changed ``run.json`` config only with
   ``allow_config_change=True``.
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nbft._utils import OWNER_MARKER
 from nbft.config import TrainConfig
 from nbft.train.checkpoint import list_checkpoints, resumable_checkpoint, set_aside, tidy_checkpoints
 
@@ -34,18 +37,40 @@ logger = logging.getLogger("nbft.train")
 
 RUN_FILES = ("run.json", "history.jsonl", "checkpoints", "model", "data", "tokenizer", "comparison.json",
              "comparison.txt")  # fmt: skip
-"""The names nbft writes in a run directory (besides ``run.lock``); ``overwrite=True`` removes only these."""
+"""The names nbft writes in a run directory (besides ``run.lock``)."""
+
+WHOLE_FOLDERS = ("checkpoints", "model")
+"""Folders a run writes whole (each checkpoint and the model land in one rename): ``overwrite=True`` removes them."""
+
+SHARED_FOLDERS = {
+    "data": ("train.safetensors", "validation.safetensors", "train_hashes.safetensors"),
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                  "chat_template.jinja", "chat_template.json", "vocab.json", "vocab.txt", "merges.txt",
+                  "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "source.spm", "target.spm",
+                  "bpe.codes", "vocab.model", "additional_chat_templates"),
+}  # fmt: skip
+"""Folders a run writes file by file (``mkdir`` then its files), with the names it writes there: ``overwrite=True``
+removes only these names (and the folder when nothing else is left), so a file put beside them survives."""
 
 # ------------------------------------------------------------------------------------------------ new runs
 
 
 def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse a ``run_dir`` that already holds a run (or is a file), unless ``overwrite`` (then
-    :func:`clear_old_run` removes that run's files when the new run is ready). Call it holding the lock."""
+    """Refuse a ``run_dir`` that is a file, holds files that are not an nbft run (a new run needs an empty or absent
+    folder), or already holds a run, unless ``overwrite`` (then :func:`clear_old_run` removes that run's files when
+    the new run is ready). Call it holding the lock."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"run_dir {run_dir} is a file; give a folder path for the run")
     held = _what_it_holds(run_dir)
     if not held:
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            raise FileExistsError(
+                f"run_dir {run_dir} holds files that are not an nbft run ({_listed(foreign)}): a run needs an empty "
+                f"or new folder, so that none of your files is mixed with or replaced by the run's. Choose a new "
+                f"run_dir, e.g. {str(run_dir / 'run-1')!r}"
+                + (" (overwrite=True replaces only an earlier nbft run)" if overwrite else "")
+            )
         return
     if not overwrite:
         hint = ""
@@ -59,23 +84,80 @@ def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
         )
 
 
+def foreign_entries(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` (one that holds no run) nbft did not write: everything but ``run.lock``, nbft's temporary
+    names, and the ``data/``/``tokenizer/`` files a run killed before it wrote ``run.json`` left (nbft's own names,
+    and ``tokenizer/`` only beside nbft's ``data/train.safetensors``). Folders are listed with a trailing ``/``.
+
+    Example:
+        >>> foreign_entries(Path("/tmp/nbft-doc-no-such-folder"))
+        []
+    """
+    if not run_dir.is_dir():
+        return []
+    temp = _temp_name()
+    setup_left = (run_dir / "data" / "train.safetensors").is_file()
+    out = []
+    for entry in sorted(run_dir.iterdir()):
+        name = entry.name
+        if name in ("run.lock", "run.lock.tmp") or (temp.match(name) and not entry.is_symlink()):
+            continue
+        if name in SHARED_FOLDERS and entry.is_dir() and not entry.is_symlink() and setup_left:
+            strays = [p.name for p in entry.iterdir() if p.name not in SHARED_FOLDERS[name] and not temp.match(p.name)]
+            if not strays:
+                continue
+        out.append(name + ("/" if entry.is_dir() else ""))
+    return out
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def clear_old_run(run_dir: Path) -> None:
-    """``overwrite=True``: remove an earlier run's files (only nbft's names) once the new run is ready to start."""
+    """``overwrite=True``: remove an earlier run's files once the new run is ready to start: the files nbft writes
+    (:data:`RUN_FILES`; in ``data/`` and ``tokenizer/`` only nbft's names), never a file of the user's beside them."""
     held = _what_it_holds(run_dir)
     if not held:
         return
+    removed, kept = [], []
     for name in RUN_FILES:
         path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+        if name in SHARED_FOLDERS and path.is_dir() and not path.is_symlink():
+            for entry in sorted(path.iterdir()):
+                if entry.name in SHARED_FOLDERS[name] or _temp_name().match(entry.name):
+                    _remove(entry)
+                    removed.append(f"{name}/{entry.name}")
+                else:
+                    kept.append(f"{name}/{entry.name}")
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif name == "model" and path.exists() and not _nbft_model(run_dir):
+            kept.append("model/")
         elif path.exists() or path.is_symlink():
-            path.unlink()
-    logger.warning("overwrite=True: removed the earlier run's files in %s (%s)", run_dir, held)
+            _remove(path)
+            removed.append(name + ("/" if name in WHOLE_FOLDERS else ""))
+    also = f"; kept what nbft did not write: {_listed(kept)}" if kept else ""
+    logger.warning(
+        "overwrite=True: removed the earlier run's files in %s (%s): %s%s", run_dir, held, _listed(removed, 12), also
+    )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _temp_name() -> re.Pattern[str]:
+    """The temporary names nbft's atomic writes use next to a target (``.<name>.<8 chars>`` or ``.<name>.old-N``)."""
+    return re.compile(r"^\.[^/]+\.(?:[a-z0-9_]{8}|old-\d+)$")
 
 
 def _what_it_holds(run_dir: Path) -> str:
     parts = []
-    if (run_dir / "model").exists():
+    if _nbft_model(run_dir):
         parts.append("a final model/")
     checkpoints = list_checkpoints(run_dir)
     if checkpoints:
@@ -86,9 +168,16 @@ def _what_it_holds(run_dir: Path) -> str:
         parts.append(f"history.jsonl with {steps} step(s)")
     if (run_dir / "run.json").exists():
         parts.append("run.json")
-    if parts and not checkpoints and not (run_dir / "model").exists():
+    if parts and not checkpoints and not _nbft_model(run_dir):
         parts.append("no checkpoint")
     return ", ".join(parts)
+
+
+def _nbft_model(run_dir: Path) -> bool:
+    """``model/`` is the run's (nbft marks the folders it writes, and a run writes ``run.json`` first), not a folder
+    of the user's that happens to have that name."""
+    model = run_dir / "model"
+    return model.is_dir() and ((model / OWNER_MARKER).is_file() or (run_dir / "run.json").is_file())
 
 
 def tidy_run_dir(run_dir: Path) -> list[str]:

@@ -23,10 +23,12 @@ import logging
 import textwrap
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 
+from nbft._utils import OWNER_MARKER
 from nbft.widgets._common import (
     LogArea,
     StaticResult,
@@ -291,6 +293,10 @@ class DatasetBuilder(widgets.VBox):
         self._preview_data: Any = None
         self._offline: bool | None = None
         self._hub_only = _hub_only_tasks()
+        self._written: set[str] = set()  # what this builder exported since it was opened: it may replace those
+        self._auto_path = ""  # the export path the builder filled in (it follows the task until the user edits it)
+        self._built_task: str | None = None
+        self._confirm: tuple[str, str] | None = None  # the export the next click replaces, once the user was asked
 
         self.task = widgets.Dropdown(
             options=self._task_options(tasks), value=task if task in tasks else tasks[0], description="task"
@@ -353,7 +359,9 @@ class DatasetBuilder(widgets.VBox):
         self.val_frac.observe(lambda _: self._show_test(), names="value")
         self.example.observe(lambda _: self._show_mask(), names="value")
         self.build_button.on_click(lambda _: self._safely(self.build))
-        self.export_button.on_click(lambda _: self._safely(self.export))
+        self.export_button.on_click(lambda _: self._safely(self._export_clicked, clear=False))
+        self.export_path.observe(lambda _: self._reset_confirm(), names="value")
+        self.export_format.observe(lambda _: self._reset_confirm(), names="value")
 
         self._updating = True  # filling the controls below must not start three previews
         self._fill_templates()
@@ -440,6 +448,7 @@ class DatasetBuilder(widgets.VBox):
             self._fill_replay_tasks()
         finally:
             self._updating = False
+        self._follow_task()
         self._columns_changed()
 
     def _columns_changed(self) -> None:
@@ -644,6 +653,7 @@ class DatasetBuilder(widgets.VBox):
                     index=False, float_format=lambda x: f"{x:.1%}", classes="nbft-mix"
                 )
             self.dataset = data
+            self._built_task = self.task.value
             self._preview_data = data
             self.preview.value = _preview_table(data, self.preview_rows)
             self.mix_html.value = mixed_html
@@ -662,8 +672,7 @@ class DatasetBuilder(widgets.VBox):
         sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
         self._set_status("built", sizes)
         self.export_button.disabled = False
-        if not self.export_path.value:
-            self.export_path.value = f"data/{self.task.value}"
+        self._follow_task()
         body = (
             f"<div class='nbft-summary'><b>built</b> {html.escape(sizes)}</div>"
             + self.preview.value
@@ -698,17 +707,69 @@ class DatasetBuilder(widgets.VBox):
     def export(self, path: str | None = None, format: str | None = None, *, overwrite: bool = False) -> Any:
         """Write the built dataset with :func:`nbft.data.save_dataset` (what Export does); returns the path.
 
-        A folder nbft did not write is never replaced unless ``overwrite=True``."""
+        The path defaults to ``data/<task>`` and follows the task until you edit it. An export never replaces what
+        this builder did not write since it was opened (another dataset, a file, a folder) unless
+        ``overwrite=True``; the Export button asks first (it turns into *Replace*).
+
+        Example::
+
+            builder.export("data/sentiment", "jsonl")
+        """
         from nbft._quiet import quiet
         from nbft.data import save_dataset
 
         if self.dataset is None:
             raise RuntimeError("nothing to export yet: click Build first")
+        if self._built_task is not None and self._built_task != self.task.value:
+            raise RuntimeError(
+                f"the built dataset is the {self._built_task!r} task's, but the task is now {self.task.value!r}: "
+                "click Build first (or set the task back)"
+            )
         target = path or self.export_path.value.strip() or f"data/{self.task.value}"
+        if not overwrite and _key(target) not in self._written and _occupied(Path(target).expanduser()):
+            raise ExportWouldReplace(
+                f"{target} already holds {_what_is_there(Path(target).expanduser())} that this builder did not write "
+                "since it was opened: choose another path, or replace it with export(..., overwrite=True)"
+            )
         with quiet(sink=self.log_area.add):
             written = save_dataset(self.dataset, target, format or self.export_format.value, overwrite=overwrite)
+        self._written.add(_key(target))
         self.export_label.value = f"<span style='color:#1a7f37'>wrote {html.escape(str(written))}</span>"
         return written
+
+    def _export_clicked(self) -> None:
+        """Export (the button); a target this builder did not write is replaced only on a second, confirming click."""
+        target = self.export_path.value.strip() or f"data/{self.task.value}"
+        asked = (target, self.export_format.value)
+        confirmed = self._confirm == asked
+        self._reset_confirm()
+        folder = Path(target).expanduser()
+        # a confirmed click replaces a file or a folder nbft wrote; a folder of the user's files stays refused
+        replaceable = folder.is_file() or (folder / OWNER_MARKER).is_file()
+        try:
+            self.export(overwrite=confirmed and replaceable)
+        except ExportWouldReplace:
+            if not replaceable:
+                raise
+            self._confirm = asked
+            self.export_button.description = "Replace"
+            self.export_button.button_style = "warning"
+            self.export_label.value = (
+                f"<span style='color:#9a6700'>{html.escape(target)} already holds "
+                f"{html.escape(_what_is_there(folder))} that this builder did not write: click Replace to replace "
+                "it, or edit the path</span>"
+            )
+
+    def _reset_confirm(self) -> None:
+        self._confirm = None
+        self.export_button.description = "Export"
+        self.export_button.button_style = ""
+
+    def _follow_task(self) -> None:
+        """The export path follows the task (``data/<task>``) until the user types another."""
+        if self.export_path.value.strip() in ("", self._auto_path):
+            self._auto_path = f"data/{self.task.value}"
+            self.export_path.value = self._auto_path
 
     # ------------------------------------------------------------------------------------------- helpers
     def _clear(self) -> None:
@@ -738,6 +799,26 @@ class DatasetBuilder(widgets.VBox):
 
     def _ipython_display_(self, **kwargs: Any) -> None:
         display_with_static(self, self.static, lambda: super(DatasetBuilder, self)._ipython_display_(**kwargs))
+
+
+class ExportWouldReplace(FileExistsError):
+    """An export would replace a dataset (or files) that this builder did not write since it was opened."""
+
+
+def _key(target: str) -> str:
+    return str(Path(target).expanduser().resolve())
+
+
+def _occupied(path: Path) -> bool:
+    return path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
+
+
+def _what_is_there(path: Path) -> str:
+    if path.is_file():
+        return "a file"
+    if (path / OWNER_MARKER).is_file():
+        return f"a dataset ({', '.join(sorted(p.name for p in path.iterdir() if p.name != OWNER_MARKER)[:4])})"
+    return "files nbft did not write"
 
 
 def _number(x: float) -> str:
