@@ -155,6 +155,7 @@ def run_demo(
     tasks: Sequence[str] | None = None,
     settings: DemoSettings | None = None,
     replay: Sequence[float] = (),
+    replay_from: Sequence[str] | None = None,
     seed: int = 0,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
@@ -174,6 +175,9 @@ def run_demo(
         replay: replay shares in (0, 1) (``nbft demo --replay 0.1``): each adds a column, the same base fine-tuned
             on the same target examples plus that share of examples replayed from the other tasks' train splits
             (see :func:`nbft.forgetting.forgetting_experiment`), so the table shows what replay does to forgetting.
+        replay_from: the other tasks replayed (default: all but the last); the rest are held out of the replay
+            pool, and the forgetting summary reports AF, worst drop and regressions for replayed and held-out tasks
+            apart, so "replay removes forgetting" is also measured on a task replay never trains on.
         echo: called with each line meant for a person (the CLI passes ``print``); library code never prints.
 
     Returns a dict: ``table`` (the :class:`~nbft.report.ComparisonTable`), ``run`` (the training run),
@@ -196,6 +200,7 @@ def run_demo(
             tasks=tasks,
             settings=settings,
             replay=replay,
+            replay_from=replay_from,
             seed=seed,
             progress=progress,
             echo=echo,
@@ -215,12 +220,13 @@ def _run_demo(
     seed: int,
     progress: bool,
     echo: Callable[[str], None] | None,
+    replay_from: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     import torch
 
     from nbft.data import tokenize_for_training
     from nbft.evaluate import ForgettingMonitor, evaluate_model, get_task, list_tasks
-    from nbft.forgetting import check_replay, replay_effect, replay_mixture, variant_label
+    from nbft.forgetting import check_replay, check_replay_from, replay_effect, replay_mixture, variant_label
     from nbft.report import compare
     from nbft.train import ProgressObserver, TrainConfig, finetune
 
@@ -240,9 +246,16 @@ def _run_demo(
     offline = set(list_tasks(offline_only=True))
     out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     _check_arguments(cfg, names, offline, model, out)  # before any work: one clear line, nothing written
+    # at least one other task stays out of the replay pool: forgetting measured where replay never trains
+    replayed = check_replay_from(replay_from, names[1:], target) if shares else []
+    held_out = [t for t in names[1:] if t not in replayed] if shares else []
+    if shares and not replayed:
+        raise ValueError(f"replay_from=[] replays nothing; name tasks of {names[1:]} to replay")
     if (out / "model").exists() or any(out.glob("checkpoint-*")):
         raise FileExistsError(f"{out} already holds a demo run; pass a new out_dir (--out) or delete it")
     say(f"nbft demo: target={target}, other tasks={names[1:]}, out={out}")
+    if shares:
+        say(f"replay pool: {replayed}; held out of replay (forgetting measured where replay never trains): {held_out}")
     if any(t not in offline for t in names):
         say(f"note: {[t for t in names if t not in offline]} need the Hugging Face Hub")
 
@@ -260,8 +273,9 @@ def _run_demo(
     train_rows, val_rows = _training_data(target_task, cfg.steps * cfg.batch_size, seed)
     replay_rows = {}
     if shares:  # the other tasks' train splits, for the replay variants (never their test splits)
-        need = math.ceil(round(len(train_rows) * max(shares) / (1 - max(shares))) / max(1, len(task_objs) - 1))
-        replay_rows = {t.name: t.train(n=need, templates=t.template, seed=seed) for t in task_objs[1:]}
+        need = math.ceil(round(len(train_rows) * max(shares) / (1 - max(shares))) / max(1, len(replayed)))
+        replay_rows = {t.name: t.train(n=need, templates=t.template, seed=seed) for t in task_objs[1:]
+                       if t.name in replayed}  # fmt: skip
     timings["data_s"] = time.perf_counter() - t0
     say(
         f"[1/6] data: {len(train_rows)} training examples of {target!r} "
@@ -356,7 +370,9 @@ def _run_demo(
         del base_state
         t0 = time.perf_counter()
     # the runs themselves (not bare models): compare() reads what each trained on and checks every test example
-    table = compare(models, task_objs, target=target, config=ecfg, tokenizer=tok, training_data=training or None)
+    groups = {"replayed": replayed, "held-out": held_out} if replayed and held_out else None
+    table = compare(models, task_objs, target=target, config=ecfg, tokenizer=tok, training_data=training or None,
+                    task_groups=groups)  # fmt: skip
     if shares:  # what replay did, in one line per share: AF removed, G kept
         from nbft.report import ComparisonTable
 

@@ -91,3 +91,91 @@ def test_seed_draws_are_shared_and_cover_every_seed():
     np.testing.assert_array_equal(draws, stats.seed_indices(3, 500, 0))
     with pytest.raises(ValueError, match="at least one"):
         stats.seed_delta(np.zeros(3), [])
+
+
+# --------------------------------------------------------------------------------------------------- compare()
+import json  # noqa: E402
+
+import datasets  # noqa: E402
+from _train_data import spread  # noqa: E402
+
+from nbft import compare  # noqa: E402
+from nbft.evaluate import Task  # noqa: E402
+from nbft.hashes import write_training_hashes  # noqa: E402
+from nbft.models import tiny_random  # noqa: E402
+
+
+def _sentiment_task():
+    labels = ["negative", "neutral", "positive"]
+    rows = [{"text": f"tweet number {i} {'!' * (i % 5)}", "label": labels[i % 3]} for i in range(32)]
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:20]), "test": datasets.Dataset.from_list(rows[20:])}
+    )
+    return Task("toy-sentiment", splits, "sentiment/1", max_new_tokens=3)
+
+
+def _qa_task():
+    rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(20)]
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:10]),
+                                   "test": datasets.Dataset.from_list(rows[10:])})  # fmt: skip
+    return Task("toy-qa", splits, "qa/1", max_new_tokens=4)
+
+
+def test_compare_with_several_runs_of_a_variant_shows_the_mean_per_seed_values_and_range():
+    base, tok = tiny_random("llama", seed=0)
+    runs = [spread(tiny_random("llama", seed=s)[0], seed=s) for s in (1, 2, 3)]
+    sent, qa = _sentiment_task(), _qa_task()
+    table = compare({"base": spread(base), "tuned": runs, "one": runs[0]}, [sent, qa], target="toy-sentiment",
+                    n=10, tokenizer=tok, progress=False, n_boot=200)  # fmt: skip
+    r = table.results
+    assert r["models"]["tuned"]["runs"] == ["run 1", "run 2", "run 3"]
+    s = r["scores"]["toy-sentiment"]["tuned"]
+    per_run = s["seeds"]["metrics"]["accuracy"]
+    assert len(per_run) == 3 and s["value"] == pytest.approx(np.mean(per_run))
+    # the first run alone, as its own column, is today's single-model comparison
+    assert r["scores"]["toy-sentiment"]["one"]["value"] == per_run[0]
+    d = {(x["task"], x["model"], x["metric"]): x for x in r["deltas"]}
+    dt = d[("toy-sentiment", "tuned", "accuracy")]
+    assert dt["n_seeds"] == 3 and len(dt["per_seed"]) == 3
+    assert dt["per_seed"][0] == pytest.approx(d[("toy-sentiment", "one", "accuracy")]["delta"])
+    assert dt["delta"] == pytest.approx(np.mean(dt["per_seed"]))
+    assert (dt["seed_min"], dt["seed_max"]) == (min(dt["per_seed"]), max(dt["per_seed"]))
+    f = {x["model"]: x for x in r["forgetting"]}["tuned"]
+    assert f["n_seeds"] == 3 and len(f["AF_per_seed"]) == 3 and f["AF"] == pytest.approx(np.mean(f["AF_per_seed"]))
+    assert f["AF_ci_low"] <= f["AF_ci_high"]
+    json.dumps(r, default=float)  # plain data
+    # the table shows the seed range beside the CI; the notes say the runs' settings were not checked
+    frame = __import__("nbft").report.table_frame(table)
+    cell = frame.loc[("toy-sentiment", "accuracy"), "seeds tuned"]
+    assert cell == f"{dt['seed_min']:+.1f} to {dt['seed_max']:+.1f}"
+    assert "seeds one" not in frame.columns and frame.loc[("toy-qa", "token_f1"), "seeds tuned"] != "–"
+    assert "(3 seeds" in table.to_text() and any("could not check" in n for n in table.notes)
+    spread_note = [n for n in table.notes if "seeds spread wider" in n]
+    assert bool(spread_note) == any(
+        x["seed_spread"] > x["example_half_width"] for x in r["deltas"] if x["model"] == "tuned" and x["is_headline"]
+    )
+
+
+def _fake_run(folder, *, seed=0, lr=1e-4, data=("a", "b")):
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"base_model": "tiny", "config": {"seed": seed, "learning_rate": lr}}))
+    write_training_hashes(folder / "data", [{"prompt": p, "completion": "x"} for p in data])
+    return folder
+
+
+def test_runs_of_a_variant_that_differ_in_settings_or_data_are_refused_by_field(tmp_path):
+    base, tok = tiny_random("llama", seed=0)
+    a = _fake_run(tmp_path / "a", seed=0)
+    tasks = [_sentiment_task()]
+    with pytest.raises(ValueError, match=r"differ in 'learning_rate' \(seed 0: 0.0001, seed 1: 0.0002\)"):
+        compare({"base": base, "tuned": [a, _fake_run(tmp_path / "b", seed=1, lr=2e-4)]}, tasks, tokenizer=tok)
+    with pytest.raises(ValueError, match="trained on different data"):
+        compare({"base": base, "tuned": [a, _fake_run(tmp_path / "c", seed=1, data=("a", "z"))]}, tasks, tokenizer=tok)
+    with pytest.raises(ValueError, match="same seed"):
+        compare({"base": base, "tuned": [a, _fake_run(tmp_path / "d", seed=0)]}, tasks, tokenizer=tok)
+    with pytest.raises(ValueError, match="twice"):
+        compare({"base": base, "tuned": [a, a]}, tasks, tokenizer=tok)
+    with pytest.raises(ValueError, match="empty list"):
+        compare({"base": base, "tuned": []}, tasks, tokenizer=tok)
+    with pytest.raises(ValueError, match="reference column"):
+        compare({"base": [base, base], "tuned": base}, tasks, tokenizer=tok)
