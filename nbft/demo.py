@@ -157,6 +157,7 @@ def run_demo(
     replay: Sequence[float] = (),
     replay_from: Sequence[str] | None = None,
     seed: int = 0,
+    seeds: int = 1,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -178,6 +179,10 @@ def run_demo(
         replay_from: the other tasks replayed (default: all but the last); the rest are held out of the replay
             pool, and the forgetting summary reports AF, worst drop and regressions for replayed and held-out tasks
             apart, so "replay removes forgetting" is also measured on a task replay never trains on.
+        seeds: train every variant with this many seeds (``seed``, ``seed + 1``, ...; ``nbft demo --seeds 3``),
+            from the same base on the same examples: each number is the mean over seeds with a two-level bootstrap CI
+            (seeds, then examples), the table shows the seed range, and the extra runs go to ``seed-<s>`` (and
+            ``replay-<share>-seed-<s>``) inside the run directory.
         echo: called with each line meant for a person (the CLI passes ``print``); library code never prints.
 
     Returns a dict: ``table`` (the :class:`~nbft.report.ComparisonTable`), ``run`` (the training run),
@@ -202,6 +207,7 @@ def run_demo(
             replay=replay,
             replay_from=replay_from,
             seed=seed,
+            seeds=seeds,
             progress=progress,
             echo=echo,
         )
@@ -221,9 +227,11 @@ def _run_demo(
     progress: bool,
     echo: Callable[[str], None] | None,
     replay_from: Sequence[str] | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     import torch
 
+    from nbft.config import check_int
     from nbft.data import tokenize_for_training
     from nbft.evaluate import ForgettingMonitor, evaluate_model, get_task, list_tasks
     from nbft.forgetting import check_replay, check_replay_from, replay_effect, replay_mixture, variant_label
@@ -240,6 +248,8 @@ def _run_demo(
     if n is not None:
         cfg.n = n
     shares = [r for r in check_replay(replay) if r > 0] if replay else []  # 0 is the tuned column itself
+    n_seeds = check_int("seeds", seeds, 1, "training seeds per variant, e.g. --seeds 3")
+    extra = [seed + i for i in range(1, int(n_seeds))]  # the first seed's run is the demo's own run directory
     target_task = get_task(target)
     others = list(tasks) if tasks is not None else [t for t in cfg.others if t != target]
     names = [target, *[t for t in others if t != target]]
@@ -327,7 +337,8 @@ def _run_demo(
             out_.append(ForgettingMonitor(task_objs, n=cfg.monitor_n, checkpoints=False, chat_template=chat, seed=seed))
         return out_
 
-    base_state = {k: v.detach().clone() for k, v in mdl.state_dict().items()} if shares else None
+    retrain = bool(shares or extra)  # the same model object is trained again from the base
+    base_state = {k: v.detach().clone() for k, v in mdl.state_dict().items()} if retrain else None
     run = finetune(mdl, tok, train_tok, val=val_tok, config=tcfg, observers=observers(), run_dir=out)
     run.wait()
     timings["train_s"] = time.perf_counter() - t0
@@ -340,33 +351,51 @@ def _run_demo(
     models: dict[str, Any] = {"base": base_eval, "tuned": run}
     training: dict[str, Any] = {}
     replay_runs = []
-    if shares:
+    if retrain:
         # the tuned model is evaluated now, before the replay variants retrain the same weights from the base
         zero_shot = dataclasses.replace(ecfg, icl_shots=(0,))  # k-shot columns are the base model's only
         models["tuned"] = evaluate_model(mdl, task_objs, name="tuned", tokenizer=tok, target=target, config=zero_shot)
         training["tuned"] = out
         timings["eval_tuned_s"] = time.perf_counter() - t0
+        if extra:  # the same target examples and base, another training seed each
+            t0 = time.perf_counter()
+            tuned_evals, tuned_dirs = [models["tuned"]], [out]
+            for s in extra:
+                with torch.no_grad():
+                    mdl.load_state_dict(base_state)
+                srun = finetune(mdl, tok, train_tok, val=val_tok, config=dataclasses.replace(tcfg, seed=s),
+                                observers=observers(), run_dir=out / f"seed-{s}")  # fmt: skip
+                tuned_evals.append(evaluate_model(mdl, task_objs, name="tuned", tokenizer=tok, target=target,
+                                                  config=zero_shot))  # fmt: skip
+                tuned_dirs.append(srun.run_dir)
+                say(f"[3/6] tuned, seed {s}: final loss {srun.final_loss:.3f}" + _monitor_line(srun))
+            models["tuned"], training["tuned"] = tuned_evals, tuned_dirs
+            timings["seeds_s"] = time.perf_counter() - t0
         for share in shares:
             t0 = time.perf_counter()
-            with torch.no_grad():
-                mdl.load_state_dict(base_state)  # the same base, the same seed, the same target examples
             mixed, counts = replay_mixture(train_rows, replay_rows, share, seed=seed)
             mixed_tok = tokenize_for_training(mixed, tok, max_length=max(cfg.max_length, cfg.replay_max_length),
                                               chat_template=chat)  # fmt: skip
             rcfg = dataclasses.replace(tcfg, max_steps=math.ceil(len(mixed) / cfg.batch_size),
                                        max_length=max(cfg.max_length, cfg.replay_max_length))  # fmt: skip
             name = variant_label(share)
-            rrun = finetune(mdl, tok, mixed_tok, val=val_tok, config=rcfg, observers=observers(),
-                            run_dir=out / f"replay-{share:g}")  # fmt: skip
-            replay_runs.append(rrun)
+            evals, dirs = [], []
+            for s in (seed, *extra):
+                with torch.no_grad():
+                    mdl.load_state_dict(base_state)  # the same base, the same target examples
+                where = out / (f"replay-{share:g}" if s == seed else f"replay-{share:g}-seed-{s}")
+                rrun = finetune(mdl, tok, mixed_tok, val=val_tok, config=dataclasses.replace(rcfg, seed=s),
+                                observers=observers(), run_dir=where)  # fmt: skip
+                if s == seed:
+                    replay_runs.append(rrun)
+                evals.append(evaluate_model(mdl, task_objs, name=name, tokenizer=tok, target=target,
+                                            config=zero_shot))  # fmt: skip
+                dirs.append(rrun.run_dir)
+            models[name], training[name] = (evals, dirs) if extra else (evals[0], dirs[0])
             timings[f"train_{name}_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            models[name] = evaluate_model(mdl, task_objs, name=name, tokenizer=tok, target=target, config=zero_shot)
-            training[name] = rrun.run_dir
-            timings[f"eval_{name}_s"] = time.perf_counter() - t0
-            say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}, final loss {rrun.final_loss:.3f}, in "
-                f"{timings[f'train_{name}_s']:.0f}s, evaluated in {timings[f'eval_{name}_s']:.0f}s"
-                + _monitor_line(rrun))  # fmt: skip
+            say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}, final loss {replay_runs[-1].final_loss:.3f}"
+                f"{f' ({len(dirs)} seeds)' if extra else ''}, trained and evaluated in "
+                f"{timings[f'train_{name}_s']:.0f}s" + _monitor_line(replay_runs[-1]))  # fmt: skip
         del base_state
         t0 = time.perf_counter()
     # the runs themselves (not bare models): compare() reads what each trained on and checks every test example
@@ -379,7 +408,7 @@ def _run_demo(
         effect = replay_effect(table.results, reference="tuned")
         table = ComparisonTable({**table.results, "notes": [*table.notes, *(e["line"] for e in effect)],
                                  "replay_effect": effect})  # fmt: skip
-    timings["eval_tuned_s" if not shares else "compare_s"] = time.perf_counter() - t0
+    timings["eval_tuned_s" if not retrain else "compare_s"] = time.perf_counter() - t0
     say(f"[4/6] tuned model evaluated in {timings['eval_tuned_s']:.0f}s")
 
     # 5. the table ----------------------------------------------------------------------------------------------

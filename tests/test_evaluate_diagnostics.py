@@ -104,7 +104,7 @@ def test_compare_panel_shows_the_label_diagnostics():
 
     base, tok = tiny_random("llama", seed=0)
     panel = ComparePanel({"base": spread(base), "tuned": spread(tiny_random("llama", seed=1)[0], seed=1)}, [_task()],
-                         target="toy-sentiment", tokenizer=tok, n=6, n_boot=50)  # fmt: skip
+                         target="toy-sentiment", tokenizer=tok, n=6, n_boot=100)  # fmt: skip
     panel.compare()
     panel.wait(300)
     assert "Confusion matrix · toy-sentiment" in panel.labels.value

@@ -192,3 +192,22 @@ def test_the_demo_keeps_a_task_out_of_its_replay_pool(tmp_path):
     with pytest.raises(ValueError, match="Did you mean 'ner'"):
         nbft.run_demo(model="tiny", tasks=["qa", "ner"], replay=[0.25], replay_from=["nr"], out_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_demo_with_seeds_shows_the_mean_and_the_seed_range(tmp_path):
+    from nbft.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "tiny", "--out", str(out), "--seeds", "2", "--replay", "0.25"]) == 0
+    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    assert metrics["models"]["tuned"]["runs"] == ["seed 0", "seed 1"]
+    assert metrics["models"]["replay 0.25"]["runs"] == ["seed 0", "seed 1"]
+    assert (out / "seed-1" / "model").is_dir() and (out / "replay-0.25-seed-1" / "model").is_dir()
+    f = {x["model"]: x for x in metrics["forgetting"]}
+    assert f["tuned"]["n_seeds"] == 2 and len(f["replay 0.25"]["AF_per_seed"]) == 2
+    target = next(d for d in metrics["deltas"] if d["model"] == "tuned" and d["role"] == "target" and d["is_headline"])
+    assert target["delta"] == pytest.approx(sum(target["per_seed"]) / 2)
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", "--model", "tiny", "--out", str(tmp_path / "x"), "--seeds", "0"])
+    assert refused.value.code == 2
+    assert not (tmp_path / "x").exists()

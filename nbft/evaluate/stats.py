@@ -7,7 +7,9 @@ a training-time monitor or a forgetting experiment can reuse it without a compar
 - :func:`delta_replicates`: the bootstrap replicates of Δ (to carry a CI into aggregates such as AF);
 - :func:`delta`: Δ = other − base with its paired CI, wins/ties/losses, significant, regression;
 - :func:`forgetting`: G (gain on the target), BWT′ (mean Δ on the other tasks), AF (mean drop, counting only drops),
-  the worst drop and the number of significant regressions, each aggregate with a CI when replicates are given.
+  the worst drop and the number of significant regressions, each aggregate with a CI when replicates are given;
+- :func:`seed_delta` / :func:`seed_bootstrap_ci` / :func:`forgetting_seeds`: the same for a variant trained with
+  several seeds: means over seeds with a two-level bootstrap CI (seeds, then examples), per-seed values kept.
 
 All scores are points (0-100). Resampling uses one fixed index matrix per (n, seed), shared by every model and task
 of a table, which is what makes the intervals *paired*.
