@@ -80,6 +80,8 @@ class ComparisonTable:
     tokens...), ``delta`` (per task and column: base, value, Δ, paired 95% CI, wins/ties/losses, significant,
     regression), ``forgetting`` (per tuned model: G, BWT′, AF, worst drop with CIs, significant regressions),
     ``examples`` (per test example: prompt, hash, reference, overlap, each model's output, score and Δ), ``task_info``.
+    A column given as several runs (seeds) shows their mean, its two-level CI and the seed range (``seeds <col>``);
+    :func:`label_frame` and :func:`confusion_frame` show which labels each model predicts.
 
     Example::
 

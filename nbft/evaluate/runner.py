@@ -423,7 +423,10 @@ def compare_models(
     training data), ``tasks`` (settings, sizes, overlap), ``scores`` (``{task: {column: score dict}}``, see
     :func:`score`), ``examples`` (``{task: {prompt, prompt_hash, reference, overlap, split_index}}``), ``deltas``
     (one record per task × non-reference column × reported metric), ``forgetting`` (one record per tuned model),
-    ``notes`` and ``signatures``.
+    ``diagnostics`` (per classification task and column: predicted-label shares beside the references' and the
+    confusion matrix), ``task_groups``, ``notes`` and ``signatures``. A column given as a list of runs has ``seeds``
+    in its score dicts, ``n_seeds``/``per_seed``/``seed_min``/``seed_max`` in its Δ records and ``<name>_per_seed``
+    in its forgetting record.
 
     Example::
 
