@@ -198,8 +198,10 @@ def test_the_demo_with_seeds_shows_the_mean_and_the_seed_range(tmp_path):
     from nbft.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--model", "tiny", "--out", str(out), "--seeds", "2", "--replay", "0.25"]) == 0
+    args = ["demo", "--model", "tiny", "--out", str(out), "--seeds", "2", "--replay", "0.25", "--replay-from", "qa"]
+    assert main(args) == 0
     metrics = __import__("json").loads((out / "metrics.json").read_text())
+    assert metrics["task_groups"] == {"replayed": ["qa"], "held-out": ["reply", "ner", "summarize-paper"]}
     assert metrics["models"]["tuned"]["runs"] == ["seed 0", "seed 1"]
     assert metrics["models"]["replay 0.25"]["runs"] == ["seed 0", "seed 1"]
     assert (out / "seed-1" / "model").is_dir() and (out / "replay-0.25-seed-1" / "model").is_dir()
