@@ -34,7 +34,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from nbft.demo import run_demo
 
     result = run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n,
-                      replay=args.replay, echo=print)  # fmt: skip
+                      replay=args.replay, replay_from=args.replay_from, seeds=args.seeds, echo=print)  # fmt: skip
     print(f"\nwrote {result['out_dir']}: " + ", ".join(sorted(Path(p).name for p in result["files"].values())))
     return 0
 
@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay", type=float, nargs="+", default=[], metavar="SHARE",
         help="add a variant per share in (0, 1): the same base and target examples, plus that share replayed from "
         "the other tasks' train splits (e.g. --replay 0.1): the table shows what replay does to forgetting",
+    )  # fmt: skip
+    p.add_argument(
+        "--replay-from", nargs="+", default=None, metavar="TASK",
+        help="the other tasks replayed by --replay (default: all but the last); the rest are held out, and forgetting "
+        "is reported for replayed and held-out tasks apart",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", type=_positive_int, default=1, metavar="N",
+        help="train every variant with N seeds (the same base and examples): each number is the mean over seeds with "
+        "a CI over seeds and examples, and the table shows the seed range (e.g. --seeds 3)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_demo)
 

@@ -129,7 +129,9 @@ def run_demo(
     tasks: Sequence[str] | None = None,
     settings: DemoSettings | None = None,
     replay: Sequence[float] = (),
+    replay_from: Sequence[str] | None = None,
     seed: int = 0,
+    seeds: int = 1,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -148,6 +150,13 @@ def run_demo(
         replay: replay shares in (0, 1) (``nbft demo --replay 0.1``): each adds a column, the same base fine-tuned
             on the same target examples plus that share of examples replayed from the other tasks' train splits
             (see :func:`nbft.forgetting.forgetting_experiment`), so the table shows what replay does to forgetting.
+        replay_from: the other tasks replayed (default: all but the last); the rest are held out of the replay
+            pool, and the forgetting summary reports AF, worst drop and regressions for replayed and held-out tasks
+            apart, so "replay removes forgetting" is also measured on a task replay never trains on.
+        seeds: train every variant with this many seeds (``seed``, ``seed + 1``, ...; ``nbft demo --seeds 3``),
+            from the same base on the same examples: each number is the mean over seeds with a two-level bootstrap CI
+            (seeds, then examples), the table shows the seed range, and the extra runs go to ``seed-<s>`` (and
+            ``replay-<share>-seed-<s>``) inside the run directory.
         echo: called with each line meant for a person (the CLI passes ``print``); library code never prints.
 
     Returns a dict: ``table`` (the :class:`~nbft.report.ComparisonTable`), ``run`` (the training run),
@@ -170,7 +179,9 @@ def run_demo(
             tasks=tasks,
             settings=settings,
             replay=replay,
+            replay_from=replay_from,
             seed=seed,
+            seeds=seeds,
             progress=progress,
             echo=echo,
         )
@@ -189,10 +200,13 @@ def _run_demo(
     seed: int,
     progress: bool,
     echo: Callable[[str], None] | None,
+    replay_from: Sequence[str] | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
+    from nbft.config import check_int
     from nbft.data import tokenize_for_training
     from nbft.evaluate import ForgettingMonitor, evaluate_model, get_task, list_tasks
-    from nbft.forgetting import check_replay, replay_effect, replay_mixture, variant_label
+    from nbft.forgetting import check_replay, check_replay_from, replay_effect, replay_mixture, variant_label
     from nbft.models import resolve_model
     from nbft.report import compare
     from nbft.train import ProgressObserver, TrainConfig, finetune
@@ -208,15 +222,24 @@ def _run_demo(
     if n is not None:
         cfg.n = n
     shares = [r for r in check_replay(replay) if r > 0] if replay else []  # 0 is the tuned column itself
+    n_seeds = check_int("seeds", seeds, 1, "training seeds per variant, e.g. --seeds 3")
+    extra = [seed + i for i in range(1, int(n_seeds))]  # the first seed's run is the demo's own run directory
     target_task = get_task(target)
     others = list(tasks) if tasks is not None else [t for t in cfg.others if t != target]
     names = [target, *[t for t in others if t != target]]
     offline = set(list_tasks(offline_only=True))
     out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     _check_arguments(cfg, names, offline, model, out)  # before any work: one clear line, nothing written
+    # at least one other task stays out of the replay pool: forgetting measured where replay never trains
+    replayed = check_replay_from(replay_from, names[1:], target) if shares else []
+    held_out = [t for t in names[1:] if t not in replayed] if shares else []
+    if shares and not replayed:
+        raise ValueError(f"replay_from=[] replays nothing; name tasks of {names[1:]} to replay")
     if (out / "model").exists() or any(out.glob("checkpoint-*")):
         raise FileExistsError(f"{out} already holds a demo run; pass a new out_dir (--out) or delete it")
     say(f"nbft demo: target={target}, other tasks={names[1:]}, out={out}")
+    if shares:
+        say(f"replay pool: {replayed}; held out of replay (forgetting measured where replay never trains): {held_out}")
     if any(t not in offline for t in names):
         say(f"note: {[t for t in names if t not in offline]} need the Hugging Face Hub")
 
@@ -234,8 +257,9 @@ def _run_demo(
     train_rows, val_rows = _training_data(target_task, cfg.steps * cfg.batch_size, seed)
     replay_rows = {}
     if shares:  # the other tasks' train splits, for the replay variants (never their test splits)
-        need = math.ceil(round(len(train_rows) * max(shares) / (1 - max(shares))) / max(1, len(task_objs) - 1))
-        replay_rows = {t.name: t.train(n=need, templates=t.template, seed=seed) for t in task_objs[1:]}
+        need = math.ceil(round(len(train_rows) * max(shares) / (1 - max(shares))) / max(1, len(replayed)))
+        replay_rows = {t.name: t.train(n=need, templates=t.template, seed=seed) for t in task_objs[1:]
+                       if t.name in replayed}  # fmt: skip
     timings["data_s"] = time.perf_counter() - t0
     say(
         f"[1/6] data: {len(train_rows)} training examples of {target!r} "
@@ -287,7 +311,8 @@ def _run_demo(
             out_.append(ForgettingMonitor(task_objs, n=cfg.monitor_n, checkpoints=False, chat_template=chat, seed=seed))
         return out_
 
-    base = BaseSnapshot(mdl) if shares else None  # weights and buffers: each replay variant starts from this base
+    retrain = bool(shares or extra)  # the same model object is trained again from the base
+    base = BaseSnapshot(mdl) if retrain else None  # weights and buffers: each variant starts from this base
     run = finetune(mdl, tok, train_tok, val=val_tok, config=tcfg, observers=observers(), run_dir=out)
     run.wait()
     timings["train_s"] = time.perf_counter() - t0
@@ -300,43 +325,62 @@ def _run_demo(
     models: dict[str, Any] = {"base": base_eval, "tuned": run}
     training: dict[str, Any] = {}
     replay_runs = []
-    if base is not None:  # replay variants
+    if base is not None:
         # the tuned model is evaluated now, before the replay variants retrain the same weights from the base
         zero_shot = dataclasses.replace(ecfg, icl_shots=(0,))  # k-shot columns are the base model's only
         models["tuned"] = evaluate_model(mdl, task_objs, name="tuned", tokenizer=tok, target=target, config=zero_shot)
         training["tuned"] = out
         timings["eval_tuned_s"] = time.perf_counter() - t0
+        if extra:  # the same target examples and base, another training seed each
+            t0 = time.perf_counter()
+            tuned_evals, tuned_dirs = [models["tuned"]], [out]
+            for s in extra:
+                base.restore()  # the same base, bit for bit (buffers too)
+                srun = finetune(mdl, tok, train_tok, val=val_tok, config=dataclasses.replace(tcfg, seed=s),
+                                observers=observers(), run_dir=out / f"seed-{s}")  # fmt: skip
+                tuned_evals.append(evaluate_model(mdl, task_objs, name="tuned", tokenizer=tok, target=target,
+                                                  config=zero_shot))  # fmt: skip
+                tuned_dirs.append(srun.run_dir)
+                say(f"[3/6] tuned, seed {s}: final loss {srun.final_loss:.3f}" + _monitor_line(srun))
+            models["tuned"], training["tuned"] = tuned_evals, tuned_dirs
+            timings["seeds_s"] = time.perf_counter() - t0
         for share in shares:
             t0 = time.perf_counter()
-            base.restore()  # the same base (bit for bit, buffers too), the same seed, the same target examples
             mixed, counts = replay_mixture(train_rows, replay_rows, share, seed=seed)
             mixed_tok = tokenize_for_training(mixed, tok, max_length=max(cfg.max_length, cfg.replay_max_length),
                                               chat_template=chat)  # fmt: skip
             rcfg = dataclasses.replace(tcfg, max_steps=math.ceil(len(mixed) / cfg.batch_size),
                                        max_length=max(cfg.max_length, cfg.replay_max_length))  # fmt: skip
             name = variant_label(share)
-            rrun = finetune(mdl, tok, mixed_tok, val=val_tok, config=rcfg, observers=observers(),
-                            run_dir=out / f"replay-{share:g}")  # fmt: skip
-            replay_runs.append(rrun)
+            evals, dirs = [], []
+            for s in (seed, *extra):
+                base.restore()  # the same base (bit for bit, buffers too), the same target examples
+                where = out / (f"replay-{share:g}" if s == seed else f"replay-{share:g}-seed-{s}")
+                rrun = finetune(mdl, tok, mixed_tok, val=val_tok, config=dataclasses.replace(rcfg, seed=s),
+                                observers=observers(), run_dir=where)  # fmt: skip
+                if s == seed:
+                    replay_runs.append(rrun)
+                evals.append(evaluate_model(mdl, task_objs, name=name, tokenizer=tok, target=target,
+                                            config=zero_shot))  # fmt: skip
+                dirs.append(rrun.run_dir)
+            models[name], training[name] = (evals, dirs) if extra else (evals[0], dirs[0])
             timings[f"train_{name}_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            models[name] = evaluate_model(mdl, task_objs, name=name, tokenizer=tok, target=target, config=zero_shot)
-            training[name] = rrun.run_dir
-            timings[f"eval_{name}_s"] = time.perf_counter() - t0
-            say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}, final loss {rrun.final_loss:.3f}, in "
-                f"{timings[f'train_{name}_s']:.0f}s, evaluated in {timings[f'eval_{name}_s']:.0f}s"
-                + _monitor_line(rrun))  # fmt: skip
+            say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}, final loss {replay_runs[-1].final_loss:.3f}"
+                f"{f' ({len(dirs)} seeds)' if extra else ''}, trained and evaluated in "
+                f"{timings[f'train_{name}_s']:.0f}s" + _monitor_line(replay_runs[-1]))  # fmt: skip
         del base
         t0 = time.perf_counter()
     # the runs themselves (not bare models): compare() reads what each trained on and checks every test example
-    table = compare(models, task_objs, target=target, config=ecfg, tokenizer=tok, training_data=training or None)
+    groups = {"replayed": replayed, "held-out": held_out} if replayed and held_out else None
+    table = compare(models, task_objs, target=target, config=ecfg, tokenizer=tok, training_data=training or None,
+                    task_groups=groups)  # fmt: skip
     if shares:  # what replay did, in one line per share: AF removed, G kept
         from nbft.report import ComparisonTable
 
         effect = replay_effect(table.results, reference="tuned")
         table = ComparisonTable({**table.results, "notes": [*table.notes, *(e["line"] for e in effect)],
                                  "replay_effect": effect})  # fmt: skip
-    timings["eval_tuned_s" if not shares else "compare_s"] = time.perf_counter() - t0
+    timings["eval_tuned_s" if not retrain else "compare_s"] = time.perf_counter() - t0
     say(f"[4/6] tuned model evaluated in {timings['eval_tuned_s']:.0f}s")
 
     # 5. the table ----------------------------------------------------------------------------------------------

@@ -45,13 +45,16 @@ if TYPE_CHECKING:
 __all__ = [
     "ComparisonTable",
     "compare",
+    "confusion_frame",
     "delta_heatmap",
+    "diagnostics_html",
     "example_view",
     "export_csv",
     "export_html",
     "export_markdown",
     "figure_to_png",
     "forgetting_summary",
+    "label_frame",
     "loss_curve",
     "model_card_section",
     "prompt_tokens_frame",
@@ -77,6 +80,8 @@ class ComparisonTable:
     tokens...), ``delta`` (per task and column: base, value, Δ, paired 95% CI, wins/ties/losses, significant,
     regression), ``forgetting`` (per tuned model: G, BWT′, AF, worst drop with CIs, significant regressions),
     ``examples`` (per test example: prompt, hash, reference, overlap, each model's output, score and Δ), ``task_info``.
+    A column given as several runs (seeds) shows their mean, its two-level CI and the seed range (``seeds <col>``);
+    :func:`label_frame` and :func:`confusion_frame` show which labels each model predicts.
 
     Example::
 
@@ -309,6 +314,8 @@ def table_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
         row[f"Δ {col}"] = d["delta"]
         row[f"Δ CI {col}"] = _ci(d["ci_low"], d["ci_high"], sign=True)
         row[f"W/T/L {col}"] = f"{d['wins']}/{d['ties']}/{d['losses']}"
+        if _n_seeds(d) > 1:  # several runs of the column: the range of the per-seed Δ, beside the two-level CI
+            row[f"seeds {col}"] = f"{_fmt(d['seed_min'], sign=True)} to {_fmt(d['seed_max'], sign=True)}"
         row[f"flag {col}"] = "▼ regression" if d["regression"] else ("▲ gain" if d["significant"] else "")
     # per task: the headline, its log-likelihood twin, then the no-label share
     order = {t: i for i, t in enumerate(table.tasks)}
@@ -319,9 +326,11 @@ def table_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
     if "CI (base)" in df.columns:
         ordered.insert(2, "CI (base)")
     for col in table.columns[1:]:
-        ordered += [c for c in (f"Δ {col}", f"Δ CI {col}", f"W/T/L {col}", f"flag {col}") if c in df.columns]
+        ordered += [
+            c for c in (f"Δ {col}", f"Δ CI {col}", f"seeds {col}", f"W/T/L {col}", f"flag {col}") if c in df.columns
+        ]
     # A k-shot column covers only some tasks, and a no-label row has no Δ: such text cells are "not run", not missing.
-    text_cols = [c for c in df.columns if c.startswith(("Δ CI ", "W/T/L ", "flag ", "CI (base)"))]
+    text_cols = [c for c in df.columns if c.startswith(("Δ CI ", "W/T/L ", "flag ", "CI (base)", "seeds "))]
     df[text_cols] = df[text_cols].fillna("–")
     for c in (c for c in text_cols if c.startswith("flag ")):
         df[c] = df[c].replace("–", "")
@@ -363,13 +372,19 @@ def forgetting_summary(table: ComparisonTable | Mapping[str, Any]) -> str:
     def with_ci(f: Mapping[str, Any], name: str, sign: bool = True, unit: str = "") -> str:
         text = _fmt(f[name], sign=sign) + unit
         lo, hi = f.get(f"{name}_ci_low"), f.get(f"{name}_ci_high")
+        seeds = ""
+        if _n_seeds(f) > 1 and f.get(f"{name}_seed_min") is not None:
+            seeds = f"; seeds {_fmt(f[f'{name}_seed_min'], sign=sign)} to {_fmt(f[f'{name}_seed_max'], sign=sign)}"
         if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
-            text += f" [95% CI {_fmt(lo, sign=sign)}, {_fmt(hi, sign=sign)}]"
+            text += f" [95% CI {_fmt(lo, sign=sign)}, {_fmt(hi, sign=sign)}{seeds}]"
+        elif seeds:
+            text += f" [{seeds[2:]}]"
         return text
 
     lines = []
     for _, f in table.forgetting.iterrows():
-        parts = [f"{f['model']}:"]
+        n_seeds = _n_seeds(f)
+        parts = [f"{f['model']}" + (f" ({n_seeds} seeds, mean):" if n_seeds > 1 else ":")]
         if table.target:
             parts.append(f"G ({table.target}) = {with_ci(f, 'G', unit=' pts')}")
         if f["n_other_tasks"]:
@@ -378,7 +393,24 @@ def forgetting_summary(table: ComparisonTable | Mapping[str, Any]) -> str:
             parts.append(f"worst drop = {with_ci(f, 'worst_drop')} ({f['worst_task']})")
             parts.append(f"significant regressions = {f['significant_regressions']}/{f['n_other_tasks']}")
         lines.append("  ".join(parts[:1]) + " " + "; ".join(parts[1:]))
+        groups = f.get("groups")
+        for group, g in groups.items() if isinstance(groups, Mapping) else ():
+            if not g.get("n_other_tasks"):
+                continue
+            g = {**g, "n_seeds": n_seeds}
+            members = ", ".join(table.results.get("task_groups", {}).get(group, []))
+            lines.append(
+                f"  {group} tasks ({members}): AF = {with_ci(g, 'AF', sign=False)}; worst drop = "
+                f"{with_ci(g, 'worst_drop')} ({g['worst_task']}); significant regressions = "
+                f"{g['significant_regressions']}/{g['n_other_tasks']}"
+            )
     return "\n".join(lines)
+
+
+def _n_seeds(record: Mapping[str, Any]) -> int:
+    """How many runs a record averages (1 for a single model; a missing or NaN field in a mixed frame is 1)."""
+    n = record.get("n_seeds")
+    return 1 if n is None or (isinstance(n, float) and math.isnan(n)) else int(n)
 
 
 def side_by_side(table: ComparisonTable | Mapping[str, Any]) -> Styler:
@@ -474,9 +506,116 @@ def to_text(table: ComparisonTable | Mapping[str, Any]) -> str:
     forgetting = forgetting_summary(table)
     if forgetting:
         out.append("\nForgetting: " + forgetting)
+    shares = label_frame(table)
+    if not shares.empty:
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            out.append("\nPredicted labels (% of examples):\n" + shares.map(_fmt).to_string())
     if table.notes:
         out.append("\nNotes:\n" + "\n".join(f"- {n}" for n in table.notes))
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------- labels
+def _label_source(entry: Mapping[str, Any], source: str | None) -> str | None:
+    if source is not None:
+        return source if source in entry else None
+    return next((s for s in ("generate", "loglik") if s in entry), None)
+
+
+def label_frame(
+    table: ComparisonTable | Mapping[str, Any], *, source: str | None = None, k_shot: bool = False
+) -> pd.DataFrame:
+    """Predicted-label shares (% of examples) per classification task beside the references': one row per (task,
+    label), a ``references`` column, then one column per model (``(no label)``: answers that name no label).
+
+    ``source`` is ``"generate"`` (labels parsed from the generated answers) or ``"loglik"`` (the most likely label);
+    by default the generated answers where there are any. A model with several runs shows the pooled shares.
+
+    Example::
+
+        label_frame(table)        # sentiment / neutral: references 34.0, base 30.0, tuned 51.0
+    """
+    table = _table(table)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for task, diag in table.results.get("diagnostics", {}).items():
+        for col, entry in diag["models"].items():
+            if col.endswith("-shot") and not k_shot:
+                continue
+            src = _label_source(entry, source)
+            if src is None:
+                continue
+            d = entry[src]
+            for label in d["predicted_labels"]:
+                row = rows.setdefault((task, label), {})
+                if label in d["reference_share"] and "references" not in row:
+                    row["references"] = d["reference_share"][label]
+                row[col] = d["predicted_share"][label]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["task", "label"])
+    cols = ["references", *[c for c in table.columns if c in df.columns]]
+    return df[[c for c in cols if c in df.columns]]
+
+
+def confusion_frame(
+    table: ComparisonTable | Mapping[str, Any], task: str, model: str | None = None, *, source: str | None = None
+) -> pd.DataFrame:
+    """The confusion matrix (scikit-learn's ``confusion_matrix``, counts) of ``model`` (default: the last column) on a
+    classification task: rows are the references, columns the predictions then ``(no label)``.
+
+    Example::
+
+        confusion_frame(table, "sentiment", "tuned")
+    """
+    table = _table(table)
+    diag = table.results.get("diagnostics", {}).get(task)
+    if diag is None:
+        known = list(table.results.get("diagnostics", {}))
+        raise ValueError(f"no label diagnostics for task {task!r}: classification tasks with them are {known}")
+    model = model or [c for c in table.columns if c in diag["models"]][-1]
+    if model not in diag["models"]:
+        from nbft._utils import did_you_mean
+
+        raise ValueError(f"no model {model!r} in task {task!r}'s diagnostics.{did_you_mean(model, diag['models'])}")
+    src = _label_source(diag["models"][model], source)
+    if src is None:
+        raise ValueError(f"{model!r} has no {source!r} predictions on {task!r}")
+    d = diag["models"][model][src]
+    frame = pd.DataFrame(d["confusion"], index=d["labels"], columns=d["predicted_labels"])
+    frame.index.name, frame.columns.name = "reference", "predicted"
+    return frame
+
+
+def diagnostics_html(table: ComparisonTable | Mapping[str, Any]) -> str:
+    """The label diagnostics as HTML: predicted-label shares beside the references' and, per classification task, the
+    confusion matrix of every model ("" when no task is a classification task). Labels are HTML-escaped."""
+    table = _table(table)
+    shares = label_frame(table)
+    if shares.empty:
+        return ""
+    parts = [
+        "<h3>Predicted labels (% of examples)</h3>",
+        shares.style.format("{:.0f}", na_rep="–").format_index(escape="html", axis=0)
+        .format_index(escape="html", axis=1).to_html(),
+    ]  # fmt: skip
+    for task, diag in table.results.get("diagnostics", {}).items():
+        models = [c for c in table.columns if c in diag["models"] and not c.endswith("-shot")]
+        cells = []
+        for col in models:
+            src = _label_source(diag["models"][col], None)
+            if src is None:
+                continue
+            frame = confusion_frame(table, task, col)
+            how = "generated answers" if src == "generate" else "log-likelihood"
+            cells.append(
+                f"<div style='display:inline-block;margin-right:1.5em;vertical-align:top'><b>{html.escape(col)}</b> "
+                f"({how})" + frame.style.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+                .to_html() + "</div>"
+            )  # fmt: skip
+        if cells:
+            parts += [f"<h4>Confusion matrix · {html.escape(task)} (rows: references)</h4>", "".join(cells)]
+    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------- figures
@@ -797,6 +936,9 @@ def export_html(
         "<h2>Tasks</h2>",
         table.task_info.to_html(index=False),
     ]
+    labels = diagnostics_html(table)
+    if labels:
+        parts += ["<h2>Labels</h2>", labels]
     if table.signatures:
         parts += ["<h3>Metric signatures</h3><ul>"]
         parts += [f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in table.signatures.items()]

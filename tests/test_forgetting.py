@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nbft
-from nbft.forgetting import check_replay, replay_effect, replay_mixture, variant_label
+from nbft.forgetting import check_replay, check_replay_from, check_seeds, replay_effect, replay_mixture, variant_label
 from nbft.hashes import read_training_hashes
 from nbft.models import tiny_random
 from nbft.train.variants import fingerprint
@@ -21,6 +21,7 @@ def test_forgetting_experiment_structure_on_a_tiny_model(tmp_path):
     table = nbft.forgetting_experiment(
         model, target="sentiment", others=["qa", "ner"], replay=(0, 0.25), steps=3, batch_size=4, max_length=96,
         n=6, n_other=4, eval_batch_size=8, tokenizer=tok, out_dir=tmp_path / "exp", monitor=True,
+        replay_from=["qa", "ner"],
     )  # fmt: skip
     assert table.columns == ["base", "target-only", "replay 0.25"]
     assert table.target == "sentiment" and table.tasks == ["sentiment", "qa", "ner"]
@@ -126,3 +127,110 @@ def test_the_experiment_and_the_demo_load_models_through_one_public_function():
     assert resolve_model((model, tok))[:2] == (model, tok) and resolve_model(model, tok).tokenizer is tok
     with pytest.raises(ValueError, match="needs its tokenizer"):
         resolve_model(model)
+
+
+def test_seeds_and_held_out_tasks_on_a_tiny_model(tmp_path):
+    """Each variant trained once per seed from the same base on the same examples; by default the last other task is
+    held out of replay, and forgetting is reported for the replayed and the held-out tasks apart."""
+    model, tok = tiny_random("llama", seed=0)
+    table = nbft.forgetting_experiment(
+        model, target="sentiment", others=["qa", "ner"], replay=(0, 0.25), steps=2, batch_size=4, max_length=96,
+        n=4, n_other=4, eval_batch_size=8, tokenizer=tok, out_dir=tmp_path / "exp", seeds=(0, 1),
+    )  # fmt: skip
+    exp = table.results["experiment"]
+    assert exp["replayed"] == ["qa"] and exp["held_out"] == ["ner"] and exp["seeds"] == [0, 1]
+    assert table.results["task_groups"] == {"replayed": ["qa"], "held-out": ["ner"]}
+    runs = {(v["model"], v["seed"]): v for v in exp["variants"]}
+    assert set(runs) == {("target-only", 0), ("target-only", 1), ("replay 0.25", 0), ("replay 0.25", 1)}
+    assert runs[("replay 0.25", 1)]["examples"] == {"sentiment": 8, "qa": 3}  # nothing of the held-out ner
+    a = read_training_hashes(tmp_path / "exp" / "replay-0.25" / "seed-0")
+    b = read_training_hashes(tmp_path / "exp" / "replay-0.25" / "seed-1")
+    assert np.array_equal(a.examples, b.examples), "the seeds train on the same examples"
+    assert table.results["models"]["replay 0.25"]["runs"] == ["seed 0", "seed 1"]
+    for f in table.results["forgetting"]:
+        assert f["n_seeds"] == 2
+        deltas = {d["task"]: d for d in table.results["deltas"] if d["model"] == f["model"] and d["is_headline"]}
+        for group, tasks in (("replayed", ["qa"]), ("held-out", ["ner"])):
+            g = f["groups"][group]
+            # the group's AF is the mean over seeds of each seed's AF over the group's tasks, with its CI
+            per_seed_af = [np.mean([max(0.0, -deltas[t]["per_seed"][s]) for t in tasks]) for s in range(2)]
+            assert g["AF"] == pytest.approx(np.mean(per_seed_af)) and g["n_other_tasks"] == len(tasks)
+            assert g["AF_ci_low"] <= g["AF_ci_high"] and g["worst_task"] == tasks[0]
+    text = table.to_text()
+    assert "held-out tasks (ner): AF = " in text and "(2 seeds, mean)" in text
+
+
+def test_bad_seeds_and_replay_from_are_refused_before_anything_is_written(tmp_path):
+    for bad, match in (((), "trains nothing"), ((0, 1, 0), "repeats seed 0"), ((0, -1), "not a whole number")):
+        with pytest.raises(ValueError, match=match):
+            check_seeds(bad)
+        with pytest.raises(ValueError, match=match):
+            nbft.forgetting_experiment(model="tiny", seeds=bad, out_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match="Did you mean 'ner'"):
+        nbft.forgetting_experiment(model="tiny", others=["qa", "ner"], replay_from=["nerr"], out_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match="names the target 'sentiment'"):
+        nbft.forgetting_experiment(
+            model="tiny", others=["qa", "ner"], replay_from=["sentiment"], out_dir=tmp_path / "x"
+        )
+    with pytest.raises(ValueError, match="replays nothing"):
+        nbft.forgetting_experiment(model="tiny", others=["qa", "ner"], replay_from=[], out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    assert check_replay_from(None, ["qa", "reply", "ner"], "sentiment") == ["qa", "reply"]
+    assert check_replay_from(None, ["qa"], "sentiment") == ["qa"]
+    assert check_replay_from(["ner", "qa"], ["qa", "reply", "ner"], "sentiment") == ["qa", "ner"]
+
+
+def test_replay_effect_reports_the_held_out_group_apart():
+    def rec(model, g, af, af_replayed, af_held):
+        return {
+            "model": model,
+            "G": g,
+            "AF": af,
+            "groups": {
+                "replayed": {"AF": af_replayed, "AF_ci_low": 0.0, "AF_ci_high": af_replayed + 1, "n_other_tasks": 2},
+                "held-out": {"AF": af_held, "AF_ci_low": af_held - 1, "AF_ci_high": af_held + 1, "n_other_tasks": 1},
+            },
+        }
+
+    (e,) = replay_effect(
+        {"forgetting": [rec("target-only", 30.0, 10.0, 9.0, 12.0), rec("replay 0.1", 29.0, 4.0, 0.0, 8.0)]}
+    )
+    assert e["AF_cut_replayed"] == pytest.approx(1.0) and e["AF_cut_held-out"] == pytest.approx(1 / 3)
+    assert "held-out tasks: AF 12.0 → 8.0 [95% CI 7.0, 9.0] (-33%)" in e["line"]
+
+
+def test_the_demo_keeps_a_task_out_of_its_replay_pool(tmp_path):
+    result = nbft.run_demo(model="tiny", tasks=["qa", "ner"], replay=[0.25], out_dir=tmp_path / "demo",
+                           progress=False)  # fmt: skip
+    table = result["table"]
+    assert table.results["task_groups"] == {"replayed": ["qa"], "held-out": ["ner"]}
+    replayed = read_training_hashes(tmp_path / "demo" / "replay-0.25")
+    tuned = read_training_hashes(tmp_path / "demo")
+    assert replayed.n_examples > tuned.n_examples  # the target examples plus qa's, none of ner's
+    for f in table.results["forgetting"]:
+        assert set(f["groups"]) == {"replayed", "held-out"} and f["groups"]["held-out"]["worst_task"] == "ner"
+    assert "held-out tasks (ner): AF = " in result["text"]
+    with pytest.raises(ValueError, match="Did you mean 'ner'"):
+        nbft.run_demo(model="tiny", tasks=["qa", "ner"], replay=[0.25], replay_from=["nr"], out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_demo_with_seeds_shows_the_mean_and_the_seed_range(tmp_path):
+    from nbft.cli import main
+
+    out = tmp_path / "demo"
+    args = ["demo", "--model", "tiny", "--out", str(out), "--seeds", "2", "--replay", "0.25", "--replay-from", "qa"]
+    assert main(args) == 0
+    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    assert metrics["task_groups"] == {"replayed": ["qa"], "held-out": ["reply", "ner", "summarize-paper"]}
+    assert metrics["models"]["tuned"]["runs"] == ["seed 0", "seed 1"]
+    assert metrics["models"]["replay 0.25"]["runs"] == ["seed 0", "seed 1"]
+    assert (out / "seed-1" / "model").is_dir() and (out / "replay-0.25-seed-1" / "model").is_dir()
+    f = {x["model"]: x for x in metrics["forgetting"]}
+    assert f["tuned"]["n_seeds"] == 2 and len(f["replay 0.25"]["AF_per_seed"]) == 2
+    target = next(d for d in metrics["deltas"] if d["model"] == "tuned" and d["role"] == "target" and d["is_headline"])
+    assert target["delta"] == pytest.approx(sum(target["per_seed"]) / 2)
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", "--model", "tiny", "--out", str(tmp_path / "x"), "--seeds", "0"])
+    assert refused.value.code == 2
+    assert not (tmp_path / "x").exists()

@@ -115,12 +115,27 @@ def _assemble(
     sources: Mapping[str, TrainingSource],
     overlap_info: Mapping[str, Any],
     keep_overlap: bool,
+    seed_evaluations: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+    task_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     role = {t.name: ("target" if t.name == target else "other") if target else "task" for t in task_list}
     by: dict[tuple[str, str], dict[str, Any]] = {}
     for mname, ev in evaluations.items():
         for r in ev["results"]:
             by[(r["task"], _columns_for(mname, r["k"]))] = {**r, "model": mname}
+    # a column with several runs (seeds): per task, each run's zero-shot result, in run order
+    by_seed: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for mname, runs in (seed_evaluations or {}).items():
+        if len(runs) < 2:
+            continue
+        for ev in runs:
+            for r in ev["results"]:
+                if r["k"] == 0:
+                    label = ev.get("seed_label", ev["name"])
+                    by_seed.setdefault((r["task"], mname), []).append({**r, "model": mname, "seed_label": label})
+    draws = {m: stats.seed_indices(len(runs), cfg.n_boot, cfg.seed) for m, runs in (seed_evaluations or {}).items()
+             if len(runs) > 1}  # fmt: skip
+    per_seed: dict[str, dict[str, list[float]]] = {}  # column -> task -> headline Δ per seed
 
     scores: dict[str, dict[str, Any]] = {t.name: {} for t in task_list}
     deltas: list[dict[str, Any]] = []
@@ -132,27 +147,43 @@ def _assemble(
             r = by.get((t.name, col))
             if r is None:
                 continue
-            stat = _stats_of(t, r, td)
-            r["ci"] = {
-                k: list(stats.bootstrap_ci(stat[k], n=r["n"], n_boot=cfg.n_boot, seed=cfg.seed, key=t.name))
-                for k in r["keys"]
-            }
+            runs = by_seed.get((t.name, col))
+            if runs:
+                r = _seed_score(t, runs, td, cfg, draws[col])
+            else:
+                stat = _stats_of(t, r, td)
+                r["ci"] = {
+                    k: list(stats.bootstrap_ci(stat[k], n=r["n"], n_boot=cfg.n_boot, seed=cfg.seed, key=t.name))
+                    for k in r["keys"]
+                }
             r["prompt_tokens_mean"] = float(np.mean(r["prompt_tokens"])) if r["prompt_tokens"] else math.nan
             scores[t.name][col] = r
             if col == ref_name:
                 continue
             # paired over the examples both columns scored (a k-shot column covers the first icl_n only)
             common = [p for p in r["positions"] if p in set(base["positions"])]
-            b_sub, o_sub = _subset_stats(t, base, td, common), _subset_stats(t, r, td, common)
+            b_sub = _subset_stats(t, base, td, common)
+            o_subs = [_subset_stats(t, x, td, common) for x in (runs or [r])]
             for key in r["keys"]:
                 ekey = _example_key_for(t, key, r)
-                d = stats.delta(
-                    b_sub[0][key], o_sub[0][key], len(common),
-                    base_per_example=b_sub[1].get(ekey), other_per_example=o_sub[1].get(ekey),
-                    n_boot=cfg.n_boot, seed=cfg.seed, key=t.name,  # each task its own resamples, shared by models
-                )  # fmt: skip
-                if key == r["keys"][0]:
-                    replicates.setdefault(col, {})[t.name] = d["replicates"]
+                if runs:  # several runs of the column: two-level bootstrap, seeds then examples
+                    d = stats.seed_delta(
+                        b_sub[0][key], [o[0][key] for o in o_subs], len(common),
+                        base_per_example=b_sub[1].get(ekey), others_per_example=[o[1].get(ekey) for o in o_subs],
+                        n_boot=cfg.n_boot, seed=cfg.seed, seed_draws=draws[col], key=t.name,
+                    )  # fmt: skip
+                    if key == r["keys"][0]:
+                        per_seed.setdefault(col, {})[t.name] = d["per_seed"]
+                        replicates.setdefault(col, {})[t.name] = d["seed_replicates"]
+                    del d["seed_replicates"]
+                else:
+                    d = stats.delta(
+                        b_sub[0][key], o_subs[0][0][key], len(common),
+                        base_per_example=b_sub[1].get(ekey), other_per_example=o_subs[0][1].get(ekey),
+                        n_boot=cfg.n_boot, seed=cfg.seed, key=t.name,  # each task its own resamples, shared by models
+                    )  # fmt: skip
+                    if key == r["keys"][0]:
+                        replicates.setdefault(col, {})[t.name] = d["replicates"]
                 del d["replicates"]
                 deltas.append({"task": t.name, "role": role[t.name], "model": col, "k": r["k"], "metric": key,
                                "is_headline": key == r["keys"][0], **d})  # fmt: skip
@@ -163,7 +194,14 @@ def _assemble(
         if col.startswith(f"{ref_name} ") and col.endswith("-shot"):
             continue
         rows = {d["task"]: d for d in deltas if d["model"] == col and d["is_headline"] and d["task"] not in synthetic}
-        f = stats.forgetting(rows, target, replicates={t: v for t, v in replicates.get(col, {}).items() if t in rows})
+        f = _forgetting_of(rows, target, replicates.get(col, {}), per_seed.get(col), draws.get(col))
+        if task_groups:  # e.g. replayed and held-out tasks: each group's AF, worst drop and regressions
+            f["groups"] = {
+                g: {k: v for k, v in _forgetting_of({t: d for t, d in rows.items() if t in members or t == target},
+                                                    target, replicates.get(col, {}), per_seed.get(col),
+                                                    draws.get(col)).items() if not k.startswith(("G", "target"))}
+                for g, members in task_groups.items()
+            }  # fmt: skip
         forgetting.append({"model": col, **f})
     if synthetic and target:
         notes.append(
@@ -171,6 +209,8 @@ def _assemble(
             "it is never the evidence of forgetting"
         )
     _format_notes(deltas, scores, task_list, ref_name, notes)
+    _seed_notes(deltas, notes)
+    diagnostics = _diagnostics(scores, task_list, columns, by_seed, notes)
 
     examples = {}
     for t in task_list:
@@ -211,9 +251,20 @@ def _assemble(
         "columns": columns,
         "keep_overlap": keep_overlap,
         "models": {
-            m: {"dtype": ev["dtype"], "tokenizer": ev["fingerprint"], "training": sources[m].to_dict()}
+            m: {
+                "dtype": ev["dtype"],
+                "tokenizer": ev["fingerprint"],
+                "training": sources[m].to_dict(),
+                **(
+                    {"runs": [e.get("seed_label", e["name"]) for e in seed_evaluations[m]]}
+                    if len((seed_evaluations or {}).get(m, ())) > 1
+                    else {}
+                ),
+            }
             for m, ev in evaluations.items()
         },
+        "task_groups": {g: list(v) for g, v in (task_groups or {}).items()},
+        "diagnostics": diagnostics,
         "tasks": task_info,
         "scores": scores,
         "examples": examples,
@@ -279,3 +330,100 @@ def _format_notes(
                 f"[{ll['ci_low']:+.1f}, {ll['ci_high']:+.1f}]): much of the generated change is answer format "
                 f"rather than skill{label}"
             )
+
+
+def _seed_score(
+    task: Task, runs: Sequence[Mapping[str, Any]], td: _TaskData, cfg: EvalConfig, draws: np.ndarray
+) -> dict[str, Any]:
+    """The score dict of a column with several runs: metrics are means over the runs, CIs two-level (seeds, then
+    examples), each run's values kept under ``seeds``; outputs and per-example scores are the first run's."""
+    first = runs[0]
+    if any(x["positions"] != first["positions"] for x in runs):  # the runner scores every run on the same examples
+        raise ValueError(f"task {task.name!r}: the runs of {first['model']!r} were scored on different examples")
+    per_run = [_stats_of(task, x, td) for x in runs]
+    r = dict(first)
+    r["metrics"] = {k: float(np.mean([x["metrics"][k] for x in runs])) for k in first["metrics"]}
+    r["value"] = r["metrics"][first["keys"][0]]
+    if first.get("no_label_rate") is not None:
+        r["no_label_rate"] = float(np.mean([x["no_label_rate"] for x in runs]))
+    r["ci"] = {
+        k: list(stats.seed_bootstrap_ci([st[k] for st in per_run], r["n"], n_boot=cfg.n_boot, seed=cfg.seed,
+                                        seed_draws=draws, key=task.name))
+        for k in first["keys"]
+    }  # fmt: skip
+    r["seeds"] = {
+        "runs": [x.get("seed_label", str(i)) for i, x in enumerate(runs)],
+        "metrics": {k: [float(x["metrics"][k]) for x in runs] for k in first["keys"]},
+    }
+    return r
+
+
+def _forgetting_of(
+    rows: Mapping[str, Mapping[str, Any]],
+    target: str | None,
+    replicates: Mapping[str, np.ndarray],
+    per_seed: Mapping[str, Sequence[float]] | None,
+    draws: np.ndarray | None,
+) -> dict[str, Any]:
+    reps = {t: v for t, v in replicates.items() if t in rows}
+    if per_seed is None:
+        return stats.forgetting(rows, target, replicates=reps)
+    return stats.forgetting_seeds({t: per_seed[t] for t in rows}, target, records=rows, replicates=reps, seeds=draws)
+
+
+def _seed_notes(deltas: list[dict[str, Any]], notes: list[str]) -> None:
+    """Say where training noise (the spread over seeds) is larger than test-set noise (the examples' half-width)."""
+    by_col: dict[str, list[str]] = {}
+    for d in deltas:
+        if d["is_headline"] and d.get("n_seeds", 1) > 1 and d["seed_spread"] > d["example_half_width"]:
+            by_col.setdefault(d["model"], []).append(
+                f"{d['task']} Δ {d['seed_min']:+.1f} to {d['seed_max']:+.1f} vs ±{d['example_half_width']:.1f}"
+            )
+    for col, parts in by_col.items():
+        n_seeds = next(d["n_seeds"] for d in deltas if d["model"] == col and d.get("n_seeds"))
+        notes.append(
+            f"{col}: the {n_seeds} seeds spread wider than the test examples' half-width ({'; '.join(parts)}): "
+            "training noise outweighs test-set noise there, and the CI (seeds, then examples) includes it"
+        )
+
+
+def _diagnostics(
+    scores: Mapping[str, Mapping[str, Any]],
+    task_list: list[Task],
+    columns: list[str],
+    by_seed: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]],
+    notes: list[str],
+) -> dict[str, Any]:
+    """Per classification task and column: predicted-label shares beside the references', the confusion matrix,
+    and a note for each label-prior shift (a label predicted > 15 points more often than the references hold it)."""
+    from nbft.evaluate.diagnostics import PRIOR_SHIFT_POINTS, label_diagnostics, pool, prior_shift
+    from nbft.evaluate.metrics import parse_choice
+
+    out: dict[str, Any] = {}
+    for t in task_list:
+        if not t.is_classification or not t.choices:
+            continue
+        per_col: dict[str, Any] = {}
+        for col in columns:
+            if col not in scores[t.name]:
+                continue
+            runs = by_seed.get((t.name, col)) or [scores[t.name][col]]
+            sources: dict[str, Any] = {}
+            for source, field in (("generate", "outputs"), ("loglik", "ll_choices")):
+                if runs[0].get(field) is None:
+                    continue
+                parts = []
+                for x in runs:
+                    preds = x[field] if source == "loglik" else [parse_choice(o, t.choices) for o in x[field]]
+                    parts.append(label_diagnostics(preds, x["references"], t.choices))
+                sources[source] = pool(parts)
+                for shift in prior_shift(sources[source]):
+                    how = "generated answers" if source == "generate" else "log-likelihood choices"
+                    notes.append(
+                        f"{t.name}, {col} ({how}): label-prior shift: predicts {shift['label']!r} for "
+                        f"{shift['predicted']:.0f}% of examples where the references hold {shift['reference']:.0f}% "
+                        f"({shift['shift']:+.0f} points, more than {PRIOR_SHIFT_POINTS:.0f})"
+                    )
+            per_col[col] = sources
+        out[t.name] = {"labels": list(t.choices), "models": per_col}
+    return out

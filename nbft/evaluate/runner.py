@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nbft._utils import did_you_mean, user_stacklevel
 from nbft.config import EvalConfig
 from nbft.evaluate.generation import BATCH_DONE
@@ -409,6 +411,7 @@ def compare_models(
     training_data: Mapping[str, Any] | None = None,
     keep_overlap: bool = False,
     on_progress: Progress | None = None,
+    task_groups: Mapping[str, Sequence[str]] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate every model on every task with identical prompts and decoding; return the results as a plain dict.
@@ -419,6 +422,10 @@ def compare_models(
         models: ``{name: model}`` in column order; the first is the reference (base). A value may be a loaded
             model, a ``(model, tokenizer)`` pair, a path or model name (loaded, used, then released), a run
             directory or a training ``Run`` handle (its model), or a dict made earlier by :func:`evaluate_model`.
+            A **list** of such values is several runs of one variant (trained with different seeds, the same data
+            and settings): the column shows the mean over the runs with a two-level bootstrap CI (seeds, then
+            examples), each run's values kept; runs whose ``run.json`` settings (other than ``seed``) or training
+            data differ are refused.
         tasks: task names or :class:`~nbft.evaluate.Task` objects (``Task.from_data(...)`` for your own data).
         target: the task the tuned model was trained for (its gain is G; the others measure forgetting).
         n: test examples per task (default from ``config``: 200). More than the split: all, with a warning.
@@ -433,6 +440,8 @@ def compare_models(
             notes) instead of leaving them out.
         on_progress: called after every generation batch with ``{"model", "task", "task_index", "n_tasks", "k",
             "done", "total"}`` (a panel's progress line).
+        task_groups: ``{group: [task, ...]}`` of non-target tasks, e.g. ``{"replayed": [...], "held-out": [...]}``:
+            each forgetting record gets ``groups``, the AF, BWT′, worst drop and regressions of each group with CIs.
 
     Every test example is checked against the training data of every model whose training data is known (a run
     directory, a ``Run``, a model loaded from ``<run_dir>/model``, or ``training_data``): exact matches under any
@@ -444,7 +453,10 @@ def compare_models(
     training data), ``tasks`` (settings, sizes, overlap), ``scores`` (``{task: {column: score dict}}``, see
     :func:`score`), ``examples`` (``{task: {prompt, prompt_hash, reference, overlap, split_index}}``), ``deltas``
     (one record per task × non-reference column × reported metric), ``forgetting`` (one record per tuned model),
-    ``notes`` and ``signatures``.
+    ``diagnostics`` (per classification task and column: predicted-label shares beside the references' and the
+    confusion matrix), ``task_groups``, ``notes`` and ``signatures``. A column given as a list of runs has ``seeds``
+    in its score dicts, ``n_seeds``/``per_seed``/``seed_min``/``seed_max`` in its Δ records and ``<name>_per_seed``
+    in its forgetting record.
 
     Example::
 
@@ -460,7 +472,7 @@ def compare_models(
     if not models:
         raise ValueError("compare() needs at least one model, e.g. {'base': model}")
     with _quiet_call():  # no library bars; each warning once (into a panel's log area when a panel calls)
-        return _compare(models, tasks, cfg, target, tokenizer, training_data, keep_overlap, on_progress)
+        return _compare(models, tasks, cfg, target, tokenizer, training_data, keep_overlap, on_progress, task_groups)
 
 
 def _compare(
@@ -472,6 +484,7 @@ def _compare(
     training_data: Mapping[str, Any] | None,
     keep_overlap: bool,
     on_progress: Progress | None,
+    task_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     unknown_names = sorted(set(training_data or {}) - set(models))
     if unknown_names:
@@ -479,14 +492,20 @@ def _compare(
             f"training_data names {unknown_names}, which are not among the models {list(models)}."
             f"{did_you_mean(unknown_names[0], list(models))}"
         )
-    task_list, icl_tasks, shots_k, prepared = _setup(tasks, target, cfg)
     names = list(models)
     ref_name = names[0]
+    runs_of = _seed_runs(models, ref_name, training_data)  # before any work: a list's runs must be one variant
+    task_list, icl_tasks, shots_k, prepared = _setup(tasks, target, cfg)
+    groups = _check_groups(task_groups, [t.name for t in task_list], target)
     notes: list[str] = []
 
     # 1. what each model was trained on, and which test examples it may have seen
     sources: dict[str, TrainingSource] = {}
     for mname in names:
+        if mname in runs_of:
+            sources[mname] = runs_of[mname].source
+            notes += runs_of[mname].notes
+            continue
         spec = models[mname]
         given = (training_data or {}).get(mname)
         sources[mname] = training_source(spec if not _is_evaluation(spec) else None, given)
@@ -506,9 +525,21 @@ def _compare(
 
     # 2. every model on the examples that are scored
     evaluations: dict[str, dict[str, Any]] = {}
+    seed_evaluations: dict[str, list[dict[str, Any]]] = {}
     for mname in names:
         spec = models[mname]
-        if _is_evaluation(spec):
+        if mname in runs_of:
+            tok = tokenizer.get(mname) if isinstance(tokenizer, Mapping) else tokenizer
+            seed_evaluations[mname] = []
+            for label, run in zip(runs_of[mname].labels, runs_of[mname].specs, strict=True):
+                ev = (
+                    _reuse(run, mname, False, cfg, prepared)
+                    if _is_evaluation(run)
+                    else _evaluate_one(f"{mname} ({label})", run, tok, prepared, cfg, set(), shots_k, on_progress)
+                )
+                seed_evaluations[mname].append({**ev, "name": mname, "seed_label": label})
+            evaluations[mname] = seed_evaluations[mname][0]
+        elif _is_evaluation(spec):
             evaluations[mname] = _reuse(spec, mname, mname == ref_name, cfg, prepared)
         else:
             tok = tokenizer.get(mname) if isinstance(tokenizer, Mapping) else tokenizer
@@ -520,4 +551,135 @@ def _compare(
                       key=lambda c: int(c.rsplit(" ", 1)[1].split("-")[0]))  # fmt: skip
     columns += names[1:]
     return _assemble(evaluations, prepared, task_list, target, columns, ref_name, cfg, notes, sources, overlap_info,
-                     keep_overlap)  # fmt: skip
+                     keep_overlap, seed_evaluations, groups)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------- seeds
+@dataclasses.dataclass
+class _SeedRuns:
+    """The runs of one variant given as a list: each run's label (its seed when known), the column's training
+    source (checked to be the same for every run), and what could not be checked."""
+
+    specs: list[Any]
+    labels: list[str]
+    source: TrainingSource
+    notes: list[str]
+
+
+def _run_json(spec: Any, given: Any) -> tuple[Path, dict[str, Any]] | None:
+    """(run directory, run.json) of a run given as a Run, a run directory or its model folder; else ``None``."""
+    from nbft.evaluate.overlap import _folder_of
+
+    folder = _folder_of(given) if given is not None and not isinstance(given, Mapping) else None
+    if folder is None and not _is_evaluation(spec):
+        folder = _folder_of(spec[0] if isinstance(spec, tuple) and len(spec) == 2 else spec)
+    for candidate in (folder, folder.parent if folder else None):
+        if candidate is not None and (candidate / "run.json").is_file():
+            try:
+                meta = json.loads((candidate / "run.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+            if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+                return candidate, meta
+    return None
+
+
+def _seed_runs(
+    models: Mapping[str, Any], ref_name: str, training_data: Mapping[str, Any] | None
+) -> dict[str, _SeedRuns]:
+    """Check every list of runs: one variant, differing only in its seed (run.json settings and training data)."""
+    out: dict[str, _SeedRuns] = {}
+    for mname, value in models.items():
+        if not isinstance(value, list):
+            continue
+        if mname == ref_name:
+            raise ValueError(
+                f"the reference column {mname!r} is a list of {len(value)} runs; the first column is one model (the "
+                "base), e.g. {'base': model, 'tuned': [run_a, run_b, run_c]}"
+            )
+        if not value:
+            raise ValueError(f"{mname!r} is an empty list: give the runs of the variant, e.g. [run_a, run_b, run_c]")
+        given = (training_data or {}).get(mname)
+        if isinstance(given, list) and len(given) != len(value):
+            raise ValueError(
+                f"training_data[{mname!r}] lists {len(given)} entries for {len(value)} runs; give one per run"
+            )
+        per_run = given if isinstance(given, list) else [given] * len(value)
+        metas = [_run_json(spec, g) for spec, g in zip(value, per_run, strict=True)]
+        notes: list[str] = []
+        labels = [
+            f"seed {m[1]['config'].get('seed')}" if m is not None else f"run {i + 1}" for i, m in enumerate(metas)
+        ]
+        dirs = [m[0].resolve() for m in metas if m is not None]
+        if len(set(dirs)) < len(dirs):
+            twice = next(d for d in dirs if dirs.count(d) > 1)
+            raise ValueError(f"{mname!r} lists the run {twice} twice; each run of a variant is another seed")
+        if len(set(labels)) < len(labels):
+            raise ValueError(
+                f"{mname!r}: two of its runs used the same seed ({', '.join(labels)}); the runs of a variant differ "
+                "in their seed (train again with another seed)"
+            )
+        known = [(lab, m[1]) for lab, m in zip(labels, metas, strict=True) if m is not None]
+        if known:
+            first_label, first = known[0]
+            for label, meta in known[1:]:
+                for field in sorted(set(first["config"]) | set(meta["config"]) | {"base_model"}):
+                    if field == "seed":
+                        continue
+                    a = first.get(field) if field == "base_model" else first["config"].get(field)
+                    b = meta.get(field) if field == "base_model" else meta["config"].get(field)
+                    if a != b:
+                        raise ValueError(
+                            f"{mname!r}: its runs differ in {field!r} ({first_label}: {a!r}, {label}: {b!r}); the runs "
+                            "of one variant differ only in their seed. Give them separate columns to compare settings"
+                        )
+        sources = [
+            training_source(spec if not _is_evaluation(spec) else None, g)
+            for spec, g in zip(value, per_run, strict=True)
+        ]
+        checked = [(lab, s) for lab, s in zip(labels, sources, strict=True) if s.known]
+        for label, src in checked[1:]:
+            ref_label, ref = checked[0]
+            assert ref.hashes is not None and src.hashes is not None
+            if not np.array_equal(ref.hashes.examples, src.hashes.examples):
+                raise ValueError(
+                    f"{mname!r}: its runs were trained on different data ('training data': {ref_label} "
+                    f"{ref.hashes.n_examples} examples, {label} {src.hashes.n_examples}; the example hashes differ); "
+                    "the runs of one variant differ only in their seed"
+                )
+        unchecked = [lab for lab, m, s in zip(labels, metas, sources, strict=True) if m is None or not s.known]
+        if unchecked:
+            notes.append(
+                f"{mname!r}: runs {unchecked} have no run directory, so nbft could not check that they used the same "
+                "settings and data as the others (pass the runs or their run directories)"
+            )
+        source = checked[0][1] if checked else sources[0]
+        out[mname] = _SeedRuns(list(value), labels, source, notes)
+    return out
+
+
+def _check_groups(
+    task_groups: Mapping[str, Sequence[str]] | None, names: list[str], target: str | None
+) -> dict[str, list[str]] | None:
+    if not task_groups:
+        return None
+    if not isinstance(task_groups, Mapping):
+        raise TypeError(
+            "task_groups must be a dict {group: [task, ...]}, e.g. {'replayed': ['qa'], 'held-out': ['ner']}"
+        )
+    seen: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
+    for group, members in task_groups.items():
+        members = [members] if isinstance(members, str) else list(members)
+        for t in members:
+            if t == target:
+                raise ValueError(f"task_groups[{group!r}] names the target {t!r}: groups hold the other tasks")
+            if t not in names:
+                raise ValueError(
+                    f"task_groups[{group!r}] names {t!r}, not among the tasks {names}.{did_you_mean(t, names)}"
+                )
+            if t in seen:
+                raise ValueError(f"task {t!r} is in two task groups ({seen[t]!r} and {group!r})")
+            seen[t] = group
+        out[str(group)] = members
+    return out

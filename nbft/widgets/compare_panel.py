@@ -139,6 +139,8 @@ class ComparePanel(widgets.VBox):
             layout=widgets.Layout(overflow="auto", max_width="100%"),
         )
         self.heatmap = natural_image()  # natural size: scaling a PNG up only blurs it
+        # label diagnostics (classification tasks): predicted-label shares beside the references', confusion matrices
+        self.labels = widgets.HTML("", layout=widgets.Layout(overflow="auto", max_width="100%"))
         self.compare_button.on_click(lambda _: self._safely(self.compare))
         super().__init__(
             [
@@ -146,6 +148,7 @@ class ComparePanel(widgets.VBox):
                 widgets.HBox([self.compare_button, self.status_label]),
                 self.result,
                 self.heatmap,
+                self.labels,
                 self.log_area.widget,
                 self.static.style_widget,
             ]
@@ -222,7 +225,7 @@ class ComparePanel(widgets.VBox):
 
     def _work(self, tasks: list[Any], target: str | None, kwargs: dict[str, Any]) -> None:
         from nbft._quiet import quiet
-        from nbft.report import compare, delta_heatmap, side_by_side
+        from nbft.report import compare, delta_heatmap, diagnostics_html, side_by_side
         from nbft.widgets._figures import png
 
         t0 = time.perf_counter()
@@ -237,15 +240,19 @@ class ComparePanel(widgets.VBox):
                 table_html = f"<div class='nbft-table' style='overflow-x:auto'>{side_by_side(table).to_html()}</div>"
                 self.result.value = table_html + notes_html
                 figure = png(delta_heatmap(table)) if len(table.columns) > 1 else None
+                labels_html = diagnostics_html(table)
+                self.labels.value = labels_html
             if figure is not None:
                 set_image(self.heatmap, figure)
             self.table = table
             self._end("done", f"in {time.perf_counter() - t0:.1f} s")
             body = table_html + notes_html + (image_html(figure, "Δ heatmap") if figure is not None else "")
+            body += labels_html
             self.static.update(body + self.log_area.html(), str(table))
         except Exception as exc:
             self.error = exc
             self.result.value = ""  # no stale table under a failure
+            self.labels.value = ""
             self.heatmap.layout.display = "none"
             self._end("failed", f"{type(exc).__name__}: {exc}")
         finally:
