@@ -136,6 +136,63 @@ def test_training_figure_draws_one_loss_line_per_task_in_a_mixture():
     assert {line.get_label() for line in single.lines} == {"train (raw)", "train (EMA 0.6)"}
 
 
+def _drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_marker_labels_stay_inside_the_loss_panel_apart_from_each_other_and_the_legend():
+    history = [{"kind": "train", "step": s, "loss": 3.0 / s, "learning_rate": 1e-4} for s in range(1, 101)]
+    history += [{"kind": "eval", "step": s, "val_loss": 0.9} for s in (20, 40, 60, 80, 100)]
+    markers = [(40, "last checkpoint"), (41, "stopped"), (96, "stopped · resumed"), (97, "resumed"), (2, "resumed")]
+    fig = training_figure(history, markers=markers)
+    renderer = _drawn(fig)
+    loss_ax = fig.axes[0]
+    box = loss_ax.get_window_extent(renderer)
+    labels = [t for t in loss_ax.texts if t.get_gid() == "nbft-marker-label"]
+    assert sorted(t.get_text() for t in labels) == ["last checkpoint · stopped", "resumed", "stopped · resumed"]
+    extents = [t.get_window_extent(renderer) for t in labels]
+    legend = loss_ax.get_legend().get_window_extent(renderer)
+    for text, ext in zip(labels, extents):
+        assert box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1, text.get_text()
+        assert not ext.overlaps(legend), f"{text.get_text()!r} covers the legend"
+    for i, a in enumerate(extents):
+        for b in extents[i + 1 :]:
+            assert not a.overlaps(b), "two marker labels on top of each other"
+
+
+def _tick_texts(axis, renderer) -> list[str]:
+    low, high = sorted(axis.get_view_interval())
+    return [t.get_text() for t in axis.get_ticklabels() if low <= t.get_position()[axis.axis_name == "y"] <= high]
+
+
+def test_step_axes_show_whole_steps_only():
+    history = [{"kind": "train", "step": s, "loss": 1.0, "learning_rate": 1e-4} for s in (1, 2, 3)]
+    monitor = [{"kind": "monitor", "step": s, "task": "qa", "value": 10.0, "base": 10.0} for s in (0, 3)]
+    for fig in (training_figure(history), monitor_figure(monitor)):
+        renderer = _drawn(fig)
+        for ax in fig.axes:
+            texts = [t for t in _tick_texts(ax.xaxis, renderer) if t]
+            assert texts, "the x axis has tick labels"
+            assert all(float(t.replace("−", "-")).is_integer() for t in texts), texts
+
+
+def test_monitor_axis_is_readable_when_every_score_is_zero():
+    rows = [{"kind": "monitor", "step": s, "scores": {"qa": 0.0, "sentiment": 0.0},
+             "base": {"qa": 0.0, "sentiment": 0.0}} for s in (0, 5, 10)]  # fmt: skip
+    fig = monitor_figure(rows)
+    renderer = _drawn(fig)
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    assert -1.0 < low <= 0.0 and high >= 5.0, (low, high)
+    texts = _tick_texts(ax.yaxis, renderer)
+    assert texts and all("e" not in t and not t.startswith(("−", "-")) for t in texts), texts
+    assert ax.yaxis.get_offset_text().get_text() == ""
+
+
 # --------------------------------------------------------------------------------------------------- LivePlot
 def test_throttle_with_fake_clock():
     clock = FakeClock()
