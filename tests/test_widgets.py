@@ -211,7 +211,7 @@ def test_throttle_with_fake_clock():
 
 def test_liveplot_redraws_at_most_once_per_interval_and_always_at_the_end():
     clock = FakeClock()
-    plot = LivePlot(min_interval=1.0, clock=clock)
+    plot = LivePlot(min_interval=1.0, clock=clock, threaded=False)
     plot.on_train_begin({"total_steps": 10, "start_step": 0})
     plot.on_step(_state(1, 3.0))
     first = bytes(plot.image.value)
@@ -240,7 +240,7 @@ def test_liveplot_spends_at_most_its_budget_drawing():
         clock.now += 0.5  # a redraw that costs 0.5 s of the (fake) wall clock
         return training_figure(history, title=title)
 
-    plot = LivePlot(min_interval=1.0, budget=0.1, clock=clock, draw=slow_draw)
+    plot = LivePlot(min_interval=1.0, budget=0.1, max_interval=10.0, clock=clock, draw=slow_draw, threaded=False)
     plot.on_train_begin({"total_steps": 100})
     for step in range(1, 61):
         clock.now += 0.1  # a step takes 0.1 s
@@ -250,8 +250,67 @@ def test_liveplot_spends_at_most_its_budget_drawing():
     assert plot.redraws >= 2
 
 
+def _small_figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    return fig
+
+
+def test_liveplot_backs_off_for_slow_renders_only_up_to_max_interval():
+    clock = FakeClock()
+
+    def slow_draw(history, title):
+        clock.now += 0.4  # a busy CPU: a render costs 0.4 s, so a 2% budget alone would wait 20 s
+        return _small_figure()
+
+    plot = LivePlot(min_interval=1.0, budget=0.02, max_interval=3.0, clock=clock, draw=slow_draw, threaded=False)
+    plot.on_train_begin({"total_steps": 200})
+    lags = []
+    for step in range(1, 201):
+        clock.now += 0.1
+        plot.on_step(_state(step, 1.0, total=200))
+        lags.append(step - plot.drawn_step)
+    assert max(lags) <= 3.4 / 0.1 + 1, "the picture is never more than max_interval (+ one render) behind"
+    assert plot.redraws < 200 / 10, "still rationed: far fewer renders than steps"
+
+
+def test_liveplot_draws_in_its_own_thread_and_always_the_latest_step():
+    """A slow render never holds up training; points that arrive meanwhile are drawn by the next render, which
+    shows the newest step (intermediate frames are dropped)."""
+    clock = FakeClock()
+    rendering, release = threading.Event(), threading.Event()
+    drawn: list[tuple[int, int]] = []  # (step drawn, newest step when the render started)
+
+    def slow_draw(history, title):
+        newest = plot.history[-1]["step"]
+        rendering.set()
+        release.wait(30)  # a render that takes as long as the test wants
+        drawn.append((history[-1]["step"], newest))
+        clock.now += 0.5
+        return _small_figure()
+
+    plot = LivePlot(min_interval=1.0, budget=0.5, max_interval=2.0, clock=clock, draw=slow_draw)
+    plot.on_train_begin({"total_steps": 40})
+    worker = threading.Thread(target=lambda: [plot.on_step(_state(s, 1.0, total=40)) for s in range(1, 21)])
+    worker.start()
+    assert rendering.wait(30), "the first point is drawn"
+    worker.join(30)
+    assert not worker.is_alive(), "the training thread waited for a render"
+    rendering.clear()
+    release.set()
+    clock.now += 2.0
+    plot.on_step(_state(21, 1.0, total=40))
+    _wait_for(lambda: plot.redraws >= 2)
+    assert drawn[0][0] <= drawn[0][1] and drawn[1][0] == drawn[1][1] == 21, drawn
+    assert plot.drawn_step == 21
+    plot.on_train_end({"status": "completed", "steps": 21})
+    assert drawn[-1][0] == 21 and plot.redraws == len(drawn)
+
+
 def test_liveplot_shows_a_placeholder_then_the_image_at_natural_size():
-    plot = LivePlot(min_interval=0.0)
+    plot = LivePlot(min_interval=0.0, threaded=False)
     assert plot.image.layout.display == "none", "no empty <img> (a broken-image icon) before the first step"
     assert "appears here" in plot.placeholder.value and plot.placeholder.layout.display != "none"
     plot.on_train_begin({"total_steps": 3})
@@ -263,7 +322,7 @@ def test_liveplot_shows_a_placeholder_then_the_image_at_natural_size():
 
 
 def test_liveplot_keeps_history_up_to_the_checkpoint_on_resume_and_marks_it():
-    plot = LivePlot(min_interval=0.0)
+    plot = LivePlot(min_interval=0.0, threaded=False)
     plot.on_train_begin({"total_steps": 6, "run_dir": "runs/first"})
     for step in range(1, 5):
         plot.on_step(_state(step, 1.0, total=6))
@@ -278,7 +337,7 @@ def test_liveplot_keeps_history_up_to_the_checkpoint_on_resume_and_marks_it():
 
 
 def test_liveplot_monitor_events_and_controls_redraw():
-    plot = LivePlot(min_interval=0.0)
+    plot = LivePlot(min_interval=0.0, threaded=False)
     plot.on_train_begin({"total_steps": 4})
     plot.on_step(_state(1, 2.0, total=4))
     plot.on_monitor(_state(1, 2.0, total=4), {"kind": "monitor", "task": "qa", "value": 12.0, "base": 15.0})
@@ -310,7 +369,7 @@ def _monitor_row(step, sentiment, qa, output, **extra):
 
 
 def test_liveplot_shows_task_scores_and_live_samples_of_a_forgetting_monitor():
-    plot = LivePlot(min_interval=0.0)
+    plot = LivePlot(min_interval=0.0, threaded=False)
     plot.on_train_begin({"total_steps": 4})
     assert plot.monitor_image.layout.display == "none" and plot.samples.layout.display == "none"
     plot.on_monitor(None, _monitor_row(0, 40.0, 20.0, "Shakespeare wrote it", best_step=None))
@@ -610,23 +669,44 @@ def test_panels_display_a_static_companion_that_the_end_of_the_work_fills(tmp_pa
         ("display", obj, display_id)))  # fmt: skip
     monkeypatch.setattr(ipd, "update_display", lambda obj, raw=False, display_id=None, **kw: published.append(
         ("update", obj, display_id)))  # fmt: skip
-    if IPYWIDGETS.startswith("7"):  # ipywidgets 7 publishes its view itself
-        monkeypatch.setattr(ipywidgets.DOMWidget, "_ipython_display_", lambda self, **kw: published.append(
-            ("widget", {}, None)), raising=False)  # fmt: skip
     model, tok = tiny_random("llama")
     panel = TrainPanel(model, tok, _pairs(8), config=TrainConfig(max_steps=2, batch_size=4), run_dir=tmp_path / "r")
     panel._ipython_display_()
-    assert published[-1][0] == "display" and published[-1][2] == panel.static.display_id
-    assert published[-1][1]["text/html"] == "", "nothing to show before the run"
+    (kind, view, view_id), (kind2, empty, static_id) = published[-2:]
+    assert (kind, view_id) == ("display", panel.static.view_id)
+    assert view["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.model_id
+    assert (kind2, static_id) == ("display", panel.static.display_id)
+    assert empty["text/html"] == "", "nothing to show before the run"
     panel.train()
     panel.wait(120)
-    kind, bundle, display_id = published[-1]
-    assert (kind, display_id) == ("update", panel.static.display_id)
-    assert f'class="nbft-static {panel.static.css_class}"' in bundle["text/html"]
-    assert "data:image/png;base64," in bundle["text/html"] and bundle["text/plain"].startswith("completed")
+    during = [b for k, b, i in published if k == "update" and i == static_id and "nbft-in-progress" in b["text/html"]]
+    assert during and "from_run_dir(" in during[0]["text/html"], "while it runs the saved copy says what to do"
+    assert f'class="nbft-static {panel.static.css_class}"' in during[0]["text/html"], "hidden while the panel lives"
+    # the work is over: the live view's output becomes the static result (a reopened notebook shows no widget
+    # error), with the curve as an image/png too (headless converters), and the companion empties
+    (kind, final, where), (kind2, emptied, where2) = published[-2:]
+    assert (kind, where, kind2, where2) == ("update", view_id, "update", static_id)
+    assert "application/vnd.jupyter.widget-view+json" not in final
+    assert "nbft-static-final" in final["text/html"] and "data:image/png;base64," in final["text/html"]
+    assert final["image/png"] and final["text/plain"].startswith("completed")
+    assert emptied["text/html"] == ""
     assert f".{panel.static.css_class} {{ display: none; }}" in panel.static.style_widget.value, (
         "the live view hides its static copy"
     )
+
+
+def test_a_stopped_run_keeps_its_live_panel_for_resume(tmp_path, monkeypatch):
+    import IPython.display as ipd
+
+    published: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(ipd, "display", lambda obj, raw=False, display_id=None, **kw: published.append(
+        ("display", display_id)))  # fmt: skip
+    monkeypatch.setattr(ipd, "update_display", lambda obj, raw=False, display_id=None, **kw: published.append(
+        ("update", display_id)))  # fmt: skip
+    panel = TrainPanel(run_dir=tmp_path / "r")
+    panel._ipython_display_()
+    panel._finish("stopped", "3/6 steps")
+    assert ("update", panel.static.view_id) not in published, "Resume needs the controls"
 
 
 # --------------------------------------------------------------------------------------------------- DatasetBuilder

@@ -242,7 +242,8 @@ class ComparePanel(widgets.VBox):
             self.table = table
             self._end("done", f"in {time.perf_counter() - t0:.1f} s")
             body = table_html + notes_html + (image_html(figure, "Δ heatmap") if figure is not None else "")
-            self.static.update(body + self.log_area.html(), str(table))
+            self.static.update(body + self.log_area.html(), str(table), png=figure)
+            self.static.finish("Comparison done. Run this cell again for the panel's controls.")
         except Exception as exc:
             self.error = exc
             self.result.value = ""  # no stale table under a failure
@@ -267,4 +268,4 @@ class ComparePanel(widgets.VBox):
         self.status_label.value = status_html(status, detail)
 
     def _ipython_display_(self, **kwargs: Any) -> None:
-        display_with_static(self, self.static, lambda: super(ComparePanel, self)._ipython_display_(**kwargs))
+        display_with_static(self, self.static)

@@ -664,7 +664,7 @@ class DatasetBuilder(widgets.VBox):
             + self.stats_html.value
             + (image_html(hist_png, "token-length histogram") if hist_png is not None else "")
         )
-        self.static.update(body + self.log_area.html(), f"built: {sizes}")
+        self.static.update(body + self.log_area.html(), f"built: {sizes}", png=hist_png)
         return data
 
     def _build_other(self, task: str) -> Any:
@@ -699,6 +699,7 @@ class DatasetBuilder(widgets.VBox):
         with quiet(sink=self.log_area.add):
             written = save_dataset(self.dataset, target, format or self.export_format.value, overwrite=overwrite)
         self.export_label.value = f"<span style='color:#1a7f37'>wrote {html.escape(str(written))}</span>"
+        self.static.finish(f"Exported to {written}. Run this cell again for the builder's controls.")
         return written
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -728,7 +729,7 @@ class DatasetBuilder(widgets.VBox):
         self.status_label.value = status_html(status, detail)
 
     def _ipython_display_(self, **kwargs: Any) -> None:
-        display_with_static(self, self.static, lambda: super(DatasetBuilder, self)._ipython_display_(**kwargs))
+        display_with_static(self, self.static)
 
 
 def _number(x: float) -> str:
