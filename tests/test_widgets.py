@@ -5,6 +5,7 @@ The same file runs under ipywidgets 8 (the venv) and 7.7 (Colab's version; see `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import threading
@@ -452,6 +453,18 @@ def test_progress_view_names_the_phase_instead_of_eta():
     assert panel.status_label.value == before, "done is followed by on_train_end, which says more"
 
 
+def test_train_panel_elapsed_time_is_the_runs_own_clock():
+    """One source of truth: the panel's time is the run's training clock, the one nbft.runs() shows."""
+    from nbft.run_dirs import _clock
+
+    panel = TrainPanel()
+    view = _ProgressView(panel)
+    view.on_train_begin({"total_steps": 150, "start_step": 90})  # a resumed run: 2:00 were trained before
+    view.on_step(dataclasses.replace(_state(96, 1.0, total=150), elapsed_s=220.0))
+    view.on_train_end({"status": "completed", "steps": 150, "total_steps": 150})
+    assert f"{_clock(220.0)} training" in panel.status_label.value, panel.status_label.value
+
+
 def test_train_panel_warnings_go_once_to_its_log_area(tmp_path, capfd):
     model, tok = tiny_random("llama")
 
@@ -580,13 +593,34 @@ def test_resume_from_disk_control_lists_and_resumes_runs(tmp_path):
     panel = TrainPanel(model, tok, _pairs(), config=TrainConfig(max_steps=2, batch_size=4), runs_folder=runs)
     assert [value for _, value in panel.disk_runs.options] == [str(runs / "b")]
     assert "stopped at step 3" in panel.disk_runs.options[0][0] and not panel.disk_button.disabled
-    panel.disk_button.click()
+    assert "resumes from step 3" in panel.disk_runs.options[0][0], "the list says which checkpoint"
+    import nbft.run_dirs
+
+    real_read_run, at_read = nbft.run_dirs.read_run, []
+
+    def read_run(path, *args, **kwargs):  # reading a run takes seconds on a big folder: what does the panel show?
+        buttons = (panel.train_button, panel.disk_button, panel.resume_button)
+        at_read.append(([b.disabled for b in buttons], panel.status_label.value))
+        return real_read_run(path, *args, **kwargs)
+
+    statuses: list[str] = []
+    panel.status_label.observe(lambda change: statuses.append(change["new"]), names="value")
+    nbft.run_dirs.read_run = read_run
+    try:
+        panel.disk_button.click()
+    finally:
+        nbft.run_dirs.read_run = real_read_run
+    assert at_read and at_read[0][0] == [True, True, True], "Train and Resume are disabled at the click"
+    assert 'data-status="starting"' in at_read[0][1], "the status changes at the click"
     run = panel.wait(120)
+    assert any("from the checkpoint at step 3" in v for v in statuses), [re.sub("<[^>]+>", "", v) for v in statuses]
     assert run.status == "completed" and Path(run.run_dir) == runs / "b"
     assert [h["step"] for h in panel.plot.history if h["kind"] == "train"] == [1, 2, 3, 4, 5]
     assert list(panel.disk_runs.options) == [], "a completed run is not resumable"
+    assert "1 completed (train further with nbft.resume(path, more_steps=N))" in panel.disk_note.value
     empty = TrainPanel(runs_folder=tmp_path / "none")
     assert empty.disk_button.disabled
+    assert "does not exist yet" in empty.disk_note.value, "an empty list says why"
     empty.disk_button.click()  # disabled in a browser; from code it explains
     assert "no resumable run" in empty.status_label.value
 
