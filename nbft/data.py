@@ -1104,7 +1104,10 @@ def save_dataset(
         raise FileExistsError(
             f"{path} is a folder: give a file path for the {format} file, e.g. {path / ('data.' + format)}"
         )
-    with atomic_path(path, kind=kind, overwrite=overwrite) as tmp:
+    from nbft._quiet import call_scope
+
+    # datasets' "Creating json from Arrow format" / "Saving the dataset" bars would land in the notebook cell
+    with call_scope(), atomic_path(path, kind=kind, overwrite=overwrite) as tmp:
         if format == "disk":
             data.save_to_disk(str(tmp))
         elif isinstance(data, datasets.DatasetDict):

@@ -151,6 +151,7 @@ def load_model(
     # already owns this thread, e.g. a panel's log area, else this call's own).
     scope, owned = _quiet.enter()
     try:
+        _quiet.preload_quietly()  # torchao's and torch's import-time notices on a fresh kernel stay out of the cell
         return _load_model(name_or_path, task_type, device, dtype, trust_remote_code)
     finally:
         if owned:

@@ -771,6 +771,18 @@ def test_dataset_builder_previews_live_and_builds():
     assert "review number" in builder.static_html() and "nbft-tok-completion" in builder.static_html()
 
 
+def test_dataset_builder_edits_print_no_tokenize_bar(capfd):
+    _, tok = tiny_random("llama")
+    builder = DatasetBuilder(_reviews(), task="sentiment", tokenizer=tok, n=0, debounce=0)
+    capfd.readouterr()
+    builder.max_length.value = 48  # the preview's truncation report tokenizes the sample again
+    builder.example.value = 1
+    captured = capfd.readouterr()
+    assert "tokenize" not in captured.err and "%|" not in captured.err, captured.err
+    assert captured.out == ""
+    assert "max_length=48" in builder.truncation_label.value or "48" in builder.truncation_label.value
+
+
 def test_dataset_builder_label_mask_shows_prompt_and_completion_tokens():
     from nbft.data import encode_pair
 

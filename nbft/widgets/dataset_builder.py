@@ -351,7 +351,7 @@ class DatasetBuilder(widgets.VBox):
             w.observe(lambda _: self._schedule(), names="value")
         self.train_frac.observe(lambda _: self._show_test(), names="value")
         self.val_frac.observe(lambda _: self._show_test(), names="value")
-        self.example.observe(lambda _: self._show_mask(), names="value")
+        self.example.observe(lambda _: self._safely(self._show_mask_quietly, clear=False), names="value")
         self.build_button.on_click(lambda _: self._safely(self.build))
         self.export_button.on_click(lambda _: self._safely(self.export))
 
@@ -564,17 +564,24 @@ class DatasetBuilder(widgets.VBox):
         if self._needs_hub_offline():
             self._task_data(self.task.value, None)  # raises the clear offline message
         self.build_button.disabled = False
+        # the whole preview is quiet: the truncation report tokenizes too (a "tokenize" bar under the builder)
         with self._lock, quiet(sink=self.log_area.add):
             data = self._build(self.preview_sample)
-        if generation != self._generation:
-            return  # an edit came in meanwhile; its own preview follows
-        self._preview_data = data
-        self.preview.value = _preview_table(data, self.preview_rows)
-        self.example.max = max(0, min(self.preview_rows, len(data["train"])) - 1)
-        self._show_mask()
-        self._show_truncation(data, sample=True)
+            if generation != self._generation:
+                return  # an edit came in meanwhile; its own preview follows
+            self._preview_data = data
+            self.preview.value = _preview_table(data, self.preview_rows)
+            self.example.max = max(0, min(self.preview_rows, len(data["train"])) - 1)
+            self._show_mask()
+            self._show_truncation(data, sample=True)
         sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
         self._set_status("preview", f"from {self.preview_sample} examples ({sizes}); Build makes the full dataset")
+
+    def _show_mask_quietly(self) -> None:
+        from nbft._quiet import quiet
+
+        with quiet(sink=self.log_area.add):
+            self._show_mask()
 
     def _show_mask(self) -> None:
         data = self._preview_data if self.dataset is None else self.dataset
