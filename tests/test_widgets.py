@@ -938,3 +938,51 @@ def test_compare_panel_reports_failures_in_the_panel():
     panel.shots.value = "0, x"
     panel.compare_button.click()
     assert 'data-status="error"' in panel.status_label.value and "whole numbers" in panel.status_label.value
+
+
+# --------------------------------------------------------------------------------------------------- every panel
+def _every_panel(tmp_path):
+    _, tok = tiny_random("llama")
+    plot = LivePlot(threaded=False)
+    return {
+        "DatasetBuilder": DatasetBuilder(_reviews(), task="sentiment", tokenizer=tok, n=0, debounce=None),
+        "TrainPanel": TrainPanel(runs_folder=tmp_path / "runs"),
+        "ComparePanel": ComparePanel(lambda: {}, ["sentiment", "qa"], target="sentiment"),
+        "LivePlot": plot.view,
+    }
+
+
+INTERACTIVE = (ipywidgets.Button, ipywidgets.ToggleButtons, ipywidgets.Dropdown, ipywidgets.SelectMultiple,
+               ipywidgets.Text, ipywidgets.IntText, ipywidgets.Checkbox, ipywidgets.IntSlider, ipywidgets.FloatSlider)  # fmt: skip
+
+
+def test_every_control_of_every_panel_has_a_description_and_a_real_tooltip(tmp_path):
+    from nbft.widgets._common import tooltip_of, walk
+
+    for name, panel in _every_panel(tmp_path).items():
+        controls = [w for w in walk(panel) if isinstance(w, INTERACTIVE)]
+        assert controls, name
+        for w in controls:
+            tip = tooltip_of(w)
+            label = f"{name}: {type(w).__name__} {getattr(w, 'description', '')!r}"
+            assert tip and tip.strip() and tip != "null", f"{label} has no tooltip (the browser shows 'null')"
+            assert (getattr(w, "description", "") or "").strip() or tip.strip(), f"{label} has no accessible name"
+
+
+def test_every_panel_makes_focus_visible_and_fits_a_narrow_window(tmp_path):
+    from nbft.widgets._common import walk
+
+    for name, panel in _every_panel(tmp_path).items():
+        tree = walk(panel)
+        css = "".join(w.value for w in tree if isinstance(w, ipywidgets.HTML) and "<style>" in w.value)
+        assert ":focus-visible" in css and "outline: 3px solid" in css, f"{name}: no visible focus ring"
+        assert "nbft-panel" in panel._dom_classes, f"{name}: the CSS is scoped to .nbft-panel"
+        for w in tree:
+            if isinstance(w, ipywidgets.HBox):
+                assert "wrap" in (w.layout.flex_flow or ""), f"{name}: a row that does not wrap"
+            if isinstance(w, ipywidgets.IntSlider | ipywidgets.FloatSlider):
+                assert w.layout.min_width, f"{name}: slider {w.description!r} can collapse to a handle"
+            if isinstance(w, ipywidgets.Image):
+                assert int(w.layout.min_width.rstrip("px")) >= 480, f"{name}: a plot can shrink below readable"
+            if isinstance(w, ipywidgets.Widget) and w.layout.width and w.layout.width.endswith("px"):
+                assert int(w.layout.width[:-2]) <= 440, f"{name}: {type(w).__name__} is {w.layout.width} wide"

@@ -32,6 +32,7 @@ __all__ = [
     "set_image",
     "show_figure",
     "status_html",
+    "tidy",
 ]
 
 COLOURS = {
@@ -43,6 +44,88 @@ COLOURS = {
     "failed": "#cf222e",
     "error": "#cf222e",
 }
+
+
+PANEL_CSS = """<style>
+.nbft-panel :focus-visible, .nbft-panel :focus {
+  outline: 3px solid #0b5cad !important; outline-offset: 2px; box-shadow: 0 0 0 5px #ffffff !important;
+}
+.nbft-panel .widget-hbox, .nbft-panel .jupyter-widget-hbox { flex-wrap: wrap; row-gap: 4px; }
+.nbft-panel .widget-hslider, .nbft-panel .jupyter-widget-hslider { min-width: 240px; }
+</style>"""
+"""Inside every panel's view: a clearly visible focus ring (3 px dark blue with a white halo, on any background;
+the default is a 1 px light-blue line on blue), rows that wrap in a narrow window, sliders that keep a track."""
+
+SLIDER_MIN_WIDTH = "240px"
+PLOT_MIN_WIDTH = "480px"
+"""Below this a plot's labels are unreadable: a narrower window scrolls the plot sideways instead."""
+
+_INTERACTIVE = (
+    widgets.Button,
+    widgets.ToggleButtons,
+    widgets.Dropdown,
+    widgets.SelectMultiple,
+    widgets.Select,
+    widgets.Text,
+    widgets.IntText,
+    widgets.FloatText,
+    widgets.Checkbox,
+    widgets.IntSlider,
+    widgets.FloatSlider,
+    widgets.Textarea,
+)
+
+
+def _v7() -> bool:
+    return widgets.__version__.startswith("7.")
+
+
+def set_tooltip(widget: widgets.Widget, text: str) -> None:
+    """The hover text (and accessible description) of a control, in ipywidgets 7 and 8.
+
+    ipywidgets 8 calls it ``tooltip`` on every control; 7 calls it ``description_tooltip`` (``tooltip`` on buttons).
+    """
+    if _v7() and widget.has_trait("description_tooltip"):
+        widget.description_tooltip = text
+    elif widget.has_trait("tooltip"):
+        widget.tooltip = text
+
+
+def tooltip_of(widget: widgets.Widget) -> str | None:
+    """The hover text of a control (``None`` when it has none: some front-ends then show "null")."""
+    if _v7() and widget.has_trait("description_tooltip"):
+        return widget.description_tooltip
+    return getattr(widget, "tooltip", None) if widget.has_trait("tooltip") else None
+
+
+def walk(root: widgets.Widget) -> list[widgets.Widget]:
+    """Every widget inside ``root`` (``root`` too), depth first."""
+    out, stack, seen = [], [root], set()
+    while stack:
+        w = stack.pop()
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        out.append(w)
+        stack.extend(reversed(list(getattr(w, "children", ()) or ())))
+    return out
+
+
+def tidy(root: widgets.Widget) -> None:
+    """Make a panel usable narrow and with a keyboard or screen reader: rows wrap, sliders keep a minimum width, and
+    every control has a tooltip (its description when no better one was set), never "null".
+
+    Call it at the end of a panel's constructor and after replacing children.
+    """
+    for w in walk(root):
+        if isinstance(w, widgets.HBox):
+            w.layout.flex_flow = "row wrap"
+        if isinstance(w, widgets.IntSlider | widgets.FloatSlider) and not w.layout.min_width:
+            w.layout.min_width = SLIDER_MIN_WIDTH
+        if isinstance(w, _INTERACTIVE) and not tooltip_of(w):
+            text = (getattr(w, "description", "") or getattr(w, "placeholder", "") or "").strip()
+            if text:
+                set_tooltip(w, text)
 
 
 def status_html(status: str, detail: str = "") -> str:
@@ -61,9 +144,10 @@ def placeholder_html(text: str) -> str:
 
 def natural_image() -> widgets.Image:
     """An ``Image`` widget that is hidden until it has a picture and then shows it at its natural size."""
-    return widgets.Image(
-        format="png", layout=widgets.Layout(display="none", align_self="flex-start", max_width="100%", height="auto")
-    )
+    layout = widgets.Layout(
+        display="none", align_self="flex-start", max_width="100%", min_width=PLOT_MIN_WIDTH, height="auto"
+    )  # shrinks with a narrow window, but not below a readable minimum (the panel scrolls sideways instead)
+    return widgets.Image(format="png", layout=layout)
 
 
 def set_image(image: widgets.Image, data: bytes, placeholder: widgets.HTML | None = None) -> None:
@@ -171,7 +255,7 @@ class StaticResult:
         self.png: bytes | None = None
         # Lives inside the widget view: while the panel renders, its static copy in the same cell is hidden.
         self.style_widget = widgets.HTML(
-            f"<style>.{self.css_class} {{ display: none; }}</style>", layout=widgets.Layout(height="0px")
+            f"<style>.{self.css_class} {{ display: none; }}</style>{PANEL_CSS}", layout=widgets.Layout(height="0px")
         )
 
     def bundle(self, *, hidden_by_view: bool = True, note: str = "") -> tuple[dict[str, Any], dict[str, Any]]:

@@ -36,7 +36,9 @@ from nbft.widgets._common import (
     natural_image,
     placeholder_html,
     set_image,
+    set_tooltip,
     status_html,
+    tidy,
 )
 
 __all__ = ["DatasetBuilder", "label_mask_html", "length_histogram"]
@@ -295,14 +297,16 @@ class DatasetBuilder(widgets.VBox):
         self.task = widgets.Dropdown(
             options=self._task_options(tasks), value=task if task in tasks else tasks[0], description="task"
         )
-        self.templates = widgets.SelectMultiple(description="templates", rows=4, layout={"width": "680px"})
+        self.templates = widgets.SelectMultiple(
+            description="templates", rows=4, layout={"width": "100%", "max_width": "680px"}
+        )
         given = f"your data ({_describe(source)})" if source is not None else ""
         self.source_text = widgets.Text(
             value="",
             placeholder=given or "empty: the task's built-in data; or a file path / Hub dataset name",
             description="source",
             continuous_update=False,
-            layout={"width": "680px"},
+            layout={"width": "100%", "max_width": "680px"},
         )
         self.columns_box = widgets.HBox([], layout=widgets.Layout(flex_flow="row wrap"))
         self.column_maps: dict[str, widgets.Dropdown] = {}
@@ -336,6 +340,26 @@ class DatasetBuilder(widgets.VBox):
         self.export_button = widgets.Button(description="Export", icon="download", disabled=True)
         self.export_label = widgets.HTML("")
         self.export_format.style = _WIDE
+        self.export_path.description = "to folder"
+        for w, tip in (
+            (self.task, "The task: its instruction templates and, without your own data, its built-in data"),
+            (self.templates, "Instruction phrasings: each example gets one of those selected (Ctrl/Shift+click)"),
+            (self.source_text, "Your data: a file path or a Hub dataset name; empty: the task's built-in data"),
+            (self.n, "How many examples to keep (0: all of them)"),
+            (self.seed, "The same seed gives the same sample, split and template choice"),
+            (self.train_frac, "Share of the examples for training"),
+            (self.val_frac, "Share of the examples for validation; the rest is the test split"),
+            (self.max_length, "Training max_length in tokens: longer examples are cut (the mask shows where)"),
+            (self.chat_template, "Wrap prompts in the tokenizer's chat template, as training will"),
+            (self.example, "Which preview example the label mask shows"),
+            (self.replay, "Share of the training mix taken from other tasks, against forgetting"),
+            (self.replay_tasks, "The tasks replayed in the training mix (Ctrl/Shift+click for several)"),
+            (self.build_button, "Build the full dataset: train, validation and test splits"),
+            (self.export_format, "File format of the export"),
+            (self.export_path, "Folder to write the dataset to (default: data/<task>)"),
+            (self.export_button, "Write the built dataset to the folder"),
+        ):
+            set_tooltip(w, tip)
 
         self.preview = widgets.HTML(placeholder_html("The first training pairs appear here."))
         self.mask = widgets.HTML("")
@@ -382,6 +406,8 @@ class DatasetBuilder(widgets.VBox):
             ]
         )
         self.add_class("nbft-dataset-builder")
+        self.add_class("nbft-panel")
+        tidy(self)
         self._columns_changed()
 
     # ------------------------------------------------------------------------------------------- state
@@ -467,7 +493,7 @@ class DatasetBuilder(widgets.VBox):
                 options=options, value=value if value in options else _SAME, description=f"{f} ←",
                 style={"description_width": "initial"}, layout=widgets.Layout(width="250px"),
             )  # fmt: skip
-            dropdown.tooltip = f"the data column that holds the template field {f!r}"
+            set_tooltip(dropdown, f"The data column that holds the template field {f!r}")
             dropdown.observe(lambda _: self._schedule(), names="value")
             self.column_maps[f] = dropdown
         missing = [f for f in fields if f not in columns] if columns else []

@@ -33,7 +33,15 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbft.widgets._common import StaticResult, image_html, natural_image, placeholder_html, set_image
+from nbft.widgets._common import (
+    StaticResult,
+    image_html,
+    natural_image,
+    placeholder_html,
+    set_image,
+    set_tooltip,
+    tidy,
+)
 from nbft.widgets._figures import Png, monitor_figure, png, training_figure
 from nbft.widgets._samples import samples_html
 
@@ -161,8 +169,10 @@ class LivePlot:
         self.yscale_toggle = widgets.ToggleButtons(
             options=[("auto y", "auto"), ("log y", "log"), ("full y", "linear")], value=yscale,
             tooltips=["ignore the warm-up spike", "logarithmic loss axis", "show every point"],
-            style={"button_width": "64px"},
+            description="loss axis", style={"button_width": "64px", "description_width": "60px"},
         )  # fmt: skip
+        set_tooltip(self.smoothing_slider, "Weight of the loss's moving average (0: raw values only)")
+        set_tooltip(self.yscale_toggle, "How the loss axis is scaled")
         self.smoothing_slider.observe(lambda _: self._redraw_if_any(), names="value")
         self.yscale_toggle.observe(lambda _: self._redraw_if_any(), names="value")
         self.controls = widgets.HBox([self.smoothing_slider, self.yscale_toggle])
@@ -171,8 +181,12 @@ class LivePlot:
         self.monitor_image.layout.display = "none"
         self.samples = widgets.HTML("", layout=widgets.Layout(display="none", max_width="100%"))
         self.samples.add_class("nbft-samples")
-        self.view = widgets.VBox([self.placeholder, self.image, self.controls, self.monitor_image, self.samples])
         self.static = StaticResult()  # the final figure replaces the view when the plot is displayed on its own
+        self.view = widgets.VBox(
+            [self.placeholder, self.image, self.controls, self.monitor_image, self.samples, self.static.style_widget]
+        )
+        self.view.add_class("nbft-panel")
+        tidy(self.view)
         # The worker adds points; the drawing thread, a notebook cell (snapshot()) or a slider draw meanwhile.
         self._lock = threading.RLock()  # the history: held only to copy or change it, never while rendering
         self._render_lock = threading.Lock()  # one render at a time, so frames go out in order

@@ -37,7 +37,16 @@ from typing import Any
 import ipywidgets as widgets
 
 from nbft.run_dirs import _clock
-from nbft.widgets._common import LogArea, StaticResult, close_tree, display_with_static, image_html, status_html
+from nbft.widgets._common import (
+    LogArea,
+    StaticResult,
+    close_tree,
+    display_with_static,
+    image_html,
+    set_tooltip,
+    status_html,
+    tidy,
+)
 from nbft.widgets.liveplot import LivePlot, Throttle
 
 __all__ = ["TrainPanel"]
@@ -239,7 +248,7 @@ class TrainPanel(widgets.VBox):
             (self.stop_button, "Finish the current step, write a checkpoint, stop"),
             (self.resume_button, "Continue the stopped run from its checkpoint"),
         ):
-            button.tooltip = tip
+            set_tooltip(button, tip)
         self.train_button.disabled = model is None or train is None
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="200px"))
         ready = "click Train to start" if not self.train_button.disabled else "pick a run on disk to resume"
@@ -255,9 +264,11 @@ class TrainPanel(widgets.VBox):
         self.disk_button = widgets.Button(
             description="Resume from disk", icon="folder-open", layout=widgets.Layout(width="170px")
         )
-        self.disk_button.tooltip = "Continue a stopped or interrupted run of this folder, with its whole curve"
+        set_tooltip(self.disk_button, "Continue a stopped or interrupted run of this folder, with its whole curve")
+        set_tooltip(self.disk_runs, f"Runs in {self.runs_folder}/ that can continue from a checkpoint")
         self.refresh_button = widgets.Button(icon="refresh", layout=widgets.Layout(width="36px"))
-        self.refresh_button.tooltip = f"Look for runs in {self.runs_folder}/ again"
+        set_tooltip(self.refresh_button, f"Look for runs in {self.runs_folder}/ again")
+        self.refresh_button.description = ""  # an icon button: its tooltip is its accessible name
         self.disk_button.on_click(lambda _: self._safely(self.resume_from_disk))
         self.refresh_button.on_click(lambda _: self._safely(self.refresh_runs))
         self.disk_note = widgets.HTML("")
@@ -277,6 +288,8 @@ class TrainPanel(widgets.VBox):
             ]
         )
         self.add_class("nbft-train-panel")
+        self.add_class("nbft-panel")
+        tidy(self)
 
     # ------------------------------------------------------------------------------------------- constructors
     @classmethod
