@@ -5,6 +5,7 @@ The same file runs under ipywidgets 8 (the venv) and 7.7 (Colab's version; see `
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import re
@@ -729,6 +730,27 @@ def test_panels_display_a_static_companion_that_the_end_of_the_work_fills(tmp_pa
     )
 
 
+def test_a_liveplot_displayed_alone_becomes_its_final_figure_when_the_run_ends(monkeypatch):
+    import IPython.display as ipd
+
+    published: list[tuple[str, dict, dict, str | None]] = []
+    monkeypatch.setattr(ipd, "display", lambda obj, raw=False, display_id=None, metadata=None, **kw: published.append(
+        ("display", obj, metadata or {}, display_id)))  # fmt: skip
+    monkeypatch.setattr(ipd, "update_display", lambda obj, raw=False, display_id=None, metadata=None, **kw:
+                        published.append(("update", obj, metadata or {}, display_id)))  # fmt: skip
+    plot = LivePlot(threaded=False)
+    plot._ipython_display_()
+    assert published[-1][0] == "display" and "application/vnd.jupyter.widget-view+json" in published[-1][1]
+    plot.on_train_begin({"total_steps": 2})
+    plot.on_step(_state(1, 2.0, total=2))
+    plot.on_train_end({"status": "completed", "steps": 1})
+    kind, bundle, metadata, where = published[-1]
+    assert (kind, where) == ("update", plot.static.view_id)
+    assert "application/vnd.jupyter.widget-view+json" not in bundle, "a reopened notebook shows the figure"
+    width, _ = png_size(base64.b64decode(bundle["image/png"]))
+    assert metadata["image/png"]["width"] == round(width / 2), "HiDPI, shown at its natural width"
+
+
 def test_a_stopped_run_keeps_its_live_panel_for_resume(tmp_path, monkeypatch):
     import IPython.display as ipd
 
@@ -952,8 +974,17 @@ def _every_panel(tmp_path):
     }
 
 
-INTERACTIVE = (ipywidgets.Button, ipywidgets.ToggleButtons, ipywidgets.Dropdown, ipywidgets.SelectMultiple,
-               ipywidgets.Text, ipywidgets.IntText, ipywidgets.Checkbox, ipywidgets.IntSlider, ipywidgets.FloatSlider)  # fmt: skip
+INTERACTIVE = (
+    ipywidgets.Button,
+    ipywidgets.ToggleButtons,
+    ipywidgets.Dropdown,
+    ipywidgets.SelectMultiple,
+    ipywidgets.Text,
+    ipywidgets.IntText,
+    ipywidgets.Checkbox,
+    ipywidgets.IntSlider,
+    ipywidgets.FloatSlider,
+)
 
 
 def test_every_control_of_every_panel_has_a_description_and_a_real_tooltip(tmp_path):
