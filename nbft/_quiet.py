@@ -314,7 +314,7 @@ def preload_quietly(modules: dict[str, tuple[str, ...]] | None = None) -> None:
             logging.getLogger(__name__).debug("while importing %s: %s", name, record.getMessage())
     with _LOCK:
         if _ACTIVE and "progress" in _SAVED:  # transformers arrived inside a scope: mute its plain-tqdm bars now
-            _SAVED["progress"].extend(_patch_plain_tqdm())
+            _SAVED["progress"].extend(_patch_plain_tqdm(import_missing=True))
 
 
 class _Held(logging.Handler):
@@ -335,10 +335,14 @@ def _silenced_tqdm(original: Any) -> Callable[..., Any]:
     return tqdm
 
 
-def _patch_plain_tqdm() -> list[Callable[[], None]]:
+def _patch_plain_tqdm(import_missing: bool = False) -> list[Callable[[], None]]:
+    """Mute the plain-tqdm modules; only those already imported unless ``import_missing`` (a model load, which
+    imports torch anyway: a dataset preview must not pay for importing torch)."""
     restore: list[Callable[[], None]] = []
     if "transformers" in sys.modules:
         for name in PLAIN_TQDM_MODULES:
+            if name not in sys.modules and not import_missing:
+                continue
             try:
                 module = importlib.import_module(name)
             except Exception:  # an optional dependency is missing: that module prints nothing anyway

@@ -27,7 +27,10 @@ TINY = {
 }
 
 # What the libraries print when nobody silences them (tqdm bars and their usual descriptions).
-LIBRARY_NOISE = re.compile(r"\d+%\|| it/s\]|examples/s\]|Loading weights|Writing model shards|Creating json|^Map")
+LIBRARY_NOISE = re.compile(
+    r"\d+%\|| it/s\]|examples/s\]|Loading weights|Writing model shards|Creating json|^Map|Failed to load .*\.so"
+    r"|Detected no triton|is an Enum subclass|matplotlib\.font_manager"
+)
 
 
 @pytest.fixture(scope="module")
