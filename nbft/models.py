@@ -373,6 +373,10 @@ def tiny_random(
         'seq2seq'
     """
     import torch
+
+    from nbft import _quiet
+
+    _quiet.preload_quietly()  # transformers' model classes import torchao, whose notices would reach the cell
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     tokenizer = byte_tokenizer(chat_template=arch == "llama")

@@ -194,15 +194,15 @@ def _run_python(code: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
-def test_a_model_load_in_a_fresh_process_prints_no_library_text(tmp_path):
+@pytest.mark.parametrize("call", ["load_model", "tiny_random"])
+def test_a_model_load_in_a_fresh_process_prints_no_library_text(tmp_path, call):
     """torchao's "Failed to load ….so" and "Detected no triton", torch's register_constant deprecation and the
     weight-loading bars appeared on the first model load of every fresh kernel."""
     model, tok = tiny_random("llama")
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    proc = _run_python(
-        f"from nbft.models import load_model\nload_model({str(tmp_path / 'm')!r})\nprint('loaded')", tmp_path
-    )
+    args = repr(str(tmp_path / "m")) if call == "load_model" else "'llama'"
+    proc = _run_python(f"from nbft.models import {call}\n{call}({args})\nprint('loaded')", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "loaded\n"
     assert proc.stderr == "", proc.stderr[-2000:]
