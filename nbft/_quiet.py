@@ -36,13 +36,22 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LIBRARY_LOGGERS", "Quiet", "current_scope", "enter", "quiet"]
+__all__ = ["LIBRARY_LOGGERS", "Quiet", "current_scope", "enter", "preload_quietly", "quiet"]
 
 Sink = Callable[[str, str], None]
 """``sink(level, text)``: ``level`` is ``"warning"`` or ``"error"``; ``text`` is the message, once."""
 
 LIBRARY_LOGGERS = ("transformers", "datasets", "accelerate", "huggingface_hub", "evaluate", "torchao", "nbft")
 """Loggers whose warnings go through the active scope (their child loggers too)."""
+
+PLAIN_TQDM_MODULES = ("transformers.modeling_gguf_pytorch_utils",)
+"""Library modules that use plain ``tqdm`` (no library switch turns it off): muted by patching their ``tqdm`` name
+for the scope ("Converting and de-quantizing GGUF tensors" on the first load of the offline default model)."""
+
+NOISY_IMPORTS = {"transformers.quantizers.auto": ("torchao", "torch.utils._pytree", "torch._dynamo")}
+"""Modules whose first import logs notices about optional kernels a CPU machine does not have (torchao's "Failed to
+load ….so" and "Detected no triton", torch's deprecation of ``register_constant`` for torchao's enums), and the
+loggers those notices come from. nbft imports them once, quietly; the notices go to nbft's debug log."""
 
 _LOCK = threading.RLock()
 _ACTIVE: list[Quiet] = []
@@ -274,6 +283,83 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def preload_quietly(modules: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Import the :data:`NOISY_IMPORTS` (or ``modules``) once, with their import-time notices sent to the
+    ``nbft._quiet`` debug log instead of a cell. Modules already imported are left alone.
+
+    Example:
+        >>> preload_quietly({"json": ()})  # already imported: nothing happens
+    """
+    for name, loggers in (NOISY_IMPORTS if modules is None else modules).items():
+        if name in sys.modules or not _importable(name.split(".", 1)[0]):
+            continue
+        held = _Held()
+        saved = []
+        for logger_name in loggers:
+            logger = logging.getLogger(logger_name)
+            saved.append((logger, logger.handlers, logger.propagate, logger.level))
+            logger.handlers, logger.propagate = [held], False
+            logger.setLevel(logging.DEBUG)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importlib.import_module(name)
+        except Exception as exc:  # the import fails again later, where its caller can report it
+            logging.getLogger(__name__).debug("quiet import of %s failed: %s", name, exc)
+        finally:
+            for logger, handlers, propagate, level in saved:
+                logger.handlers, logger.propagate = handlers, propagate
+                logger.setLevel(level)
+        for record in held.records:
+            logging.getLogger(__name__).debug("while importing %s: %s", name, record.getMessage())
+    with _LOCK:
+        if _ACTIVE and "progress" in _SAVED:  # transformers arrived inside a scope: mute its plain-tqdm bars now
+            _SAVED["progress"].extend(_patch_plain_tqdm(import_missing=True))
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _silenced_tqdm(original: Any) -> Callable[..., Any]:
+    def tqdm(*args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True
+        return original(*args, **kwargs)
+
+    tqdm.nbft_silenced = original  # type: ignore[attr-defined]
+    return tqdm
+
+
+def _patch_plain_tqdm(import_missing: bool = False) -> list[Callable[[], None]]:
+    """Mute the plain-tqdm modules; only those already imported unless ``import_missing`` (a model load, which
+    imports torch anyway: a dataset preview must not pay for importing torch)."""
+    restore: list[Callable[[], None]] = []
+    if "transformers" in sys.modules:
+        for name in PLAIN_TQDM_MODULES:
+            if name not in sys.modules and not import_missing:
+                continue
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # an optional dependency is missing: that module prints nothing anyway
+                continue
+            original = getattr(module, "tqdm", None)
+            if original is None or hasattr(original, "nbft_silenced"):
+                continue
+            module.tqdm = _silenced_tqdm(original)
+
+            def put_back(module: Any = module, original: Any = original) -> None:
+                if getattr(module.tqdm, "nbft_silenced", None) is original:
+                    module.tqdm = original
+
+            restore.append(put_back)
+    return restore
+
+
 def _install() -> None:
     restore: list[Callable[[], None]] = []
     for enabled, disable, enable in _progress_bar_switches():
@@ -283,7 +369,9 @@ def _install() -> None:
                 restore.append(enable)
         except Exception:  # a library's switch changed shape: its bars stay as they are
             continue
-    _SAVED["progress"] = restore
+    if "torch" in sys.modules and "transformers" in sys.modules:
+        preload_quietly()  # a model is about to be loaded or trained: the optional-kernel notices go to the debug log
+    _SAVED["progress"] = restore + _patch_plain_tqdm()
     _SAVED["showwarning"] = warnings.showwarning
     warnings.showwarning = _showwarning
     loggers = []

@@ -135,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # nbft's own notices at INFO; the libraries' only from WARNING (no "INFO matplotlib.font_manager" in the demo)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("nbft").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.command is None:
         parser.print_help()
         return 0

@@ -1341,7 +1341,10 @@ def save_dataset(
     if isinstance(data, datasets.DatasetDict):
         for name in data:
             _check_split_name(name, path)
-    with atomic_path(path, kind=kind, overwrite=overwrite) as tmp:
+    from nbft._quiet import call_scope
+
+    # datasets' "Creating json from Arrow format" / "Saving the dataset" bars would land in the notebook cell
+    with call_scope(), atomic_path(path, kind=kind, overwrite=overwrite) as tmp:
         if format == "disk":
             data.save_to_disk(str(tmp))
         elif isinstance(data, datasets.DatasetDict):

@@ -172,6 +172,7 @@ def load_model(
     # already owns this thread, e.g. a panel's log area, else this call's own).
     scope, owned = _quiet.enter()
     try:
+        _quiet.preload_quietly()  # torchao's and torch's import-time notices on a fresh kernel stay out of the cell
         return _load_model(name_or_path, task_type, device, dtype, trust_remote_code, tokenizer)
     finally:
         if owned:
@@ -578,6 +579,10 @@ def tiny_random(
         8
     """
     import torch
+
+    from nbft import _quiet
+
+    _quiet.preload_quietly()  # transformers' model classes import torchao, whose notices would reach the cell
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     if arch not in TINY_ARCHS:

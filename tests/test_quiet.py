@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import subprocess
+import sys
 import threading
 import warnings
+from pathlib import Path
 
 import datasets
 import pytest
@@ -15,6 +19,7 @@ from nbft.data import tokenize_for_training
 from nbft.models import load_model, tiny_random
 
 ds_tqdm = importlib.import_module("datasets.utils.tqdm")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bars_enabled() -> tuple[bool, bool]:
@@ -182,3 +187,59 @@ def test_the_main_thread_keeps_its_warnings_unless_claimed():
         assert seen == ["from a library thread"], "unclaimed helper threads belong to the newest work"
     finally:
         scope.stop()
+
+
+def _run_python(code: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("call", ["load_model", "tiny_random"])
+def test_a_model_load_in_a_fresh_process_prints_no_library_text(tmp_path, call):
+    """torchao's "Failed to load ….so" and "Detected no triton", torch's register_constant deprecation and the
+    weight-loading bars appeared on the first model load of every fresh kernel."""
+    model, tok = tiny_random("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    args = repr(str(tmp_path / "m")) if call == "load_model" else "'llama'"
+    proc = _run_python(f"from nbft.models import {call}\n{call}({args})\nprint('loaded')", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "loaded\n"
+    assert proc.stderr == "", proc.stderr[-2000:]
+
+
+def test_plain_tqdm_bars_of_the_gguf_conversion_are_off_in_a_scope(capfd):
+    gguf = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    original = gguf.tqdm
+    capfd.readouterr()
+    with quiet():
+        assert list(gguf.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")) == [0, 1, 2]
+    assert capfd.readouterr().err == ""
+    assert gguf.tqdm is original, "the library gets its tqdm back"
+
+
+def test_save_dataset_prints_no_progress_bars(tmp_path, capfd):
+    from nbft.data import save_dataset
+
+    data = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}] * 5),
+            "test": datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}]),
+        }
+    )
+    capfd.readouterr()
+    save_dataset(data, tmp_path / "out", "jsonl")
+    err = capfd.readouterr().err
+    assert "Creating json" not in err and "%|" not in err, err
+    assert (tmp_path / "out" / "train.jsonl").read_text().count("\n") == 5
+
+
+def test_the_cli_shows_nbft_info_but_not_the_libraries(tmp_path):
+    code = (
+        "import logging\nfrom nbft.cli import main\nmain([])\n"
+        "logging.getLogger('matplotlib.font_manager').info('generated new fontManager')\n"
+        "logging.getLogger('nbft.demo').info('nbft says hello')\n"
+    )
+    proc = _run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "fontManager" not in proc.stderr and "INFO nbft.demo: nbft says hello" in proc.stderr, proc.stderr

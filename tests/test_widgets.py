@@ -5,6 +5,8 @@ The same file runs under ipywidgets 8 (the venv) and 7.7 (Colab's version; see `
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import math
 import re
 import threading
@@ -136,6 +138,63 @@ def test_training_figure_draws_one_loss_line_per_task_in_a_mixture():
     assert {line.get_label() for line in single.lines} == {"train (raw)", "train (EMA 0.6)"}
 
 
+def _drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_marker_labels_stay_inside_the_loss_panel_apart_from_each_other_and_the_legend():
+    history = [{"kind": "train", "step": s, "loss": 3.0 / s, "learning_rate": 1e-4} for s in range(1, 101)]
+    history += [{"kind": "eval", "step": s, "val_loss": 0.9} for s in (20, 40, 60, 80, 100)]
+    markers = [(40, "last checkpoint"), (41, "stopped"), (96, "stopped · resumed"), (97, "resumed"), (2, "resumed")]
+    fig = training_figure(history, markers=markers)
+    renderer = _drawn(fig)
+    loss_ax = fig.axes[0]
+    box = loss_ax.get_window_extent(renderer)
+    labels = [t for t in loss_ax.texts if t.get_gid() == "nbft-marker-label"]
+    assert sorted(t.get_text() for t in labels) == ["last checkpoint · stopped", "resumed", "stopped · resumed"]
+    extents = [t.get_window_extent(renderer) for t in labels]
+    legend = loss_ax.get_legend().get_window_extent(renderer)
+    for text, ext in zip(labels, extents):
+        assert box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1, text.get_text()
+        assert not ext.overlaps(legend), f"{text.get_text()!r} covers the legend"
+    for i, a in enumerate(extents):
+        for b in extents[i + 1 :]:
+            assert not a.overlaps(b), "two marker labels on top of each other"
+
+
+def _tick_texts(axis, renderer) -> list[str]:
+    low, high = sorted(axis.get_view_interval())
+    return [t.get_text() for t in axis.get_ticklabels() if low <= t.get_position()[axis.axis_name == "y"] <= high]
+
+
+def test_step_axes_show_whole_steps_only():
+    history = [{"kind": "train", "step": s, "loss": 1.0, "learning_rate": 1e-4} for s in (1, 2, 3)]
+    monitor = [{"kind": "monitor", "step": s, "task": "qa", "value": 10.0, "base": 10.0} for s in (0, 3)]
+    for fig in (training_figure(history), monitor_figure(monitor)):
+        renderer = _drawn(fig)
+        for ax in fig.axes:
+            texts = [t for t in _tick_texts(ax.xaxis, renderer) if t]
+            assert texts, "the x axis has tick labels"
+            assert all(float(t.replace("−", "-")).is_integer() for t in texts), texts
+
+
+def test_monitor_axis_is_readable_when_every_score_is_zero():
+    rows = [{"kind": "monitor", "step": s, "scores": {"qa": 0.0, "sentiment": 0.0},
+             "base": {"qa": 0.0, "sentiment": 0.0}} for s in (0, 5, 10)]  # fmt: skip
+    fig = monitor_figure(rows)
+    renderer = _drawn(fig)
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    assert -1.0 < low <= 0.0 and high >= 5.0, (low, high)
+    texts = _tick_texts(ax.yaxis, renderer)
+    assert texts and all("e" not in t and not t.startswith(("−", "-")) for t in texts), texts
+    assert ax.yaxis.get_offset_text().get_text() == ""
+
+
 # --------------------------------------------------------------------------------------------------- LivePlot
 def test_throttle_with_fake_clock():
     clock = FakeClock()
@@ -154,7 +213,7 @@ def test_throttle_with_fake_clock():
 
 def test_liveplot_redraws_at_most_once_per_interval_and_always_at_the_end():
     clock = FakeClock()
-    plot = LivePlot(min_interval=1.0, clock=clock)
+    plot = LivePlot(min_interval=1.0, clock=clock, threaded=False)
     plot.on_train_begin({"total_steps": 10, "start_step": 0})
     plot.on_step(_state(1, 3.0))
     first = bytes(plot.image.value)
@@ -183,7 +242,7 @@ def test_liveplot_spends_at_most_its_budget_drawing():
         clock.now += 0.5  # a redraw that costs 0.5 s of the (fake) wall clock
         return training_figure(history, title=title)
 
-    plot = LivePlot(min_interval=1.0, budget=0.1, clock=clock, draw=slow_draw)
+    plot = LivePlot(min_interval=1.0, budget=0.1, max_interval=10.0, clock=clock, draw=slow_draw, threaded=False)
     plot.on_train_begin({"total_steps": 100})
     for step in range(1, 61):
         clock.now += 0.1  # a step takes 0.1 s
@@ -193,8 +252,67 @@ def test_liveplot_spends_at_most_its_budget_drawing():
     assert plot.redraws >= 2
 
 
+def _small_figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    return fig
+
+
+def test_liveplot_backs_off_for_slow_renders_only_up_to_max_interval():
+    clock = FakeClock()
+
+    def slow_draw(history, title):
+        clock.now += 0.4  # a busy CPU: a render costs 0.4 s, so a 2% budget alone would wait 20 s
+        return _small_figure()
+
+    plot = LivePlot(min_interval=1.0, budget=0.02, max_interval=3.0, clock=clock, draw=slow_draw, threaded=False)
+    plot.on_train_begin({"total_steps": 200})
+    lags = []
+    for step in range(1, 201):
+        clock.now += 0.1
+        plot.on_step(_state(step, 1.0, total=200))
+        lags.append(step - plot.drawn_step)
+    assert max(lags) <= 3.4 / 0.1 + 1, "the picture is never more than max_interval (+ one render) behind"
+    assert plot.redraws < 200 / 10, "still rationed: far fewer renders than steps"
+
+
+def test_liveplot_draws_in_its_own_thread_and_always_the_latest_step():
+    """A slow render never holds up training; points that arrive meanwhile are drawn by the next render, which
+    shows the newest step (intermediate frames are dropped)."""
+    clock = FakeClock()
+    rendering, release = threading.Event(), threading.Event()
+    drawn: list[tuple[int, int]] = []  # (step drawn, newest step when the render started)
+
+    def slow_draw(history, title):
+        newest = plot.history[-1]["step"]
+        rendering.set()
+        release.wait(30)  # a render that takes as long as the test wants
+        drawn.append((history[-1]["step"], newest))
+        clock.now += 0.5
+        return _small_figure()
+
+    plot = LivePlot(min_interval=1.0, budget=0.5, max_interval=2.0, clock=clock, draw=slow_draw)
+    plot.on_train_begin({"total_steps": 40})
+    worker = threading.Thread(target=lambda: [plot.on_step(_state(s, 1.0, total=40)) for s in range(1, 21)])
+    worker.start()
+    assert rendering.wait(30), "the first point is drawn"
+    worker.join(30)
+    assert not worker.is_alive(), "the training thread waited for a render"
+    rendering.clear()
+    release.set()
+    clock.now += 2.0
+    plot.on_step(_state(21, 1.0, total=40))
+    _wait_for(lambda: plot.redraws >= 2)
+    assert drawn[0][0] <= drawn[0][1] and drawn[1][0] == drawn[1][1] == 21, drawn
+    assert plot.drawn_step == 21
+    plot.on_train_end({"status": "completed", "steps": 21})
+    assert drawn[-1][0] == 21 and plot.redraws == len(drawn)
+
+
 def test_liveplot_shows_a_placeholder_then_the_image_at_natural_size():
-    plot = LivePlot(min_interval=0.0)
+    plot = LivePlot(min_interval=0.0, threaded=False)
     assert plot.image.layout.display == "none", "no empty <img> (a broken-image icon) before the first step"
     assert "appears here" in plot.placeholder.value and plot.placeholder.layout.display != "none"
     plot.on_train_begin({"total_steps": 3})
@@ -206,7 +324,7 @@ def test_liveplot_shows_a_placeholder_then_the_image_at_natural_size():
 
 
 def test_liveplot_keeps_history_up_to_the_checkpoint_on_resume_and_marks_it():
-    plot = LivePlot(min_interval=0.0)
+    plot = LivePlot(min_interval=0.0, threaded=False)
     plot.on_train_begin({"total_steps": 6, "run_dir": "runs/first"})
     for step in range(1, 5):
         plot.on_step(_state(step, 1.0, total=6))
@@ -221,7 +339,7 @@ def test_liveplot_keeps_history_up_to_the_checkpoint_on_resume_and_marks_it():
 
 
 def test_liveplot_monitor_events_and_controls_redraw():
-    plot = LivePlot(min_interval=0.0)
+    plot = LivePlot(min_interval=0.0, threaded=False)
     plot.on_train_begin({"total_steps": 4})
     plot.on_step(_state(1, 2.0, total=4))
     plot.on_monitor(_state(1, 2.0, total=4), {"kind": "monitor", "task": "qa", "value": 12.0, "base": 15.0})
@@ -253,7 +371,7 @@ def _monitor_row(step, sentiment, qa, output, **extra):
 
 
 def test_liveplot_shows_task_scores_and_live_samples_of_a_forgetting_monitor():
-    plot = LivePlot(min_interval=0.0)
+    plot = LivePlot(min_interval=0.0, threaded=False)
     plot.on_train_begin({"total_steps": 4})
     assert plot.monitor_image.layout.display == "none" and plot.samples.layout.display == "none"
     plot.on_monitor(None, _monitor_row(0, 40.0, 20.0, "Shakespeare wrote it", best_step=None))
@@ -334,6 +452,18 @@ def test_progress_view_names_the_phase_instead_of_eta():
     before = panel.status_label.value
     view.on_phase({"phase": "done", "step": 60})
     assert panel.status_label.value == before, "done is followed by on_train_end, which says more"
+
+
+def test_train_panel_elapsed_time_is_the_runs_own_clock():
+    """One source of truth: the panel's time is the run's training clock, the one nbft.runs() shows."""
+    from nbft.run_dirs import _clock
+
+    panel = TrainPanel()
+    view = _ProgressView(panel)
+    view.on_train_begin({"total_steps": 150, "start_step": 90})  # a resumed run: 2:00 were trained before
+    view.on_step(dataclasses.replace(_state(96, 1.0, total=150), elapsed_s=220.0))
+    view.on_train_end({"status": "completed", "steps": 150, "total_steps": 150})
+    assert f"{_clock(220.0)} training" in panel.status_label.value, panel.status_label.value
 
 
 def test_train_panel_warnings_go_once_to_its_log_area(tmp_path, capfd):
@@ -464,13 +594,34 @@ def test_resume_from_disk_control_lists_and_resumes_runs(tmp_path):
     panel = TrainPanel(model, tok, _pairs(), config=TrainConfig(max_steps=2, batch_size=4), runs_folder=runs)
     assert [value for _, value in panel.disk_runs.options] == [str(runs / "b")]
     assert "stopped at step 3" in panel.disk_runs.options[0][0] and not panel.disk_button.disabled
-    panel.disk_button.click()
+    assert "resumes from step 3" in panel.disk_runs.options[0][0], "the list says which checkpoint"
+    import nbft.run_dirs
+
+    real_read_run, at_read = nbft.run_dirs.read_run, []
+
+    def read_run(path, *args, **kwargs):  # reading a run takes seconds on a big folder: what does the panel show?
+        buttons = (panel.train_button, panel.disk_button, panel.resume_button)
+        at_read.append(([b.disabled for b in buttons], panel.status_label.value))
+        return real_read_run(path, *args, **kwargs)
+
+    statuses: list[str] = []
+    panel.status_label.observe(lambda change: statuses.append(change["new"]), names="value")
+    nbft.run_dirs.read_run = read_run
+    try:
+        panel.disk_button.click()
+    finally:
+        nbft.run_dirs.read_run = real_read_run
+    assert at_read and at_read[0][0] == [True, True, True], "Train and Resume are disabled at the click"
+    assert 'data-status="starting"' in at_read[0][1], "the status changes at the click"
     run = panel.wait(120)
+    assert any("from the checkpoint at step 3" in v for v in statuses), [re.sub("<[^>]+>", "", v) for v in statuses]
     assert run.status == "completed" and Path(run.run_dir) == runs / "b"
     assert [h["step"] for h in panel.plot.history if h["kind"] == "train"] == [1, 2, 3, 4, 5]
     assert list(panel.disk_runs.options) == [], "a completed run is not resumable"
+    assert "1 completed (train further with nbft.resume(path, more_steps=N))" in panel.disk_note.value
     empty = TrainPanel(runs_folder=tmp_path / "none")
     assert empty.disk_button.disabled
+    assert "does not exist yet" in empty.disk_note.value, "an empty list says why"
     empty.disk_button.click()  # disabled in a browser; from code it explains
     assert "no resumable run" in empty.status_label.value
 
@@ -553,23 +704,65 @@ def test_panels_display_a_static_companion_that_the_end_of_the_work_fills(tmp_pa
         ("display", obj, display_id)))  # fmt: skip
     monkeypatch.setattr(ipd, "update_display", lambda obj, raw=False, display_id=None, **kw: published.append(
         ("update", obj, display_id)))  # fmt: skip
-    if IPYWIDGETS.startswith("7"):  # ipywidgets 7 publishes its view itself
-        monkeypatch.setattr(ipywidgets.DOMWidget, "_ipython_display_", lambda self, **kw: published.append(
-            ("widget", {}, None)), raising=False)  # fmt: skip
     model, tok = tiny_random("llama")
     panel = TrainPanel(model, tok, _pairs(8), config=TrainConfig(max_steps=2, batch_size=4), run_dir=tmp_path / "r")
     panel._ipython_display_()
-    assert published[-1][0] == "display" and published[-1][2] == panel.static.display_id
-    assert published[-1][1]["text/html"] == "", "nothing to show before the run"
+    (kind, view, view_id), (kind2, empty, static_id) = published[-2:]
+    assert (kind, view_id) == ("display", panel.static.view_id)
+    assert view["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.model_id
+    assert (kind2, static_id) == ("display", panel.static.display_id)
+    assert empty["text/html"] == "", "nothing to show before the run"
     panel.train()
     panel.wait(120)
-    kind, bundle, display_id = published[-1]
-    assert (kind, display_id) == ("update", panel.static.display_id)
-    assert f'class="nbft-static {panel.static.css_class}"' in bundle["text/html"]
-    assert "data:image/png;base64," in bundle["text/html"] and bundle["text/plain"].startswith("completed")
+    during = [b for k, b, i in published if k == "update" and i == static_id and "nbft-in-progress" in b["text/html"]]
+    assert during and "from_run_dir(" in during[0]["text/html"], "while it runs the saved copy says what to do"
+    assert f'class="nbft-static {panel.static.css_class}"' in during[0]["text/html"], "hidden while the panel lives"
+    # the work is over: the live view's output becomes the static result (a reopened notebook shows no widget
+    # error), with the curve as an image/png too (headless converters), and the companion empties
+    (kind, final, where), (kind2, emptied, where2) = published[-2:]
+    assert (kind, where, kind2, where2) == ("update", view_id, "update", static_id)
+    assert "application/vnd.jupyter.widget-view+json" not in final
+    assert "nbft-static-final" in final["text/html"] and "data:image/png;base64," in final["text/html"]
+    assert final["image/png"] and final["text/plain"].startswith("completed")
+    assert emptied["text/html"] == ""
     assert f".{panel.static.css_class} {{ display: none; }}" in panel.static.style_widget.value, (
         "the live view hides its static copy"
     )
+
+
+def test_a_liveplot_displayed_alone_becomes_its_final_figure_when_the_run_ends(monkeypatch):
+    import IPython.display as ipd
+
+    published: list[tuple[str, dict, dict, str | None]] = []
+    monkeypatch.setattr(ipd, "display", lambda obj, raw=False, display_id=None, metadata=None, **kw: published.append(
+        ("display", obj, metadata or {}, display_id)))  # fmt: skip
+    monkeypatch.setattr(ipd, "update_display", lambda obj, raw=False, display_id=None, metadata=None, **kw:
+                        published.append(("update", obj, metadata or {}, display_id)))  # fmt: skip
+    plot = LivePlot(threaded=False)
+    plot._ipython_display_()
+    assert published[-1][0] == "display" and "application/vnd.jupyter.widget-view+json" in published[-1][1]
+    plot.on_train_begin({"total_steps": 2})
+    plot.on_step(_state(1, 2.0, total=2))
+    plot.on_train_end({"status": "completed", "steps": 1})
+    kind, bundle, metadata, where = published[-1]
+    assert (kind, where) == ("update", plot.static.view_id)
+    assert "application/vnd.jupyter.widget-view+json" not in bundle, "a reopened notebook shows the figure"
+    width, _ = png_size(base64.b64decode(bundle["image/png"]))
+    assert metadata["image/png"]["width"] == round(width / 2), "HiDPI, shown at its natural width"
+
+
+def test_a_stopped_run_keeps_its_live_panel_for_resume(tmp_path, monkeypatch):
+    import IPython.display as ipd
+
+    published: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(ipd, "display", lambda obj, raw=False, display_id=None, **kw: published.append(
+        ("display", display_id)))  # fmt: skip
+    monkeypatch.setattr(ipd, "update_display", lambda obj, raw=False, display_id=None, **kw: published.append(
+        ("update", display_id)))  # fmt: skip
+    panel = TrainPanel(run_dir=tmp_path / "r")
+    panel._ipython_display_()
+    panel._finish("stopped", "3/6 steps")
+    assert ("update", panel.static.view_id) not in published, "Resume needs the controls"
 
 
 # --------------------------------------------------------------------------------------------------- DatasetBuilder
@@ -598,6 +791,18 @@ def test_dataset_builder_previews_live_and_builds():
     assert "total max" in stats and "<th>train</th>" in stats, "transposed: one column per split"
     assert "all 28 examples fit" in builder.truncation_label.value
     assert "review number" in builder.static_html() and "nbft-tok-completion" in builder.static_html()
+
+
+def test_dataset_builder_edits_print_no_tokenize_bar(capfd):
+    _, tok = tiny_random("llama")
+    builder = DatasetBuilder(_reviews(), task="sentiment", tokenizer=tok, n=0, debounce=0)
+    capfd.readouterr()
+    builder.max_length.value = 48  # the preview's truncation report tokenizes the sample again
+    builder.example.value = 1
+    captured = capfd.readouterr()
+    assert "tokenize" not in captured.err and "%|" not in captured.err, captured.err
+    assert captured.out == ""
+    assert "max_length=48" in builder.truncation_label.value or "48" in builder.truncation_label.value
 
 
 def test_dataset_builder_label_mask_shows_prompt_and_completion_tokens():
@@ -755,3 +960,60 @@ def test_compare_panel_reports_failures_in_the_panel():
     panel.shots.value = "0, x"
     panel.compare_button.click()
     assert 'data-status="error"' in panel.status_label.value and "whole numbers" in panel.status_label.value
+
+
+# --------------------------------------------------------------------------------------------------- every panel
+def _every_panel(tmp_path):
+    _, tok = tiny_random("llama")
+    plot = LivePlot(threaded=False)
+    return {
+        "DatasetBuilder": DatasetBuilder(_reviews(), task="sentiment", tokenizer=tok, n=0, debounce=None),
+        "TrainPanel": TrainPanel(runs_folder=tmp_path / "runs"),
+        "ComparePanel": ComparePanel(lambda: {}, ["sentiment", "qa"], target="sentiment"),
+        "LivePlot": plot.view,
+    }
+
+
+INTERACTIVE = (
+    ipywidgets.Button,
+    ipywidgets.ToggleButtons,
+    ipywidgets.Dropdown,
+    ipywidgets.SelectMultiple,
+    ipywidgets.Text,
+    ipywidgets.IntText,
+    ipywidgets.Checkbox,
+    ipywidgets.IntSlider,
+    ipywidgets.FloatSlider,
+)
+
+
+def test_every_control_of_every_panel_has_a_description_and_a_real_tooltip(tmp_path):
+    from nbft.widgets._common import tooltip_of, walk
+
+    for name, panel in _every_panel(tmp_path).items():
+        controls = [w for w in walk(panel) if isinstance(w, INTERACTIVE)]
+        assert controls, name
+        for w in controls:
+            tip = tooltip_of(w)
+            label = f"{name}: {type(w).__name__} {getattr(w, 'description', '')!r}"
+            assert tip and tip.strip() and tip != "null", f"{label} has no tooltip (the browser shows 'null')"
+            assert (getattr(w, "description", "") or "").strip() or tip.strip(), f"{label} has no accessible name"
+
+
+def test_every_panel_makes_focus_visible_and_fits_a_narrow_window(tmp_path):
+    from nbft.widgets._common import walk
+
+    for name, panel in _every_panel(tmp_path).items():
+        tree = walk(panel)
+        css = "".join(w.value for w in tree if isinstance(w, ipywidgets.HTML) and "<style>" in w.value)
+        assert ":focus-visible" in css and "outline: 3px solid" in css, f"{name}: no visible focus ring"
+        assert "nbft-panel" in panel._dom_classes, f"{name}: the CSS is scoped to .nbft-panel"
+        for w in tree:
+            if isinstance(w, ipywidgets.HBox):
+                assert "wrap" in (w.layout.flex_flow or ""), f"{name}: a row that does not wrap"
+            if isinstance(w, ipywidgets.IntSlider | ipywidgets.FloatSlider):
+                assert w.layout.min_width, f"{name}: slider {w.description!r} can collapse to a handle"
+            if isinstance(w, ipywidgets.Image):
+                assert int(w.layout.min_width.rstrip("px")) >= 480, f"{name}: a plot can shrink below readable"
+            if isinstance(w, ipywidgets.Widget) and w.layout.width and w.layout.width.endswith("px"):
+                assert int(w.layout.width[:-2]) <= 440, f"{name}: {type(w).__name__} is {w.layout.width} wide"

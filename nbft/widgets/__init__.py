@@ -9,6 +9,7 @@ Each panel calls the same function a script calls ("one way in"):
 - :class:`LivePlot` → a training observer that draws the history as small multiples (PNG), rationed in time
 - :class:`ComparePanel` → :func:`nbft.compare` and :func:`nbft.report.side_by_side`
 - :func:`compare_runs` → loss curves of several runs overlaid, and the settings that differ
+- :func:`show_figure` → any matplotlib figure as a sharp (HiDPI) static output at its natural width
 
 Every panel leaves a static copy of its result (figure and tables as HTML) in the saved notebook when its work ends.
 
@@ -19,10 +20,20 @@ Example::
     panel          # click Train; Stop keeps a checkpoint; Resume continues it
 """
 
+from nbft.widgets._common import show_figure
 from nbft.widgets.compare_panel import ComparePanel
 from nbft.widgets.compare_runs import RunComparison, compare_runs
 from nbft.widgets.dataset_builder import DatasetBuilder
 from nbft.widgets.liveplot import LivePlot, Throttle
 from nbft.widgets.train_panel import TrainPanel
 
-__all__ = ["ComparePanel", "DatasetBuilder", "LivePlot", "RunComparison", "Throttle", "TrainPanel", "compare_runs"]
+__all__ = [
+    "ComparePanel",
+    "DatasetBuilder",
+    "LivePlot",
+    "RunComparison",
+    "Throttle",
+    "TrainPanel",
+    "compare_runs",
+    "show_figure",
+]

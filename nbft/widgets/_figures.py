@@ -185,6 +185,34 @@ def monitor_share(history: Sequence[Mapping[str, Any]], summary: Mapping[str, An
     return float(rows[-1]["share"]) if rows else None
 
 
+def score_limits(values: Sequence[float]) -> tuple[float, float]:
+    """y-limits for scores in points: at least 5 points tall (flat or all-zero scores get a readable axis, not
+    ±1e-17), never below 0 when no score is negative.
+
+    Example:
+        >>> score_limits([0.0, 0.0])
+        (-0.25, 5.25)
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return 0.0, 100.0
+    low, high = min(finite), max(finite)
+    if high - low < 5.0:  # flat scores: a 5-point window around them
+        middle = (low + high) / 2
+        low, high = middle - 2.5, middle + 2.5
+        if low < 0 <= min(finite):  # scores are not negative: start the axis at 0
+            low, high = 0.0, 5.0
+    pad = 0.05 * (high - low)
+    return round(low - pad, 6), round(high + pad, 6)
+
+
+def _integer_steps(ax: Any) -> None:
+    """Steps are whole numbers: no 2.5 on the x axis of a short run."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def monitor_figure(
     history: Sequence[Mapping[str, Any]],
     *,
@@ -241,6 +269,12 @@ def monitor_figure(
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.25, lw=0.5)
     ax.set_xlim(left=0)
+    _integer_steps(ax)
+    values = [y for s in series.values() for y in s["y"]]
+    values += [s["base"] for s in series.values() if s["base"] is not None]
+    values += [float(floors[t]) * series[t]["base"] for t in floors if t in series and series[t]["base"] is not None]
+    ax.set_ylim(*score_limits(values))
+    ax.yaxis.get_major_formatter().set_useOffset(False)  # no "1e-17" offset text when every score is equal
     if series:
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
@@ -344,12 +378,35 @@ def training_figure(
             ax.axvline(step, color="#57606a", ls=":", lw=1)
         if steps:
             ax.set_xlim(left=0)
-    for step, label in markers:
-        loss_ax.annotate(label, (step, 1), xycoords=("data", "axes fraction"), xytext=(2, -9),
-                         textcoords="offset points", fontsize=7, color="#57606a")  # fmt: skip
+        _integer_steps(ax)
+    _marker_labels(loss_ax, markers)
     for ax in axes[-2:]:
         ax.set_xlabel("step", fontsize=8)
     return fig
+
+
+def _marker_labels(ax: Any, markers: Sequence[tuple[float, str]]) -> None:
+    """Stop/resume/checkpoint labels: vertical, at the bottom of the loss panel (the legend is at the top), on the
+    inner side of their line, clipped to the panel; markers closer than 4% of the width share one label."""
+    if not markers:
+        return
+    from matplotlib.transforms import blended_transform_factory
+
+    left, right = ax.get_xlim()
+    span = (right - left) or 1.0
+    groups: list[tuple[float, list[str]]] = []
+    for step, label in sorted(markers):
+        if groups and (step - groups[-1][0]) / span < 0.04:
+            groups[-1][1].extend(part for part in label.split(" · ") if part not in groups[-1][1])
+        else:
+            groups.append((float(step), list(dict.fromkeys(label.split(" · ")))))
+    where = blended_transform_factory(ax.transData, ax.transAxes)
+    for step, labels in groups:
+        inside_left = (step - left) / span < 0.08  # near the left edge the label goes right of its line
+        ax.text(step, 0.03, " · ".join(labels), transform=where, rotation=90, va="bottom",
+                ha="left" if inside_left else "right", fontsize=6.5, color="#57606a", clip_on=True,
+                bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 0.6}, zorder=4,
+                gid="nbft-marker-label")  # fmt: skip
 
 
 def runs_figure(
@@ -389,6 +446,7 @@ def runs_figure(
     train_ax.set_title(f"training loss (EMA {smoothing:g})", fontsize=9)
     val_ax.set_title("validation loss", fontsize=9)
     for ax in (train_ax, val_ax):
+        _integer_steps(ax)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25, lw=0.5)
         ax.set_xlabel("step", fontsize=8)

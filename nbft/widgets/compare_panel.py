@@ -34,7 +34,9 @@ from nbft.widgets._common import (
     natural_image,
     placeholder_html,
     set_image,
+    set_tooltip,
     status_html,
+    tidy,
 )
 
 __all__ = ["ComparePanel"]
@@ -133,6 +135,13 @@ class ComparePanel(widgets.VBox):
         for w in (self.task_select, self.n, self.shots):
             w.style = _WIDE
         self.compare_button = widgets.Button(description="Compare", icon="balance-scale", button_style="primary")
+        for w, tip in (
+            (self.task_select, "The tasks to score every model on (Ctrl/Shift+click for several)"),
+            (self.n, "Test examples per task (0: all); more examples, narrower intervals, longer wait"),
+            (self.shots, "In-context examples for the base model, e.g. '0, 3': the columns it gets"),
+            (self.compare_button, "Score every model on the selected tasks (runs in the background)"),
+        ):
+            set_tooltip(w, tip)
         self.status_label = widgets.HTML(status_html("ready", "click Compare"))
         self.result = widgets.HTML(
             placeholder_html("The comparison table and the Δ heatmap appear here after Compare."),
@@ -154,6 +163,8 @@ class ComparePanel(widgets.VBox):
             ]
         )
         self.add_class("nbft-compare-panel")
+        self.add_class("nbft-panel")
+        tidy(self)
 
     @property
     def running(self) -> bool:
@@ -248,7 +259,8 @@ class ComparePanel(widgets.VBox):
             self._end("done", f"in {time.perf_counter() - t0:.1f} s")
             body = table_html + notes_html + (image_html(figure, "Δ heatmap") if figure is not None else "")
             body += labels_html
-            self.static.update(body + self.log_area.html(), str(table))
+            self.static.update(body + self.log_area.html(), str(table), png=figure)
+            self.static.finish("Comparison done. Run this cell again for the panel's controls.")
         except Exception as exc:
             self.error = exc
             self.result.value = ""  # no stale table under a failure
@@ -274,4 +286,4 @@ class ComparePanel(widgets.VBox):
         self.status_label.value = status_html(status, detail)
 
     def _ipython_display_(self, **kwargs: Any) -> None:
-        display_with_static(self, self.static, lambda: super(ComparePanel, self)._ipython_display_(**kwargs))
+        display_with_static(self, self.static)

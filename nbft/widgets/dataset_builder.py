@@ -38,7 +38,9 @@ from nbft.widgets._common import (
     natural_image,
     placeholder_html,
     set_image,
+    set_tooltip,
     status_html,
+    tidy,
 )
 
 __all__ = ["DatasetBuilder", "label_mask_html", "length_histogram"]
@@ -301,14 +303,16 @@ class DatasetBuilder(widgets.VBox):
         self.task = widgets.Dropdown(
             options=self._task_options(tasks), value=task if task in tasks else tasks[0], description="task"
         )
-        self.templates = widgets.SelectMultiple(description="templates", rows=4, layout={"width": "680px"})
+        self.templates = widgets.SelectMultiple(
+            description="templates", rows=4, layout={"width": "100%", "max_width": "680px"}
+        )
         given = f"your data ({_describe(source)})" if source is not None else ""
         self.source_text = widgets.Text(
             value="",
             placeholder=given or "empty: the task's built-in data; or a file path / Hub dataset name",
             description="source",
             continuous_update=False,
-            layout={"width": "680px"},
+            layout={"width": "100%", "max_width": "680px"},
         )
         self.columns_box = widgets.HBox([], layout=widgets.Layout(flex_flow="row wrap"))
         self.column_maps: dict[str, widgets.Dropdown] = {}
@@ -342,6 +346,26 @@ class DatasetBuilder(widgets.VBox):
         self.export_button = widgets.Button(description="Export", icon="download", disabled=True)
         self.export_label = widgets.HTML("")
         self.export_format.style = _WIDE
+        self.export_path.description = "to folder"
+        for w, tip in (
+            (self.task, "The task: its instruction templates and, without your own data, its built-in data"),
+            (self.templates, "Instruction phrasings: each example gets one of those selected (Ctrl/Shift+click)"),
+            (self.source_text, "Your data: a file path or a Hub dataset name; empty: the task's built-in data"),
+            (self.n, "How many examples to keep (0: all of them)"),
+            (self.seed, "The same seed gives the same sample, split and template choice"),
+            (self.train_frac, "Share of the examples for training"),
+            (self.val_frac, "Share of the examples for validation; the rest is the test split"),
+            (self.max_length, "Training max_length in tokens: longer examples are cut (the mask shows where)"),
+            (self.chat_template, "Wrap prompts in the tokenizer's chat template, as training will"),
+            (self.example, "Which preview example the label mask shows"),
+            (self.replay, "Share of the training mix taken from other tasks, against forgetting"),
+            (self.replay_tasks, "The tasks replayed in the training mix (Ctrl/Shift+click for several)"),
+            (self.build_button, "Build the full dataset: train, validation and test splits"),
+            (self.export_format, "File format of the export"),
+            (self.export_path, "Folder to write the dataset to (default: data/<task>)"),
+            (self.export_button, "Write the built dataset to the folder"),
+        ):
+            set_tooltip(w, tip)
 
         self.preview = widgets.HTML(placeholder_html("The first training pairs appear here."))
         self.mask = widgets.HTML("")
@@ -357,7 +381,7 @@ class DatasetBuilder(widgets.VBox):
             w.observe(lambda _: self._schedule(), names="value")
         self.train_frac.observe(lambda _: self._show_test(), names="value")
         self.val_frac.observe(lambda _: self._show_test(), names="value")
-        self.example.observe(lambda _: self._show_mask(), names="value")
+        self.example.observe(lambda _: self._safely(self._show_mask_quietly, clear=False), names="value")
         self.build_button.on_click(lambda _: self._safely(self.build))
         self.export_button.on_click(lambda _: self._safely(self._export_clicked, clear=False))
         self.export_path.observe(lambda _: self._reset_confirm(), names="value")
@@ -390,6 +414,8 @@ class DatasetBuilder(widgets.VBox):
             ]
         )
         self.add_class("nbft-dataset-builder")
+        self.add_class("nbft-panel")
+        tidy(self)
         self._columns_changed()
 
     # ------------------------------------------------------------------------------------------- state
@@ -476,7 +502,7 @@ class DatasetBuilder(widgets.VBox):
                 options=options, value=value if value in options else _SAME, description=f"{f} ←",
                 style={"description_width": "initial"}, layout=widgets.Layout(width="250px"),
             )  # fmt: skip
-            dropdown.tooltip = f"the data column that holds the template field {f!r}"
+            set_tooltip(dropdown, f"The data column that holds the template field {f!r}")
             dropdown.observe(lambda _: self._schedule(), names="value")
             self.column_maps[f] = dropdown
         missing = [f for f in fields if f not in columns] if columns else []
@@ -582,17 +608,24 @@ class DatasetBuilder(widgets.VBox):
         if self._needs_hub_offline():
             self._task_data(self.task.value, None)  # raises the clear offline message
         self.build_button.disabled = False
+        # the whole preview is quiet: the truncation report tokenizes too (a "tokenize" bar under the builder)
         with self._lock, quiet(sink=self.log_area.add):
             data = self._build(self.preview_sample)
-        if generation != self._generation:
-            return  # an edit came in meanwhile; its own preview follows
-        self._preview_data = data
-        self.preview.value = _preview_table(data, self.preview_rows)
-        self.example.max = max(0, min(self.preview_rows, len(data["train"])) - 1)
-        self._show_mask()
-        self._show_truncation(data, sample=True)
+            if generation != self._generation:
+                return  # an edit came in meanwhile; its own preview follows
+            self._preview_data = data
+            self.preview.value = _preview_table(data, self.preview_rows)
+            self.example.max = max(0, min(self.preview_rows, len(data["train"])) - 1)
+            self._show_mask()
+            self._show_truncation(data, sample=True)
         sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
         self._set_status("preview", f"from {self.preview_sample} examples ({sizes}); Build makes the full dataset")
+
+    def _show_mask_quietly(self) -> None:
+        from nbft._quiet import quiet
+
+        with quiet(sink=self.log_area.add):
+            self._show_mask()
 
     def _show_mask(self) -> None:
         data = self._preview_data if self.dataset is None else self.dataset
@@ -682,7 +715,7 @@ class DatasetBuilder(widgets.VBox):
             + self.stats_html.value
             + (image_html(hist_png, "token-length histogram") if hist_png is not None else "")
         )
-        self.static.update(body + self.log_area.html(), f"built: {sizes}")
+        self.static.update(body + self.log_area.html(), f"built: {sizes}", png=hist_png)
         return data
 
     def _build_other(self, task: str) -> Any:
@@ -735,6 +768,7 @@ class DatasetBuilder(widgets.VBox):
             written = save_dataset(self.dataset, target, format or self.export_format.value, overwrite=overwrite)
         self._written.add(_key(target))
         self.export_label.value = f"<span style='color:#1a7f37'>wrote {html.escape(str(written))}</span>"
+        self.static.finish(f"Exported to {written}. Run this cell again for the builder's controls.")
         return written
 
     def _export_clicked(self) -> None:
@@ -798,7 +832,7 @@ class DatasetBuilder(widgets.VBox):
         self.status_label.value = status_html(status, detail)
 
     def _ipython_display_(self, **kwargs: Any) -> None:
-        display_with_static(self, self.static, lambda: super(DatasetBuilder, self)._ipython_display_(**kwargs))
+        display_with_static(self, self.static)
 
 
 class ExportWouldReplace(FileExistsError):

@@ -8,8 +8,12 @@ rate, tokens/s, memory), so the same figure can be drawn again at any time. When
 its base value dashed and the best checkpoint starred, and a table shows the live samples beside the base model's
 answers, word-diffed.
 
-Drawing runs in the training thread, so it is rationed: at most once per ``min_interval`` seconds and at most a
-``budget`` share of the wall time (a 0.15 s redraw on a slow CPU then happens every 6 s, not every second).
+Drawing never holds up training and never falls behind the data: the training thread only records the point and
+wakes a drawing thread, which always draws the *latest* history (points that arrived during a render are drawn by
+the next one; intermediate frames are dropped). Renders are rationed: at most one per ``min_interval`` seconds, and
+when rendering is slow, at most a ``budget`` share of the wall time, but never rarer than one per ``max_interval``
+seconds (a 0.3 s render on a busy CPU gives a frame every 3 s that shows the step of its moment, not a frame every
+15 s).
 
 Example::
 
@@ -29,7 +33,15 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbft.widgets._common import natural_image, placeholder_html, set_image
+from nbft.widgets._common import (
+    StaticResult,
+    image_html,
+    natural_image,
+    placeholder_html,
+    set_image,
+    set_tooltip,
+    tidy,
+)
 from nbft.widgets._figures import Png, monitor_figure, png, training_figure
 from nbft.widgets._samples import samples_html
 
@@ -64,6 +76,13 @@ class Throttle:
             return True
         return False
 
+    def remaining(self, min_interval: float | None = None) -> float:
+        """Seconds until :meth:`ready` says yes (0 when it would now), without using the slot."""
+        interval = self.min_interval if min_interval is None else max(self.min_interval, min_interval)
+        if self._last is None:
+            return 0.0
+        return max(0.0, self._last + interval - self.clock())
+
     def reset(self) -> None:
         self._last = None
 
@@ -80,12 +99,17 @@ class LivePlot:
     """Observer that plots a run live, redrawing at most once per ``min_interval`` seconds.
 
     It follows the engine's observer protocol (``on_train_begin``, ``on_step``, ``on_eval``, ``on_monitor``,
-    ``on_phase``, ``on_save``, ``on_train_end``). It runs in the training thread, so it only sets widget values: it
-    never prints or displays. The last points are always drawn at ``on_train_end``.
+    ``on_phase``, ``on_save``, ``on_train_end``). Its events run in the training thread and its drawing in a
+    drawing thread; both only set widget values: they never print or display. The last points are always drawn at
+    ``on_train_end``. Displayed on its own (``display(plot)``), its view is replaced by the final figure as a
+    plain output when the run ends, so the saved notebook shows the curve, not a widget error.
 
     Args:
         min_interval: the shortest time between two redraws, in seconds.
-        budget: the largest share of wall time spent drawing (the interval grows when drawing is slow).
+        budget: the share of wall time drawing may take when renders are slow (the interval grows up to
+            ``max_interval``).
+        max_interval: the longest time between two redraws while points arrive, in seconds.
+        threaded: draw in a drawing thread (default); ``False`` draws inside the event, in the caller's thread.
         clock: the time source (tests pass a fake clock).
         draw: ``draw(history, title) -> matplotlib Figure``; default: small multiples (loss, learning rate,
             tokens/s, memory, monitor scores).
@@ -98,7 +122,7 @@ class LivePlot:
         history: plain dicts like ``Run.history`` (``kind`` ``"train"``, ``"eval"``, ``"monitor"``).
         markers: ``(step, label)`` where the run stopped and resumed.
         image: the ``ipywidgets.Image`` that shows the PNG; ``view`` is what is displayed (with a placeholder).
-        redraws: how many times the PNG was drawn.
+        redraws: how many times the PNG was drawn. drawn_step: the last training step the image shows.
         monitor_image, samples: the task-score figure and the live-samples table (shown once a monitor reports).
     """
 
@@ -107,6 +131,8 @@ class LivePlot:
         *,
         min_interval: float = 1.0,
         budget: float = 0.02,
+        max_interval: float = 3.0,
+        threaded: bool = True,
         clock: Callable[[], float] = time.monotonic,
         draw: DrawFn | None = None,
         width: str | None = None,
@@ -125,6 +151,9 @@ class LivePlot:
         self.last_monitor_png: Png | None = None
         self.throttle = Throttle(min_interval, clock)
         self.budget = budget
+        self.max_interval = max(float(max_interval), float(min_interval))
+        self.threaded = threaded
+        self.drawn_step: Any = None
         self.clock = clock
         self.keep_previous = keep_previous
         self._draw_cost = 0.0
@@ -140,8 +169,10 @@ class LivePlot:
         self.yscale_toggle = widgets.ToggleButtons(
             options=[("auto y", "auto"), ("log y", "log"), ("full y", "linear")], value=yscale,
             tooltips=["ignore the warm-up spike", "logarithmic loss axis", "show every point"],
-            style={"button_width": "64px"},
+            description="loss axis", style={"button_width": "64px", "description_width": "60px"},
         )  # fmt: skip
+        set_tooltip(self.smoothing_slider, "Weight of the loss's moving average (0: raw values only)")
+        set_tooltip(self.yscale_toggle, "How the loss axis is scaled")
         self.smoothing_slider.observe(lambda _: self._redraw_if_any(), names="value")
         self.yscale_toggle.observe(lambda _: self._redraw_if_any(), names="value")
         self.controls = widgets.HBox([self.smoothing_slider, self.yscale_toggle])
@@ -150,9 +181,18 @@ class LivePlot:
         self.monitor_image.layout.display = "none"
         self.samples = widgets.HTML("", layout=widgets.Layout(display="none", max_width="100%"))
         self.samples.add_class("nbft-samples")
-        self.view = widgets.VBox([self.placeholder, self.image, self.controls, self.monitor_image, self.samples])
-        # The worker draws; a notebook cell may call snapshot() or move the slider at the same moment.
-        self._lock = threading.RLock()
+        self.static = StaticResult()  # the final figure replaces the view when the plot is displayed on its own
+        self.view = widgets.VBox(
+            [self.placeholder, self.image, self.controls, self.monitor_image, self.samples, self.static.style_widget]
+        )
+        self.view.add_class("nbft-panel")
+        tidy(self.view)
+        # The worker adds points; the drawing thread, a notebook cell (snapshot()) or a slider draw meanwhile.
+        self._lock = threading.RLock()  # the history: held only to copy or change it, never while rendering
+        self._render_lock = threading.Lock()  # one render at a time, so frames go out in order
+        self._wake = threading.Condition()
+        self._pending = False
+        self._drawer: threading.Thread | None = None
 
     @property
     def smoothing(self) -> float:
@@ -208,6 +248,7 @@ class LivePlot:
         self.phase = str(event.get("phase"))
 
     def on_train_end(self, summary: Mapping[str, Any]) -> None:
+        self._stop_drawer()
         with self._lock:
             self.summary = dict(summary)
             steps = summary.get("steps")
@@ -215,6 +256,12 @@ class LivePlot:
                 self.markers = [*[m for m in self.markers if m[0] != steps], (float(steps), "stopped")]
         self.redraw()  # always: the last points may have fallen inside the throttle window
         self.redraw_monitor()  # its title gives the monitor's share of the whole run
+        if self.last_png is not None:
+            body = image_html(self.last_png, "training curve")
+            if self.last_monitor_png is not None:
+                body += image_html(self.last_monitor_png, "task scores during training") + self.samples_html()
+            self.static.update(body, self.title(), png=self.last_png)
+            self.static.finish()
 
     def extend(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Add history rows (e.g. a finished ``run.history``) and redraw now."""
@@ -237,10 +284,51 @@ class LivePlot:
         self.redraw_monitor()
 
     # -------------------------------------------------------------------------------------------- drawing
+    def _interval(self) -> float:
+        # Budget: a redraw that took c seconds waits c / budget seconds for the next one, up to max_interval.
+        backoff = self._draw_cost / self.budget if self.budget > 0 else 0.0
+        return min(max(self.throttle.min_interval, backoff), self.max_interval)
+
     def _maybe_redraw(self) -> None:
-        # Budget: a redraw that took c seconds waits c / budget seconds for the next one.
-        if self.throttle.ready(self._draw_cost / self.budget if self.budget > 0 else None):
-            self.redraw()
+        if not self.threaded:
+            if self.throttle.ready(self._interval()):
+                self.redraw()
+            return
+        with self._wake:
+            self._pending = True
+            if self._drawer is None or not self._drawer.is_alive():
+                self._drawer = threading.Thread(target=self._draw_loop, name="nbft-liveplot", daemon=True)
+                self._drawer.start()
+            self._wake.notify()
+
+    def _draw_loop(self) -> None:
+        """The drawing thread: when there are new points and the interval has passed, draw the latest history."""
+        while True:
+            with self._wake:
+                while not self._pending:
+                    if self._drawer is not threading.current_thread():
+                        return  # stopped (the run ended) or replaced
+                    self._wake.wait(1.0)
+                if self._drawer is not threading.current_thread():
+                    return
+                wait = self.throttle.remaining(self._interval())
+                if wait > 0:
+                    self._wake.wait(min(wait, 0.5))  # a new point or the time passing: look again
+                    continue
+                self.throttle.ready(self._interval())
+                self._pending = False
+            try:
+                self.redraw()
+            except Exception:  # a failed frame must not end the live plot; the next point tries again
+                continue
+
+    def _stop_drawer(self) -> None:
+        with self._wake:
+            drawer, self._drawer = self._drawer, None
+            self._pending = False
+            self._wake.notify_all()
+        if drawer is not None and drawer is not threading.current_thread():
+            drawer.join(timeout=30)
 
     def _redraw_if_any(self) -> None:
         if self.history:
@@ -264,32 +352,41 @@ class LivePlot:
 
     def figure(self) -> Any:
         """A new matplotlib ``Figure`` of the history as it is now (for ``savefig`` or a static output)."""
+        return self._figure()[0]
+
+    def _figure(self) -> tuple[Any, Any]:
+        # copy under the lock, draw without it: the training thread never waits for a render
         with self._lock:
             history = list(self.history)
             markers = list(self.markers)
             previous = list(self.previous)
+            title = self.title()
+        train = [h for h in history if h.get("kind") == "train"]
+        step = train[-1].get("step") if train else None
         if self._draw is not None:
-            return self._draw(history, self.title())
-        return training_figure(
-            history, title=self.title(), smoothing=self.smoothing, yscale=self.yscale, markers=markers,
-            previous=previous,
-        )  # fmt: skip
+            return self._draw(history, title), step
+        fig = training_figure(
+            history, title=title, smoothing=self.smoothing, yscale=self.yscale, markers=markers, previous=previous
+        )
+        return fig, step
 
     def png(self) -> Png:
         """HiDPI PNG bytes of :meth:`figure` (twice the CSS size; ``.css_width`` is the natural width)."""
-        with self._lock:
-            return png(self.figure(), tight=self._draw is not None)
+        return png(self.figure(), tight=self._draw is not None)
 
     def redraw(self) -> None:
-        """Draw now and put the PNG into :attr:`image` (the only thing the training thread changes)."""
-        t0 = self.clock()
-        data = self.png()
-        self._draw_cost = max(0.0, self.clock() - t0)
-        self.last_png = data
-        set_image(self.image, data, self.placeholder)
-        if self._width:
-            self.image.width = self._width
-        self.redraws += 1
+        """Draw the latest history now and put the PNG into :attr:`image`."""
+        with self._render_lock:
+            t0 = self.clock()
+            fig, step = self._figure()
+            data = png(fig, tight=self._draw is not None)
+            self._draw_cost = max(0.0, self.clock() - t0)
+            self.last_png = data
+            self.drawn_step = step
+            set_image(self.image, data, self.placeholder)
+            if self._width:
+                self.image.width = self._width
+            self.redraws += 1
 
     @property
     def has_monitor(self) -> bool:
@@ -334,10 +431,9 @@ class LivePlot:
         return Image(data=bytes(data), format="png", width=data.css_width)
 
     def _ipython_display_(self) -> None:
-        # ipywidgets 7 and 8 both honour display(widget); delegating keeps LivePlot a plain observer, not a widget.
-        from IPython.display import display
-
-        display(self.view)
+        # Delegating keeps LivePlot a plain observer, not a widget; the display id lets the run's end replace the
+        # view with the final figure.
+        self.static.show_view(self.view)
 
     def __repr__(self) -> str:
         return f"LivePlot(points={len(self.history)}, redraws={self.redraws})"

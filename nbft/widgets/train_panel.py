@@ -36,7 +36,17 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbft.widgets._common import LogArea, StaticResult, close_tree, display_with_static, image_html, status_html
+from nbft.run_dirs import _clock
+from nbft.widgets._common import (
+    LogArea,
+    StaticResult,
+    close_tree,
+    display_with_static,
+    image_html,
+    set_tooltip,
+    status_html,
+    tidy,
+)
 from nbft.widgets.liveplot import LivePlot, Throttle
 
 __all__ = ["TrainPanel"]
@@ -63,6 +73,13 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"
 
 
+def _checkpoint_name(info: Any) -> str:
+    """``the checkpoint at step 90 (checkpoints/step-90)``: which checkpoint a resume continues from."""
+    if info.checkpoint is None:
+        return "its newest checkpoint"
+    return f"the checkpoint at step {info.checkpoint_step} (checkpoints/{Path(info.checkpoint).name})"
+
+
 def _new_run_dir(folder: Path) -> Path:
     base = folder / time.strftime("run-%Y%m%d-%H%M%S")
     path, k = base, 1
@@ -74,12 +91,14 @@ def _new_run_dir(folder: Path) -> Path:
 class _ProgressView:
     """Observer that mirrors training events into the panel's progress bar and status line (worker thread)."""
 
-    def __init__(self, panel: TrainPanel, min_interval: float = 0.25) -> None:
+    def __init__(self, panel: TrainPanel, min_interval: float = 0.25, static_interval: float = 10.0) -> None:
         self.panel = panel
         self.throttle = Throttle(min_interval)  # tiny models do many steps a second; the browser needs far fewer
+        self.static_throttle = Throttle(static_interval)  # the saved copy only needs to be roughly current
         self.val_loss: float | None = None
         self.total = 1
-        self.started = time.monotonic()
+        self.elapsed_s: float | None = None  # the run's own training clock (what nbft.runs() shows)
+        self.checkpoint_step: int | None = None
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
         if self.panel._scope is not None:
@@ -89,7 +108,9 @@ class _ProgressView:
         bar.max = self.total
         bar.value = int(info.get("start_step", 0) or 0)
         self.val_loss = None
-        self.started = time.monotonic()
+        self.elapsed_s = None
+        self.checkpoint_step = int(info["start_step"]) if info.get("start_step") else None
+        self.static_throttle.reset()
         start = f" · from step {info['start_step']}" if info.get("start_step") else ""
         where = ", ".join(str(info[k]) for k in ("device", "precision") if info.get(k))
         self.panel._set_status("running", f"{where}{start}")
@@ -103,6 +124,10 @@ class _ProgressView:
 
     def on_step(self, state: Any) -> None:
         last = state.step >= state.total_steps
+        if getattr(state, "elapsed_s", None) is not None:
+            self.elapsed_s = float(state.elapsed_s)
+        if self.static_throttle.ready():
+            self.panel._show_progress_static(state, self.checkpoint_step)
         if last or self.throttle.ready():
             self.panel.progress.value = int(state.step)
             val = f" · val {self.val_loss:.4f}" if self.val_loss is not None else ""
@@ -119,6 +144,9 @@ class _ProgressView:
 
     def on_save(self, path: Any) -> None:
         self.panel.last_saved = Path(path)
+        step = Path(path).name.rsplit("-", 1)[-1]
+        if Path(path).parent.name == "checkpoints" and step.isdigit():
+            self.checkpoint_step = int(step)
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
         panel = self.panel
@@ -131,7 +159,8 @@ class _ProgressView:
             detail += f" · loss {summary['train_loss']:.4f}"
         if summary.get("val_loss") is not None:
             detail += f" · val {summary['val_loss']:.4f}"
-        detail += f" · {_duration(time.monotonic() - self.started)}"
+        if self.elapsed_s is not None:  # the same clock as nbft.runs() (training time, across resumes)
+            detail += f" · {_clock(self.elapsed_s)} training"
         if summary.get("monitor_s") and summary.get("wall_s"):
             detail += f" · monitor {summary['monitor_s'] / summary['wall_s']:.0%} of the time"
         if status == "stopped":
@@ -219,7 +248,7 @@ class TrainPanel(widgets.VBox):
             (self.stop_button, "Finish the current step, write a checkpoint, stop"),
             (self.resume_button, "Continue the stopped run from its checkpoint"),
         ):
-            button.tooltip = tip
+            set_tooltip(button, tip)
         self.train_button.disabled = model is None or train is None
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="200px"))
         ready = "click Train to start" if not self.train_button.disabled else "pick a run on disk to resume"
@@ -235,12 +264,16 @@ class TrainPanel(widgets.VBox):
         self.disk_button = widgets.Button(
             description="Resume from disk", icon="folder-open", layout=widgets.Layout(width="170px")
         )
-        self.disk_button.tooltip = "Continue a stopped or interrupted run of this folder, with its whole curve"
+        set_tooltip(self.disk_button, "Continue a stopped or interrupted run of this folder, with its whole curve")
+        set_tooltip(self.disk_runs, f"Runs in {self.runs_folder}/ that can continue from a checkpoint")
         self.refresh_button = widgets.Button(icon="refresh", layout=widgets.Layout(width="36px"))
-        self.refresh_button.tooltip = f"Look for runs in {self.runs_folder}/ again"
+        set_tooltip(self.refresh_button, f"Look for runs in {self.runs_folder}/ again")
+        self.refresh_button.description = ""  # an icon button: its tooltip is its accessible name
         self.disk_button.on_click(lambda _: self._safely(self.resume_from_disk))
         self.refresh_button.on_click(lambda _: self._safely(self.refresh_runs))
-        self.disk_box = widgets.HBox([self.disk_runs, self.disk_button, self.refresh_button])
+        self.disk_note = widgets.HTML("")
+        self.disk_note.add_class("nbft-disk-note")
+        self.disk_box = widgets.HBox([self.disk_runs, self.disk_button, self.refresh_button, self.disk_note])
         self.refresh_runs()
 
         buttons = widgets.HBox([self.train_button, self.stop_button, self.resume_button])
@@ -255,6 +288,8 @@ class TrainPanel(widgets.VBox):
             ]
         )
         self.add_class("nbft-train-panel")
+        self.add_class("nbft-panel")
+        tidy(self)
 
     # ------------------------------------------------------------------------------------------- constructors
     @classmethod
@@ -382,7 +417,7 @@ class TrainPanel(widgets.VBox):
             )
         if not any(h.get("kind") == "train" for h in self.plot.history):
             self._show_disk_run(info)  # a new kernel: the curve so far comes from the disk
-        self._begin("starting", f"loading the checkpoint from {self.run_dir}")
+        self._begin("starting", f"resuming {self.run_dir} from {_checkpoint_name(info)}")
         try:
             self.run = resume(self.run_dir, observers=self._observers(), background=True)
         except BaseException:
@@ -399,17 +434,25 @@ class TrainPanel(widgets.VBox):
             raise RuntimeError("a run is in progress: Stop it before resuming another one")
         chosen = run_dir if run_dir is not None else self.disk_runs.value
         if not chosen:
-            raise RuntimeError(f"no resumable run in {self.runs_folder}/ (click ↻ after a run stops)")
-        info = read_run(chosen)
-        if not info.resumable:
-            raise RuntimeError(
-                f"{info.path} is {info.status}: only stopped or interrupted runs with a checkpoint can resume"
-            )
-        self._driver = None
-        self.run_dir = info.path
-        self.run = None
-        self._show_disk_run(info)
-        return self.resume()
+            raise RuntimeError(f"no resumable run in {self.runs_folder}/: {self._why_no_runs()}")
+        # at once: reading the run and drawing its curve take seconds, and a second click must not start twice
+        self._set_buttons(running=True)
+        self._set_status("starting", f"reading {chosen}")
+        try:
+            info = read_run(chosen)
+            if not info.resumable:
+                raise RuntimeError(
+                    f"{info.path} is {info.status}: only stopped or interrupted runs with a checkpoint can resume"
+                )
+            self._driver = None
+            self.run_dir = info.path
+            self.run = None
+            self._set_status("starting", f"resuming {info.path} from {_checkpoint_name(info)}")
+            self._show_disk_run(info, status=False)
+            return self.resume()
+        except BaseException:
+            self._set_buttons(running=self.running)
+            raise
 
     def refresh_runs(self) -> None:
         """Fill the *on disk* list with the resumable runs of ``runs_folder``."""
@@ -420,14 +463,36 @@ class TrainPanel(widgets.VBox):
             table = runs(self.runs_folder)
             for row in table[table.resumable].itertuples():
                 loss = f", loss {row.loss:.3f}" if isinstance(row.loss, float) and row.loss == row.loss else ""
-                options.append((f"{row.run} · {row.status} at step {row.step}{loss}", row.path))
+                label = f"{row.run} · {row.status} at step {row.step}{loss} · resumes from step {row.checkpoint}"
+                options.append((label, row.path))
         previous = self.disk_runs.value
         self.disk_runs.options = options
         values = [v for _, v in options]
         # ipywidgets 8 leaves the value empty when options change; 7 picks the first: the same everywhere
         self.disk_runs.value = previous if previous in values else (values[0] if values else None)
-        self.disk_button.disabled = not options
+        self.disk_button.disabled = not options or self.running
         self.disk_runs.disabled = not options
+        self.disk_note.value = "" if options else f"<i style='color:#57606a'>{html.escape(self._why_no_runs())}</i>"
+
+    def _why_no_runs(self) -> str:
+        """Why the *on disk* list is empty, in words (no runs / still running / completed)."""
+        from nbft.run_dirs import runs
+
+        if not self.runs_folder.is_dir():
+            return f"nothing to resume: {self.runs_folder}/ does not exist yet (runs are written there)"
+        table = runs(self.runs_folder)
+        if not len(table):
+            return f"nothing to resume: no runs in {self.runs_folder}/"
+        counts = table.status.value_counts().to_dict()
+        parts = []
+        if counts.get("running"):
+            parts.append(f"{counts['running']} still running (locked by a live process: stop it there first)")
+        if counts.get("completed"):
+            parts.append(f"{counts['completed']} completed (train further with nbft.resume(path, more_steps=N))")
+        rest = sum(n for status, n in counts.items() if status not in ("running", "completed"))
+        if rest:
+            parts.append(f"{rest} without a complete checkpoint")
+        return f"nothing to resume in {self.runs_folder}/: " + "; ".join(parts)
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the current run ends and return it (re-raises the run's error, like ``Run.wait``)."""
@@ -493,13 +558,32 @@ class TrainPanel(widgets.VBox):
             body = image_html(figure, "training curve") + body
         if self.plot.last_monitor_png is not None:  # a ForgettingMonitor ran: its scores and live samples stay too
             body += image_html(self.plot.last_monitor_png, "task scores during training") + self.plot.samples_html()
-        self.static.update(body + self.log_area.html(), f"{status}: {detail}{where}")
+        self.static.update(body + self.log_area.html(), f"{status}: {detail}{where}", png=figure)
+        if status == "completed":  # nothing left to resume: the saved notebook keeps the result, not a widget
+            self.static.finish("Training completed. Run this cell again for the panel's controls.")
         try:
             self.refresh_runs()
         except Exception as exc:  # a damaged folder elsewhere must not hide this run's result
             logger.debug("could not list %s: %s", self.runs_folder, exc)
 
-    def _show_disk_run(self, info: Any) -> None:
+    def _show_progress_static(self, state: Any, checkpoint_step: int | None) -> None:
+        """While a run trains, the saved copy says where it was and what to do if the kernel is gone (a restarted
+        kernel removes the live panel, and this copy shows instead of a panel frozen at "running")."""
+        where = str(self.run_dir) if self.run_dir is not None else "its run folder"
+        since = time.strftime("%H:%M:%S")
+        ck = f"its last checkpoint (step {checkpoint_step})" if checkpoint_step else "its last checkpoint"
+        detail = (
+            f"This run was at step {state.step}/{state.total_steps} at {since}, when this copy was last updated. "
+            f"If the kernel stopped since, the run stopped with it: TrainPanel.from_run_dir({where!r}) shows it "
+            f"and resumes from {ck}."
+        )
+        text = f"interrupted? {detail}"
+        body = f"<div class='nbft-summary nbft-in-progress'>{status_html('interrupted?', detail)}</div>"
+        if self.plot.last_png is not None:
+            body = image_html(self.plot.last_png, "training curve") + body
+        self.static.update(body, text)
+
+    def _show_disk_run(self, info: Any, status: bool = True) -> None:
         markers = []
         if info.status in ("stopped", "interrupted") and info.checkpoint_step is not None:
             label = "stopped" if info.status == "stopped" else "last checkpoint"
@@ -516,8 +600,9 @@ class TrainPanel(widgets.VBox):
             detail = f"stopped at step {info.step} of {info.total_steps}; Resume continues it"
         else:
             detail = f"{info.status} at step {info.step}"
-        self._set_status(info.status, detail)
-        self.resume_button.disabled = not info.resumable
+        if status:
+            self._set_status(info.status, detail)
+            self.resume_button.disabled = not info.resumable
 
     def _safely(self, action: Any) -> None:
         # An exception in a click handler only reaches the browser's log console; show it in the panel instead.
@@ -539,4 +624,4 @@ class TrainPanel(widgets.VBox):
         self.status_label.value = status_html(status, detail)
 
     def _ipython_display_(self, **kwargs: Any) -> None:
-        display_with_static(self, self.static, lambda: super(TrainPanel, self)._ipython_display_(**kwargs))
+        display_with_static(self, self.static)
