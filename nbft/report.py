@@ -261,10 +261,16 @@ def compare(models: Mapping[str, Any], tasks: Any, **kwargs: Any) -> ComparisonT
                              n=200, icl_shots=(0, 3), chat_template=True)
         table                       # the side-by-side table in a notebook
         print(table.to_text())      # in a terminal
+
+    A compared run (a ``Run``, a run directory or its ``model/`` folder) gets the result in its model card: the
+    table as prose and the numbers as ``model-index`` metadata (:func:`nbft.train.card.record_comparison`).
     """
     from nbft.evaluate.runner import compare_models
+    from nbft.train.card import record_comparison
 
-    return ComparisonTable(compare_models(models, tasks, **kwargs))
+    table = ComparisonTable(compare_models(models, tasks, **kwargs))
+    record_comparison(models, table.results, model_card_section(table))  # each compared run's card keeps it
+    return table
 
 
 def _table(table: ComparisonTable | Mapping[str, Any]) -> ComparisonTable:
