@@ -716,7 +716,8 @@ def example_view(
     n: int = 20,
     as_html: bool = False,
 ) -> pd.DataFrame | str:
-    """Per-example view sorted by the worst regression first, with a word-level diff of base vs ``model`` outputs.
+    """Per-example view sorted by the worst regression first: prompt text and hash, reference, outputs and scores,
+    and a word-level diff of base vs ``model`` outputs.
 
     ``model`` defaults to the last (tuned) model. ``as_html=True`` returns an HTML table with the diffs rendered.
 
@@ -731,7 +732,7 @@ def example_view(
     others = [c for c in table.columns[1:] if f"output:{c}" in ex.columns and not c.endswith("-shot")]
     model = model or (others[-1] if others else None)
     base = table.reference
-    cols = ["task", "example", "prompt_hash", "reference", f"output:{base}", f"score:{base}"]
+    cols = ["task", "example", "prompt", "prompt_hash", "reference", f"output:{base}", f"score:{base}"]
     if model:
         ex = ex.sort_values(f"delta:{model}", na_position="last", kind="stable")
         cols += [f"output:{model}", f"score:{model}", f"delta:{model}"]
