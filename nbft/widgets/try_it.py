@@ -413,7 +413,7 @@ class TryPanel(widgets.VBox):
                     cells[name].value = _answer_html(text)
             self.answers = answers
             mode = "sampled" if settings["sample"] else "greedy"
-            self._set_status("done", f"{len(answers)} answers ({mode})")
+            self._set_status("done", f"{len(answers)} answer{'s' if len(answers) != 1 else ''} ({mode})")
             self.static.update(self._static_body(), "\n".join(f"{n}: {a}" for n, a in answers.items()))
         except Exception as exc:
             self.error = exc
