@@ -16,7 +16,7 @@ from nbft import _registry
 from nbft.cli import main
 from nbft.data import OfflineError
 from nbft.evaluate import Task
-from nbft.models import tiny_random
+from nbft.models import load_model, tiny_random
 from nbft.report import compare, forgetting_summary
 from nbft.train import TrainConfig, finetune
 
@@ -101,8 +101,12 @@ def test_comparing_again_replaces_the_evaluation_and_leaves_other_models_alone(c
     base.save_pretrained(own)
     tok.save_pretrained(own)
     (own / "README.md").write_text("# my own card\n")
-    table = compare({"mine": str(own), "tuned": str(root / "sentiment-run")}, _tasks()[1:], n=4, n_boot=100)
+    loaded = load_model(root / "sentiment-run" / "model")  # a model object: which run it belongs to is a guess
+    table = compare({"mine": str(own), "tuned": str(root / "sentiment-run"), "object": loaded}, _tasks()[1:], n=4,
+                    n_boot=100)  # fmt: skip
     assert (own / "README.md").read_text() == "# my own card\n", "a card nbft did not write is never changed"
+    recorded = json.loads((root / "sentiment-run" / "comparison.json").read_text())
+    assert recorded["compared_as"] == "tuned", "only the run directory given as such is written, not a model object"
     readme = root / "sentiment-run" / "model" / "README.md"
     _, results = model_index_to_eval_results(metadata_load(readme)["model-index"])
     assert "toy-sentiment" not in {r.dataset_type for r in results}, "the newest comparison replaces the old one"

@@ -246,13 +246,11 @@ def _run_of(spec: Any) -> tuple[Any, Path | None]:
         spec = spec[0]
     if hasattr(spec, "card_sections") and hasattr(spec, "run_dir"):  # a training Run handle
         return spec, Path(spec.run_dir)
-    if isinstance(spec, str | os.PathLike):
-        path = Path(spec)
-    else:  # a model object: the folder it was loaded from, if any
-        loaded = getattr(spec, "name_or_path", None) or getattr(getattr(spec, "config", None), "_name_or_path", None)
-        path = Path(str(loaded)) if loaded else None
-    if path is None:
+    if not isinstance(spec, str | os.PathLike):
+        # a model object: the folder it was loaded from may be another run's (a model tuned in place keeps its
+        # base's name_or_path), so its card is never written on that guess
         return None, None
+    path = Path(spec)
     if (path / "run.json").is_file():
         return None, path
     if path.name == "model" and (path.parent / "run.json").is_file():
@@ -265,8 +263,8 @@ def record_comparison(models: Mapping[str, Any], results: Mapping[str, Any], pro
     numbers as ``model-index`` metadata; also ``<run_dir>/comparison.json`` (what ``nbft push`` renders into
     ``report.html``). A live ``Run`` keeps it in ``run.card_sections``, so a later ``run.save()`` writes it too.
 
-    Only cards nbft wrote are changed (tagged ``nbft``); models that are not runs are left alone. Returns the cards
-    written. ``nbft.compare`` calls this.
+    Only cards nbft wrote are changed (tagged ``nbft``); models that are not runs (a model object, a checkpoint, a
+    folder of one's own) are left alone. Returns the cards written. ``nbft.compare`` calls this.
 
     Example::
 
