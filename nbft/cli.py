@@ -1,4 +1,4 @@
-"""The ``nbft`` command line: ``nbft models``, ``nbft demo``, ``nbft train CONFIG``."""
+"""The ``nbft`` command line: ``nbft models``, ``nbft demo``, ``nbft train CONFIG``, ``nbft push RUN REPO``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     job = load_job(args.config, overrides=args.set)  # every field is checked before anything is loaded or written
     result = run_job(job, resume=args.resume, echo=print, more_steps=args.more_steps)
     return 0 if result["status"] in ("completed", "stopped") else 1
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from nbft.hub import push_to_hub
+
+    result = push_to_hub(args.run, args.repo, private=not args.public, dry_run=args.dry_run)
+    visibility = "private" if result.private else "public"
+    if result.dry_run:
+        print(f"would upload {len(result.files)} files to {result.repo_id} ({visibility}):")
+    else:
+        print(f"uploaded {len(result.files)} files to {result.repo_id} ({visibility}): {result.url}")
+    for name in result.files:
+        print(f"  {name}")
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field, e.g. train.max_steps=10"
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "push",
+        help="upload a run's model, model card (with its comparison) and report.html to the Hugging Face Hub",
+        description="Upload a run's final model, its model card (the last comparison as prose and model-index "
+        "metadata) and report.html to a Hub repository, created private unless --public.",
+    )
+    p.add_argument("run", help="the run directory (or its model/ folder)")
+    p.add_argument("repo", help="the Hub repository, owner/name")
+    p.add_argument("--public", action="store_true", help="create the repository public (default: private)")
+    p.add_argument("--dry-run", action="store_true", help="list the files a push would upload; upload nothing")
+    p.set_defaults(func=_cmd_push)
     return parser
 
 

@@ -266,10 +266,16 @@ def compare(models: Mapping[str, Any], tasks: Any, **kwargs: Any) -> ComparisonT
                              n=200, icl_shots=(0, 3), chat_template=True)
         table                       # the side-by-side table in a notebook
         print(table.to_text())      # in a terminal
+
+    A compared run (a ``Run``, a run directory or its ``model/`` folder) gets the result in its model card: the
+    table as prose and the numbers as ``model-index`` metadata (:func:`nbft.train.card.record_comparison`).
     """
     from nbft.evaluate.runner import compare_models
+    from nbft.train.card import record_comparison
 
-    return ComparisonTable(compare_models(models, tasks, **kwargs))
+    table = ComparisonTable(compare_models(models, tasks, **kwargs))
+    record_comparison(models, table.results, model_card_section(table))  # each compared run's card keeps it
+    return table
 
 
 def _table(table: ComparisonTable | Mapping[str, Any]) -> ComparisonTable:
@@ -849,7 +855,8 @@ def example_view(
     n: int = 20,
     as_html: bool = False,
 ) -> pd.DataFrame | str:
-    """Per-example view sorted by the worst regression first, with a word-level diff of base vs ``model`` outputs.
+    """Per-example view sorted by the worst regression first: prompt text and hash, reference, outputs and scores,
+    and a word-level diff of base vs ``model`` outputs.
 
     ``model`` defaults to the last (tuned) model. ``as_html=True`` returns an HTML table with the diffs rendered.
 
@@ -864,7 +871,7 @@ def example_view(
     others = [c for c in table.columns[1:] if f"output:{c}" in ex.columns and not c.endswith("-shot")]
     model = model or (others[-1] if others else None)
     base = table.reference
-    cols = ["task", "example", "prompt_hash", "reference", f"output:{base}", f"score:{base}"]
+    cols = ["task", "example", "prompt", "prompt_hash", "reference", f"output:{base}", f"score:{base}"]
     if model:
         ex = ex.sort_values(f"delta:{model}", na_position="last", kind="stable")
         cols += [f"output:{model}", f"score:{model}", f"delta:{model}"]

@@ -23,7 +23,7 @@ import ipywidgets
 
 from nbft.models import tiny_random
 from nbft.train import StepState, TrainConfig
-from nbft.widgets import ComparePanel, DatasetBuilder, LivePlot, Throttle, TrainPanel, compare_runs
+from nbft.widgets import ComparePanel, DatasetBuilder, LivePlot, Throttle, TrainPanel, TryPanel, compare_runs
 from nbft.widgets._figures import debiased_ema, loss_limits, monitor_figure, png_size, training_figure
 from nbft.widgets.train_panel import _ProgressView
 
@@ -971,6 +971,7 @@ def _every_panel(tmp_path):
         "TrainPanel": TrainPanel(runs_folder=tmp_path / "runs"),
         "ComparePanel": ComparePanel(lambda: {}, ["sentiment", "qa"], target="sentiment"),
         "LivePlot": plot.view,
+        "TryPanel": TryPanel(lambda: {}, tasks=["sentiment"]),
     }
 
 

@@ -8,6 +8,8 @@ Each panel calls the same function a script calls ("one way in"):
   :meth:`TrainPanel.from_run_dir` after a restart; :meth:`TrainPanel.for_trainer` for a ``transformers.Trainer``
 - :class:`LivePlot` → a training observer that draws the history as small multiples (PNG), rationed in time
 - :class:`ComparePanel` → :func:`nbft.compare` and :func:`nbft.report.side_by_side`
+- :class:`TryPanel` → :func:`nbft.evaluate.answer.answer`: base, tuned and checkpoints answer a prompt side by side
+  (streamed); :meth:`TryPanel.from_run_dir` after a restart
 - :func:`compare_runs` → loss curves of several runs overlaid, and the settings that differ
 - :func:`show_figure` → any matplotlib figure as a sharp (HiDPI) static output at its natural width
 
@@ -26,6 +28,7 @@ from nbft.widgets.compare_runs import RunComparison, compare_runs
 from nbft.widgets.dataset_builder import DatasetBuilder
 from nbft.widgets.liveplot import LivePlot, Throttle
 from nbft.widgets.train_panel import TrainPanel
+from nbft.widgets.try_it import TryPanel
 
 __all__ = [
     "ComparePanel",
@@ -34,6 +37,7 @@ __all__ = [
     "RunComparison",
     "Throttle",
     "TrainPanel",
+    "TryPanel",
     "compare_runs",
     "show_figure",
 ]

@@ -7,6 +7,10 @@ an empty image. Library progress bars and repeated warnings are silenced during 
 warning appears once in the panel's log area. When the comparison ends, the table and heatmap also go into an
 ordinary output below the panel, so the saved notebook shows them without a kernel.
 
+Below the table: what each column's prompt costs in context (mean prompt tokens; a k-shot column shows what its
+examples add), and the per-example view (:func:`nbft.report.example_view`): prompt text, reference, outputs and
+scores of the base and a chosen model, worst regressions first (or biggest gains, or test order), with a word diff.
+
 Example::
 
     from nbft.widgets import ComparePanel
@@ -150,6 +154,7 @@ class ComparePanel(widgets.VBox):
         self.heatmap = natural_image()  # natural size: scaling a PNG up only blurs it
         # label diagnostics (classification tasks): predicted-label shares beside the references', confusion matrices
         self.labels = widgets.HTML("", layout=widgets.Layout(overflow="auto", max_width="100%"))
+        self.examples = _ExampleView()
         self.compare_button.on_click(lambda _: self._safely(self.compare))
         super().__init__(
             [
@@ -158,6 +163,7 @@ class ComparePanel(widgets.VBox):
                 self.result,
                 self.heatmap,
                 self.labels,
+                self.examples.widget,
                 self.log_area.widget,
                 self.static.style_widget,
             ]
@@ -256,15 +262,17 @@ class ComparePanel(widgets.VBox):
             if figure is not None:
                 set_image(self.heatmap, figure)
             self.table = table
+            self.examples.show(table)
             self._end("done", f"in {time.perf_counter() - t0:.1f} s")
             body = table_html + notes_html + (image_html(figure, "Δ heatmap") if figure is not None else "")
-            body += labels_html
+            body += labels_html + self.examples.static_html()
             self.static.update(body + self.log_area.html(), str(table), png=figure)
             self.static.finish("Comparison done. Run this cell again for the panel's controls.")
         except Exception as exc:
             self.error = exc
             self.result.value = ""  # no stale table under a failure
             self.labels.value = ""
+            self.examples.clear()
             self.heatmap.layout.display = "none"
             self._end("failed", f"{type(exc).__name__}: {exc}")
         finally:
@@ -287,3 +295,153 @@ class ComparePanel(widgets.VBox):
 
     def _ipython_display_(self, **kwargs: Any) -> None:
         display_with_static(self, self.static)
+
+
+_ORDERS = {
+    "worst regressions first": None,  # example_view's own order
+    "biggest gains first": False,
+    "test order": "example",
+}
+
+
+def _prompt_cell(text: str) -> str:
+    first = html.escape(" ".join(str(text).split())[:80])
+    body = html.escape(str(text))
+    return (
+        f"<details><summary style='cursor:pointer'>{first}…</summary>"
+        f"<pre style='white-space:pre-wrap;margin:2px 0;font-size:11px'>{body}</pre></details>"
+    )
+
+
+def tokens_html(table: Any) -> str:
+    """Mean prompt tokens per task and column; a k-shot column also shows what its examples add to the base's
+    prompt (the in-context cost), e.g. ``187 (+125)``."""
+    from nbft.report import prompt_tokens_frame
+
+    frame = prompt_tokens_frame(table)
+    if frame.empty:
+        return ""
+    ref = table.reference
+    shown = frame.copy()
+    for col in frame.columns:
+        if col.startswith(f"{ref} ") and col.endswith("-shot") and ref in frame.columns:
+            shown[col] = [
+                f"{v} (+{v - b})" if isinstance(v, int) and isinstance(b, int) else v
+                for v, b in zip(frame[col], frame[ref], strict=True)
+            ]
+    caption = (
+        "<caption style='caption-side:bottom;text-align:left;font-size:12px'>Mean prompt tokens per example: the "
+        "context each column's prompt costs; a k-shot column shows (+ what its in-context examples add).</caption>"
+    )
+    table_html = shown.to_html(classes="nbft-tokens", escape=True).replace(">\n  <thead>", ">" + caption + "<thead>", 1)
+    return f"<div class='nbft-tokens' style='overflow-x:auto'>{table_html}</div>"
+
+
+class _ExampleView:
+    """The per-example view of a finished comparison: choose the task, the model set against the base, the order
+    and how many; the tokens table sits above it."""
+
+    def __init__(self) -> None:
+        self.table: Any = None
+        self.task = widgets.Dropdown(description="task", style=_WIDE)
+        self.model = widgets.Dropdown(description="vs base", style=_WIDE)
+        self.order = widgets.Dropdown(options=list(_ORDERS), value="worst regressions first", description="order",
+                                      style=_WIDE)  # fmt: skip
+        self.n = widgets.IntText(value=10, description="examples", style=_WIDE)
+        for w, tip in ((self.task, "The task whose test examples are listed"),
+                       (self.model, "The model whose outputs are set against the base's (word diff)"),
+                       (self.order, "Worst regressions first, biggest gains first, or the test order"),
+                       (self.n, "How many examples to list")):  # fmt: skip
+            if w.has_trait("tooltip"):
+                w.tooltip = tip
+            else:  # ipywidgets 7
+                w.description_tooltip = tip
+        self.tokens = widgets.HTML("")
+        self.rows = widgets.HTML("", layout=widgets.Layout(overflow="auto", max_width="100%"))
+        controls = widgets.HBox([self.task, self.model, self.order, self.n],
+                                layout=widgets.Layout(flex_flow="row wrap"))  # fmt: skip
+        self.widget = widgets.VBox([self.tokens, controls, self.rows], layout=widgets.Layout(display="none"))
+        self.widget.add_class("nbft-examples")
+        for w in (self.task, self.model, self.order, self.n):
+            w.observe(lambda _: self.render(), names="value")
+        self._updating = False
+
+    def show(self, table: Any) -> None:
+        self.table = table
+        others = [c for c in table.columns[1:] if not c.startswith(f"{table.reference} ")]
+        others += [c for c in table.columns[1:] if c not in others]  # k-shot columns last
+        self._updating = True
+        try:
+            self.task.options = table.tasks
+            self.task.value = table.target if table.target in table.tasks else table.tasks[0]
+            self.model.options = others
+            self.model.value = others[0] if others else None
+            self.model.disabled = not others
+        finally:
+            self._updating = False
+        self.tokens.value = tokens_html(table)
+        self.render()
+        self.widget.layout.display = None
+
+    def clear(self) -> None:
+        self.table = None
+        self.tokens.value = self.rows.value = ""
+        self.widget.layout.display = "none"
+
+    def frame(self) -> Any:
+        """The rows shown: :func:`nbft.report.example_view` of the chosen task and model, in the chosen order."""
+        from nbft.report import example_view
+
+        view = example_view(self.table, task=self.task.value, model=self.model.value, n=1_000_000)
+        order = _ORDERS[self.order.value]
+        delta = f"delta:{self.model.value}"
+        if order is False and delta in view.columns:
+            view = view.sort_values(delta, ascending=False, na_position="last", kind="stable")
+        elif order == "example":
+            view = view.sort_values("example", kind="stable")
+        return view.head(max(0, self.n.value)).reset_index(drop=True)
+
+    def render(self) -> None:
+        if self._updating or self.table is None or self.task.value is None:
+            return
+        view = self.frame()
+        base, model = self.table.reference, self.model.value
+        heads = ["#", "prompt", "reference", f"{base}", f"{model}" if model else None, "Δ", "diff"]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in heads if h is not None)
+        body = []
+        for _, r in view.iterrows():
+
+            def out(col: str, r: Any = r) -> str:
+                text, score = r.get(f"output:{col}"), r.get(f"score:{col}")
+                shown = "–" if text is None else html.escape(str(text))
+                return f"<td>{shown}<br><small style='color:#57606a'>score {_num(score)}</small></td>"
+
+            cells = [f"<td>{r['example']}</td>", f"<td>{_prompt_cell(r['prompt'])}</td>",
+                     f"<td>{html.escape(str(r['reference']))}</td>", out(base)]  # fmt: skip
+            if model:
+                cells += [out(model), f"<td>{_num(r.get(f'delta:{model}'), sign=True)}</td>",
+                          f"<td>{r.get('diff', '')}</td>"]  # fmt: skip
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        style = "border-collapse:collapse;font-size:12px"
+        self.rows.value = (
+            f"<table class='nbft-examples-table' style='{style}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+            if body
+            else placeholder_html("no scored examples for this task")
+        )
+
+    def static_html(self) -> str:
+        if self.table is None:
+            return ""
+        title = html.escape(f"{self.task.value}: {self.model.value or self.table.reference} vs {self.table.reference}")
+        return f"{self.tokens.value}<h4>Examples, {title} ({html.escape(self.order.value)})</h4>{self.rows.value}"
+
+
+def _num(value: Any, sign: bool = False) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if v != v:  # NaN: not scored in this column
+        return "–"
+    return f"{v:+.1f}" if sign else f"{v:.1f}"
