@@ -167,6 +167,7 @@ def test_push_creates_a_private_repo_and_uploads_the_listed_files(compared, monk
     _online(monkeypatch)
     monkeypatch.setattr(_registry, "hub_reachable", lambda: True)
     expected = nbft.hub.push_to_hub(run, "me/toy", dry_run=True).files
+    assert run.push_to_hub("me/toy", dry_run=True).files == expected  # the method is the function
     push = nbft.hub.push_to_hub(run, "me/toy")
     assert calls["create_repo"] == ("me/toy", {"private": True, "exist_ok": True})
     assert calls["commit"] == ("me/toy", expected, "nbft: sentiment-run")

@@ -58,7 +58,8 @@ def finetune(
     tokenized ``input_ids``/``labels`` (``nbft.data.tokenize_for_training``). The loss covers completion tokens only.
     ``run_dir`` (default ``runs/run-<time>``) receives ``history.jsonl``, checkpoints and the final ``model/``; it
     is locked (``run.lock``) while the run trains, and a folder that holds another run is refused unless
-    ``overwrite=True`` (which replaces that run's files, and nothing else in the folder).
+    ``overwrite=True`` (which replaces that run's files, and nothing else in the folder). A folder that holds files
+    which are not an nbft run (your own) is always refused: a run needs an empty or new folder.
     With ``background=True`` the call returns at once; use ``run.wait()`` / ``run.stop()``. Under ``accelerate
     launch`` (or ``nbft.launch``) every process calls ``finetune`` with the same arguments: they train together.
 

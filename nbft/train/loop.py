@@ -299,6 +299,8 @@ def _choose_layout(run: RunHandle, module: Any, plan: StepPlan, hw: _Hardware) -
         prefer=cfg.attention,
         measure=hw.device.type == "cuda" and cfg.attention == "auto",
         sample=sample if first else None,
+        # the check's examples need not be longer than any example this run will see (train or validation)
+        max_length=max([*run.train.lengths, *(run.val.lengths if run.val is not None else [])]),
     )
 
 

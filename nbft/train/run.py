@@ -213,6 +213,18 @@ class Run:
             (tmp / "README.md").write_text(render_model_card(self.card_info(), self.card_sections))
         return path
 
+    def push_to_hub(self, repo_id: str, *, private: bool = True, **kwargs: Any) -> Any:
+        """Upload this run's final model, its model card (with its last comparison as ``model-index`` metadata) and
+        ``report.html`` to the Hub repository ``repo_id``, private by default; see :func:`nbft.hub.push_to_hub`
+        (``token=``, ``commit_message=``, ``dry_run=True`` lists the files without the network).
+
+        Example:
+            >>> run.push_to_hub("me/smollm2-sentiment")  # doctest: +SKIP
+        """
+        from nbft.hub import push_to_hub  # lazy: the application layer, loaded only when pushing
+
+        return push_to_hub(self, repo_id, private=private, **kwargs)
+
     def card_info(self) -> dict[str, Any]:
         """What the model card reports: base model, data summaries, config and final losses."""
         final: dict[str, Any] = {"steps": self.summary.get("steps"), "train_loss": self.final_loss}
