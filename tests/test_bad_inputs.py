@@ -1230,7 +1230,13 @@ case(
     ValueError,
     r"unknown dtype 'fp8'; use 'fp32', 'bf16'",
 )
-case("models", "unknown tiny architecture", lambda ws: nbft.tiny_random("gpt"), LookupError, r"Known: llama, t5")
+case(
+    "models",
+    "unknown tiny architecture",
+    lambda ws: nbft.tiny_random("gpt"),
+    LookupError,
+    r"Did you mean .gpt2.*Known: .*llama.*t5",
+)
 
 # --- sources
 case(

@@ -17,7 +17,7 @@ from nbft.cli import main
 from nbft.data import OfflineError
 from nbft.evaluate import Task
 from nbft.models import load_model, tiny_random
-from nbft.report import compare, forgetting_summary
+from nbft.report import _md, compare, forgetting_summary
 from nbft.train import TrainConfig, finetune
 
 
@@ -80,7 +80,9 @@ def test_compared_run_card_has_model_index_that_the_hub_parser_reads(compared):
     assert got[("nbft/forgetting", "BWT")].metric_value == pytest.approx(forgetting["BWT"], abs=0.005)
     # the prose: the cross-task table and the forgetting summary
     card = ModelCard.load(readme)
-    assert "## Evaluation" in card.text and forgetting_summary(table).splitlines()[0][:40] in card.text
+    first_line = forgetting_summary(table).splitlines()[0]
+    # the prose is markdown: names and brackets come escaped, as export_markdown writes them
+    assert "## Evaluation" in card.text and _md(first_line)[:40] in card.text
     assert len(card.data.eval_results) == len(results)
     saved = json.loads((root / "sentiment-run" / "comparison.json").read_text())
     assert saved["columns"] == table.columns and saved["compared_as"] == "tuned"
