@@ -359,3 +359,17 @@ def display_with_static(
     if handle is not None:  # ipywidgets 7 calls a widget's on_displayed callbacks when it is displayed
         handle()
     static.show()
+
+
+def check_models(models: Any, *, first: str = "", least: str = "one model") -> None:
+    """A panel's ``models``: a dict {column name: model} or a function returning one (checked when called);
+    ``first`` says what the first entry means (e.g. " (first = the base)")."""
+    from collections.abc import Mapping
+
+    if not callable(models) and not isinstance(models, Mapping):
+        raise TypeError(
+            f"models must be a dict {{column name: model}}{first}, or a function returning one, e.g. "
+            f"{{'base': (model, tok), 'tuned': run}}; got {type(models).__name__}"
+        )
+    if isinstance(models, Mapping) and not models:
+        raise ValueError(f"models is empty: give at least {least}, e.g. {{'base': (model, tok)}}")

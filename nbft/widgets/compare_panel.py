@@ -32,6 +32,7 @@ import ipywidgets as widgets
 from nbft.widgets._common import (
     LogArea,
     StaticResult,
+    check_models,
     close_tree,
     display_with_static,
     image_html,
@@ -97,13 +98,7 @@ class ComparePanel(widgets.VBox):
     ) -> None:
         from nbft.evaluate import get_task
 
-        if not callable(models) and not isinstance(models, Mapping):
-            raise TypeError(
-                "models must be a dict {column name: model} (first = the base), or a function returning one, e.g. "
-                f"{{'base': (model, tok), 'tuned': run}}; got {type(models).__name__}"
-            )
-        if isinstance(models, Mapping) and not models:
-            raise ValueError("models is empty: give at least the base model, e.g. {'base': (model, tok)}")
+        check_models(models, first=" (first = the base)", least="the base model")
         if isinstance(tasks, str):
             tasks = [tasks]
         if not tasks:

@@ -30,6 +30,7 @@ import ipywidgets as widgets
 from nbft.widgets._common import (
     LogArea,
     StaticResult,
+    check_models,
     close_tree,
     display_with_static,
     placeholder_html,
@@ -110,13 +111,7 @@ class TryPanel(widgets.VBox):
     ) -> None:
         from nbft.evaluate import get_task
 
-        if not callable(models) and not isinstance(models, Mapping):
-            raise TypeError(
-                "models must be a dict {column name: model}, or a function returning one, e.g. "
-                f"{{'base': (model, tok), 'tuned': run}}; got {type(models).__name__}"
-            )
-        if isinstance(models, Mapping) and not models:
-            raise ValueError("models is empty: give at least one model, e.g. {'base': (model, tok)}")
+        check_models(models)
         if isinstance(tasks, str):
             tasks = [tasks]
         self.models = models
