@@ -310,7 +310,12 @@ def test_train_compare_then_save_shut_down_reopen_keeps_the_results(lab, page):
     page.wait_for_selector(".nbft-static-final img[alt='Δ heatmap']", timeout=30_000)
     images = _check_images(page, "notebook 2 after Train and Compare")
     figures = [i for i in images if "nbft-figure" in i["cls"]]
-    assert len(figures) >= 2 and all(abs(i["width"] * 2 - i["natural"]) <= 2 for i in figures), figures
+    # sharp on HiDPI screens: a 2x PNG is shown at half its pixel width, or narrower where the output area is
+    # narrower (it may shrink to fit, never grow past half its pixels)
+    assert len(figures) >= 2, figures
+    blurry = [{k: i[k] for k in ("width", "natural", "cls")} for i in figures if i["width"] * 2 > i["natural"] + 2]
+    assert not blurry, blurry
+    assert any(abs(i["width"] * 2 - i["natural"]) <= 2 for i in figures), "no figure at its natural (half) width"
     assert "Error displaying widget" not in page.inner_text(".jp-NotebookPanel")
     _check_cells_quiet(page, "notebook 2")
     for alt in ("training curve", "Δ heatmap"):
