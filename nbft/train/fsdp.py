@@ -23,7 +23,8 @@ def fsdp_requested() -> bool:
 
 def fsdp_plugin(amp_dtype: torch.dtype | None) -> Any:
     """The accelerate config's FSDP settings; with bf16, gradients are reduced and outputs returned in fp32 (as
-    nbft's own all-reduce of fp32 master gradients does), unless the config sets a mixed-precision policy."""
+    nbft's own all-reduce of fp32 master gradients does), and buffers keep their own dtype; unless the config sets
+    a mixed-precision policy."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()
@@ -37,7 +38,8 @@ def fsdp_plugin(amp_dtype: torch.dtype | None) -> Any:
         else:
             from torch.distributed.fsdp import MixedPrecision
 
-            policy = MixedPrecision(param_dtype=amp_dtype, reduce_dtype=torch.float32, buffer_dtype=amp_dtype)
+            # no buffer_dtype: buffers (RoPE frequencies...) keep their dtype, as on nbft's own bf16 path
+            policy = MixedPrecision(param_dtype=amp_dtype, reduce_dtype=torch.float32)
         plugin.mixed_precision_policy = policy
     return plugin
 
