@@ -47,7 +47,7 @@ _EXPORTS = {
     "launch": "nbft.launcher",
     "estimate": "nbft.estimation",
     # evaluation
-    "compare": "nbft.report",
+    "compare": "nbft.evaluate.compare",
     "ForgettingMonitor": "nbft.evaluate",
     "forgetting_experiment": "nbft.forgetting",
     "get_task": "nbft.evaluate",
@@ -118,10 +118,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.data import build_instruction_dataset, mix, tokenize_for_training
     from nbft.demo import run_demo
     from nbft.evaluate import ForgettingMonitor, Task, get_task, list_tasks
+    from nbft.evaluate.compare import compare
     from nbft.forgetting import forgetting_experiment
     from nbft.launcher import launch
     from nbft.models import load_model, tiny_random
-    from nbft.report import ComparisonTable, compare
+    from nbft.report import ComparisonTable
     from nbft.run_dirs import runs
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (

@@ -674,7 +674,7 @@ def load_splits(name: str) -> datasets.DatasetDict:
     """
     import datasets
 
-    from nbft.data import split_examples
+    from nbft.data.splitting import split_examples  # the splitting module, not the package: data imports sources
 
     b = _builtin(name)
     if b.fractions is None:

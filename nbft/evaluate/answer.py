@@ -2,7 +2,7 @@
 
 :func:`answer` is the one way in for :class:`nbft.widgets.TryPanel` and for scripts. A prompt is either typed text
 (optionally put into a task's training template, the way training phrased its examples) or a test example of a
-task; ``chat=True`` wraps it in the tokenizer's chat template (:func:`nbft.data.format_prompt`, the function
+task; ``chat=True`` wraps it in the tokenizer's chat template (:func:`nbft.prompting.format_prompt`, the function
 training uses). Greedy answers are the same tokens :func:`nbft.evaluate.generation.generate` gives (the same prompt
 encoding, stop strings and greedy settings); ``sample=True`` draws them (temperature, top-p, seed).
 
@@ -63,8 +63,8 @@ def make_prompt(
 
         make_prompt("I loved it", tok, task="sentiment").text.splitlines()[-1]     # 'Sentiment:'
     """
-    from nbft.data import format_prompt
     from nbft.evaluate.tasks import get_task
+    from nbft.prompting import format_prompt
 
     task = get_task(task) if task is not None else None
     reference = None
@@ -163,8 +163,8 @@ def stream_answer(
     import torch
     from transformers import TextIteratorStreamer
 
-    from nbft.data import encode_prompt
     from nbft.evaluate.generation import _cut_at_stop, _device, _eval_mode, is_seq2seq
+    from nbft.prompting import encode_prompt
 
     prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
     budget = max_new_tokens or prompt.max_new_tokens or 64

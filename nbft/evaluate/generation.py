@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nbft.data import encode_prompt
+from nbft.prompting import encode_prompt
 
 __all__ = [
     "encode_prompt",  # re-exported from nbft.data: one prompt encoding for training and evaluation
@@ -146,7 +146,7 @@ def generate(
 
     ``halt`` strings end generation too but stay in the text (a classification task halts at its labels, so an
     answer is never cut off before its label and no time goes to words after it). ``chat=True`` says the prompts
-    are already wrapped in the chat template (see :func:`nbft.data.format_prompt`).
+    are already wrapped in the chat template (see :func:`nbft.prompting.format_prompt`).
 
     Example::
 

@@ -11,7 +11,7 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,12 +22,25 @@ from nbft.evaluate.overlap import TrainingSource, find_overlap
 from nbft.evaluate.scoring import _select, _statistics
 from nbft.evaluate.tasks import Task, TaskError
 
-if TYPE_CHECKING:
-    from nbft.evaluate.runner import _TaskData
-
 __all__ = ["RESULTS_FORMAT"]
 
 logger = logging.getLogger(__name__)
+
+
+# Defined here, beside the code that reads it; the runner builds it and imports this module (one way, no circle).
+@dataclasses.dataclass
+class _TaskData:
+    """A task's sampled test examples (positions 0..n-1 of this list are what results refer to) and k-shot draws."""
+
+    task: Task
+    examples: list[dict[str, Any]]
+    split_index: list[int]  # each example's row in the test split
+    refs: list[str]
+    n_available: int
+    shots: dict[int, list[list[dict[str, Any]]]]
+    overlap: list[dict[str, str]] = dataclasses.field(default_factory=list)  # per example: {model: kind}
+    keep: list[int] = dataclasses.field(default_factory=list)  # positions that are scored
+
 
 RESULTS_FORMAT = "nbft-results/1"
 

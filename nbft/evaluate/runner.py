@@ -39,7 +39,7 @@ from nbft._utils import did_you_mean, user_stacklevel
 from nbft.config import EvalConfig
 from nbft.evaluate.generation import BATCH_DONE
 from nbft.evaluate.overlap import TrainingSource, training_source
-from nbft.evaluate.results import RESULTS_FORMAT, _assemble, _columns_for, _mark_overlap, _model_notes
+from nbft.evaluate.results import RESULTS_FORMAT, _assemble, _columns_for, _mark_overlap, _model_notes, _TaskData
 from nbft.evaluate.scoring import _scored, _select, prompt_hash, score
 from nbft.evaluate.tasks import Task, TaskError, resolve_tasks
 
@@ -51,20 +51,6 @@ _EVALUATION = "nbft-model-evaluation/1"
 
 
 # --------------------------------------------------------------------------------------------------- test sets
-@dataclasses.dataclass
-class _TaskData:
-    """A task's sampled test examples (positions 0..n-1 of this list are what results refer to) and k-shot draws."""
-
-    task: Task
-    examples: list[dict[str, Any]]
-    split_index: list[int]  # each example's row in the test split
-    refs: list[str]
-    n_available: int
-    shots: dict[int, list[list[dict[str, Any]]]]
-    overlap: list[dict[str, str]] = dataclasses.field(default_factory=list)  # per example: {model: kind}
-    keep: list[int] = dataclasses.field(default_factory=list)  # positions that are scored
-
-
 def _example_key(task: Task, ex: Mapping[str, Any]) -> str:
     # identity of an example by its input fields and target, to keep test examples out of k-shot prompts
     payload = [ex.get(f) for f in (*task.template.fields, task.target)]

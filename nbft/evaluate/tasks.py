@@ -201,14 +201,14 @@ class Task:
     def prompt(
         self, example: Mapping[str, Any], tokenizer: Any = None, *, chat: bool = False, shots: Sequence[Any] = ()
     ) -> str:
-        """The exact text a model sees for ``example`` (after k solved ``shots``), via :func:`nbft.data.format_prompt`,
-        the function training uses too.
+        """The exact text a model sees for ``example`` (after k solved ``shots``), via
+        :func:`nbft.prompting.format_prompt`, the function training uses too.
 
         Example::
 
             task.prompt(task.sample(1)[0], tok, chat=True)
         """
-        from nbft.data import format_prompt
+        from nbft.prompting import format_prompt
 
         pairs = [(self.template.render(s), self.template.completion(s)) for s in shots]
         return format_prompt(tokenizer, self.template.render(example), chat, shots=pairs)
