@@ -494,19 +494,13 @@ def _notes_html(table: ComparisonTable) -> str:
 TEXT_WIDTH = 120  # columns of a terminal: to_text fits them; report.html and side_by_side keep every column
 
 
-def _short(x: float) -> str:
-    """A CI bound for the terminal: whole points from 10 up, tenths below (two significant figures or so)."""
-    return f"{x:+.0f}" if abs(x) >= 10 else f"{x:+.1f}"
-
-
 def _short_ci(text: str) -> str:
-    """``'[+14.0, +43.0]'`` -> ``'[+14, +43]'``; ``'[0.4, 3.2]'`` -> ``'[0.4, 3.2]'``; ``'–'`` stays."""
-
-    def shorter(m: re.Match[str]) -> str:
-        number = _short(float(m.group(0)))
-        return number if m.group(0)[0] in "+-" else number.lstrip("+")
-
-    return re.sub(r"[-+]?\d+\.\d+", shorter, text)
+    """A CI for the terminal: ``'[+14.0, +43.0]'`` -> ``'[+14, +43]'`` (whole points when both bounds are 10 or
+    more away from 0), ``'[-13.3, -3.9]'`` stays; ``'–'`` stays."""
+    numbers = re.findall(r"[-+]?\d+\.\d+", text)
+    if not numbers or any(abs(float(n)) < 10 for n in numbers):
+        return text
+    return re.sub(r"([-+]?)(\d+\.\d+)", lambda m: f"{m.group(1)}{float(m.group(2)):.0f}", text)
 
 
 def text_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
