@@ -105,6 +105,7 @@ def lab(tmp_path_factory):
         "NBFT_NOTEBOOK_STEPS": "8",
         "NBFT_NOTEBOOK_EVAL_N": "4",
         "NBFT_NOTEBOOK_AUTOTRAIN": "0",  # the browser clicks Train
+        "NBFT_NOTEBOOK_OTHER_TASKS": "qa",  # notebook 3: one other task is enough here
         "MPLBACKEND": "Agg",
     }
     cmd = [
