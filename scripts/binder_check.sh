@@ -8,9 +8,10 @@
 # Binder sets it, so their switch to the tiny model is exercised, not forced.
 #
 # The cap: a memory cgroup below this process's own (v2 memory.max or v1 memory.limit_in_bytes, as a container
-# limit works) when the cgroup filesystem is writable (root in a container); otherwise the address-space limit
-# (ulimit -v), which is stricter than Binder's (it counts reserved, not only resident, memory). Either way the
-# peak resident memory of the notebook processes is measured and must stay under the cap.
+# limit works) when the cgroup filesystem is writable (root in a container). Without one there is no hard cap
+# (`ulimit -v 2G` is no substitute: it counts reserved address space, and torch's OpenMP threads cannot even start
+# under it); then only the check after the run holds. Either way the peak resident memory of the notebook kernels
+# is measured and must stay under the cap.
 #
 #   bash scripts/binder_check.sh                 # a new temporary folder for the environment
 #   NBFT_BINDER_DIR=/tmp/b bash scripts/binder_check.sh   # reuse (or keep) the environment there
@@ -78,9 +79,9 @@ if cap_with_cgroup; then
   how="cgroup ${cgroup}"
 else
   cgroup=""
-  how="ulimit -v (no writable memory cgroup)"
+  how="no hard cap (no writable memory cgroup): the peak is checked after the run"
 fi
-say "memory capped at ${limit_mb} MB with ${how}"
+say "memory cap ${limit_mb} MB: ${how}"
 
 # 3. the notebooks, headless, under the cap -----------------------------------------------------------------------
 export MEM_LIMIT="$limit_bytes"  # what Binder (jupyter-resource-usage) sets; MODEL = "auto" reads it
@@ -94,8 +95,6 @@ set +e
 (
   if [ -n "$cgroup" ]; then
     echo "$BASHPID" >"$cgroup/cgroup.procs"
-  else
-    ulimit -v $((limit_bytes / 1024))
   fi
   exec python "$root/scripts/binder_notebooks.py" --out "$out" --limit-mb "$limit_mb" "$root"/notebooks/*.ipynb
 )
