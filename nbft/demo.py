@@ -237,9 +237,11 @@ def _run_demo(
         raise ValueError(f"replay_from=[] replays nothing; name tasks of {names[1:]} to replay")
     if (out / "model").exists() or any(out.glob("checkpoint-*")):
         raise FileExistsError(f"{out} already holds a demo run; pass a new out_dir (--out) or delete it")
-    say(f"nbft demo: target={target}, other tasks={names[1:]}, out={out}")
+    say(f"nbft demo: target={target}, other tasks={names[1:]}\n  out={out}")  # lines fit 120 columns
     if shares:
-        say(f"replay pool: {replayed}; held out of replay (forgetting measured where replay never trains): {held_out}")
+        say(
+            f"replay pool: {replayed}\n  held out of replay (forgetting measured where replay never trains): {held_out}"
+        )
     if any(t not in offline for t in names):
         say(f"note: {[t for t in names if t not in offline]} need the Hugging Face Hub")
 
@@ -263,7 +265,7 @@ def _run_demo(
     timings["data_s"] = time.perf_counter() - t0
     say(
         f"[1/6] data: {len(train_rows)} training examples of {target!r} "
-        f"({len(splits['train'])} in its train split), {len(val_rows)} validation; eval tasks {names}"
+        f"({len(splits['train'])} in its train split), {len(val_rows)} validation\n  eval tasks {names}"
     )
 
     # model ---------------------------------------------------------------------------------------------------
@@ -365,7 +367,7 @@ def _run_demo(
                 dirs.append(rrun.run_dir)
             models[name], training[name] = (evals, dirs) if extra else (evals[0], dirs[0])
             timings[f"train_{name}_s"] = time.perf_counter() - t0
-            say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}, final loss {replay_runs[-1].final_loss:.3f}"
+            say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}\n  final loss {replay_runs[-1].final_loss:.3f}"
                 f"{f' ({len(dirs)} seeds)' if extra else ''}, trained and evaluated in "
                 f"{timings[f'train_{name}_s']:.0f}s" + _monitor_line(replay_runs[-1]))  # fmt: skip
         del base
@@ -395,7 +397,8 @@ def _run_demo(
     replay_train = {variant_label(s): r.summary for s, r in zip(shares, replay_runs, strict=True)}
     _write_json(out / "metrics.json", {**table.to_dict(), "timings": timings, "model": label, "train": run.summary,
                                         "replay_train": replay_train, "settings": dataclasses.asdict(cfg)})  # fmt: skip
-    say(f"[6/6] wrote {', '.join(str(p) for p in files.values())} in {timings['report_s']:.0f}s")
+    written = [str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p) for p in files.values()]
+    say(f"[6/6] wrote {out} in {timings['report_s']:.0f}s:\n  {', '.join(written)}")
     say(f"total {timings['total_s']:.0f}s")
     return {"table": table, "run": run, "text": text, "files": files, "timings": timings, "out_dir": out,
             "replay_runs": replay_runs}  # fmt: skip
@@ -406,7 +409,7 @@ def _monitor_line(run: Any) -> str:
     if not s.get("monitor_s") or not s.get("wall_s"):
         return ""
     points = sum(1 for h in run.history if h.get("kind") == "monitor")
-    return f"; monitor: {points} points, {s['monitor_s']:.0f}s = {s['monitor_s'] / s['wall_s']:.0%} of the run"
+    return f"\n  monitor: {points} points, {s['monitor_s']:.0f}s = {s['monitor_s'] / s['wall_s']:.0%} of the run"
 
 
 def _weight_changes(base_folder: Path | None, model: Any) -> Any:

@@ -38,6 +38,12 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert metrics["models"]["tuned"]["training"]["checked"]
     assert all(info["overlap"]["n_overlap"] == 0 for info in metrics["tasks"].values())
     assert "sentiment" in result["text"]
+    # the terminal view fits 120 columns (issue 17); report.html keeps every column: k-shot W/T/L, flags, CIs in tenths
+    printed = [line for chunk in lines for line in chunk.splitlines()]
+    assert max(len(line) for line in printed) <= 120, max(printed, key=len)
+    assert "W/T/L tuned" in result["text"] and "W/T/L base 2-shot" not in result["text"]
+    page = (out / "report.html").read_text()
+    assert "W/T/L base 2-shot" in page and "flag base 2-shot" in page and "Δ CI tuned" in page
     with pytest.raises(FileExistsError, match="already holds a demo run"):
         run_demo(model="tiny", out_dir=out, progress=False)
 

@@ -164,3 +164,49 @@ def test_notebook_3_figures_are_hidpi_at_their_natural_width(executed):
         width, _ = png_size(base64.b64decode(o["data"]["image/png"]))
         shown = o.get("metadata", {}).get("image/png", {}).get("width")
         assert shown is not None and abs(int(shown) * 2 - width) <= 1, (width, shown)
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# The cells whose panel finishes its work in a headless run (Export, a completed run, a comparison), by notebook
+FINISHING_PANELS = {
+    "01": ["builder = DatasetBuilder("],
+    "02": ["panel = TrainPanel(", "compare_panel = ComparePanel("],
+    "03": ["plot = LivePlot()", "compare_panel = ComparePanel("],
+}
+
+
+def _cell_data(cell) -> list[dict]:
+    return [o.get("data", {}) for o in cell.get("outputs", [])]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_headless_runs_leave_no_widget_view_without_its_static_result(path, executed):
+    """A reader without a kernel (nbviewer, GitHub, a reopened notebook) sees every panel's result: a cell that
+    still shows a live view (a panel meant for more clicks, such as the try-it panel) also holds its static copy."""
+    nb, _ = executed(path)
+    for cell in _code(nb):
+        data = _cell_data(cell)
+        if any(WIDGET_VIEW in d for d in data):
+            statics = [d for d in data if "nbft-static" in d.get("text/html", "")]
+            assert statics, f"a widget view with no static result: {cell.source.splitlines()[0]!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_panel_whose_work_ended_is_replaced_by_its_static_result(path, executed):
+    """Where the work ended, the live view itself became the static result (no widget view is left for a reopened
+    notebook to show as "Error displaying widget: model not found"), with its figure as a PNG."""
+    nb, _ = executed(path)
+    for start in FINISHING_PANELS[path.name[:2]]:
+        cell = next(c for c in _code(nb) if start in c.source)
+        data = _cell_data(cell)
+        assert not any(WIDGET_VIEW in d for d in data), f"{start!r} still shows a widget view"
+        final = [d for d in data if "nbft-static-final" in d.get("text/html", "")]
+        assert len(final) == 1 and "image/png" in final[0], f"{start!r}: {[sorted(d) for d in data]}"
+    if path.name.startswith("01"):  # the builder's summary: the preview, the label mask and the statistics
+        builder = next(c for c in _code(nb) if "builder = DatasetBuilder(" in c.source)
+        html = next(d["text/html"] for d in _cell_data(builder) if "nbft-static-final" in d.get("text/html", ""))
+        assert "Exported to" in html and "nbft-tok-completion" in html and "Token lengths" in html
+    if path.name.startswith("02"):  # the try-it panel answered for both models, and its answers are saved
+        cell = next(c for c in _code(nb) if "try_panel = TryPanel(" in c.source)
+        html = "".join(d.get("text/html", "") for d in _cell_data(cell))
+        assert "<b>base</b>" in html and "<b>tuned</b>" in html and "nbft-answer" in html

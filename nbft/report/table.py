@@ -430,33 +430,95 @@ def _notes_html(table: ComparisonTable) -> str:
     return "<ul class='nbft-notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in table.notes) + "</ul>"
 
 
-def to_text(table: ComparisonTable | Mapping[str, Any]) -> str:
-    """A plain-text rendering for terminals and logs: the side-by-side table, prompt tokens, forgetting and notes
-    (values rounded to 0.1 point, Δ with its sign)."""
+TEXT_WIDTH = 120  # columns of a terminal: to_text fits them; report.html and side_by_side keep every column
+
+
+def _short_ci(text: str) -> str:
+    """A CI for the terminal: ``'[+14.0, +43.0]'`` -> ``'[+14, +43]'`` (whole points when both bounds are 10 or
+    more away from 0), ``'[-13.3, -3.9]'`` stays; ``'–'`` stays."""
+    numbers = re.findall(r"[-+]?\d+\.\d+", text)
+    if not numbers or any(abs(float(n)) < 10 for n in numbers):
+        return text
+    return re.sub(r"([-+]?)(\d+\.\d+)", lambda m: f"{m.group(1)}{float(m.group(2)):.0f}", text)
+
+
+def text_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
+    """The side-by-side table for a terminal (:func:`to_text`): each Δ with its short 95% CI and a ▲/▼ mark in one
+    cell, wins/ties/losses for the trained columns only (a k-shot column's are in the full table). All cells are
+    strings; :func:`table_frame` has the full-precision numbers and every column.
+
+    Example::
+
+        text_frame(table).loc[("sentiment", "accuracy"), "Δ tuned"]   # '+29.0 [+14, +43] ▲'
+    """
     table = _table(table)
-    df = table_frame(table).drop(columns=["role"])
-    for c in df.columns:
-        if df[c].dtype.kind == "f":
-            sign = str(c).startswith("Δ ")
-            df[c] = df[c].map(lambda x, sign=sign: _fmt(x, sign=sign))
-    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 40):
-        out = [df.to_string()]
-        tokens = prompt_tokens_frame(table)
-        if len(tokens):
-            out.append("\nMean prompt tokens:\n" + tokens.to_string())
+    full = table_frame(table)
+    out = pd.DataFrame(index=full.index)
+    for col in (c for c in table.columns if c in full.columns):
+        out[col] = full[col].map(_fmt)
+        if col == table.reference and "CI (base)" in full.columns:
+            out["95% CI"] = full["CI (base)"].map(_short_ci)
+    for col in table.columns[1:]:
+        if f"Δ {col}" not in full.columns:
+            continue
+        delta = full[f"Δ {col}"].map(lambda x: _fmt(x, sign=True))
+        ci = full[f"Δ CI {col}"].map(_short_ci)
+        mark = full[f"flag {col}"].map(lambda f: f[:1] if isinstance(f, str) and f[:1] in "▲▼" else "")
+        out[f"Δ {col}"] = [d if d == "–" else f"{d} {c} {m}".rstrip() for d, c, m in zip(delta, ci, mark, strict=True)]
+        if f"seeds {col}" in full.columns:
+            out[f"seeds {col}"] = full[f"seeds {col}"]
+        if not col.endswith("-shot") and f"W/T/L {col}" in full.columns:
+            out[f"W/T/L {col}"] = full[f"W/T/L {col}"]
+    return out
+
+
+def _wrap(text: str, indent: str = "  ") -> str:
+    """Each line of ``text`` wrapped to :data:`TEXT_WIDTH`, continuation lines indented."""
+    import textwrap
+
+    return "\n".join(
+        textwrap.fill(line, TEXT_WIDTH, subsequent_indent=indent, break_on_hyphens=False) if line else line
+        for line in text.splitlines()
+    )
+
+
+def to_text(table: ComparisonTable | Mapping[str, Any]) -> str:
+    """A plain-text rendering for terminals and logs, at most :data:`TEXT_WIDTH` (120) characters a line: the
+    side-by-side table (:func:`text_frame`; wider tables continue below), prompt tokens, forgetting and notes
+    (values rounded to 0.1 point, Δ with its sign). ``side_by_side`` and ``export_html`` keep every column.
+
+    Example::
+
+        print(to_text(table))
+    """
+    table = _table(table)
+    frame = text_frame(table)
+
+    def block(df: pd.DataFrame) -> str:
+        # pandas breaks a frame wider than line_width into blocks of columns, each ending in " \\"
+        text = df.to_string(line_width=TEXT_WIDTH - 2, max_colwidth=40)
+        return "\n".join(ln.rstrip() for ln in text.splitlines())
+
+    out = [block(frame)]
+    legend = "Δ vs " + table.reference + " with its paired 95% CI; ▲ gain, ▼ regression (the CI excludes 0)"
+    if any(c.startswith("W/T/L ") for c in frame.columns):
+        legend += "; W/T/L: examples won/tied/lost"
+    out.append(_wrap(legend + ". Every column, with tenths: report.html (side_by_side)."))
+    tokens = prompt_tokens_frame(table)
+    if len(tokens):
+        out.append("\nMean prompt tokens:\n" + block(tokens))
     if table.config.icl_n is not None and any(c.endswith("-shot") for c in table.columns):
         out.append(
             f"(k-shot columns: the first {table.config.icl_n} test examples; their Δ is against the base on those.)"
         )
     forgetting = forgetting_summary(table)
     if forgetting:
-        out.append("\nForgetting: " + forgetting)
+        out.append(_wrap("\nForgetting: " + forgetting))
     shares = label_frame(table)
     if not shares.empty:
-        with pd.option_context("display.width", 200, "display.max_columns", 50):
-            out.append("\nPredicted labels (% of examples):\n" + shares.map(_fmt).to_string())
+        out.append("\nPredicted labels (% of examples):\n" + block(shares.map(_fmt)))
     if table.notes:
-        out.append("\nNotes:\n" + "\n".join(f"- {n}" for n in table.notes))
+        out.append("\nNotes:\n" + _wrap("\n".join(f"- {n}" for n in table.notes)))
     return "\n".join(out)
 
 
