@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import html
 import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
