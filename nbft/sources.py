@@ -57,8 +57,8 @@ __all__ = [
     "SourceUnavailableError",
     "bio_spans",
     "builtin_names",
+    "general_text",
     "load_builtin",
-    "load_general_text",
     "load_splits",
     "template_family",
 ]
@@ -553,14 +553,14 @@ in music21 7 to 10)."""
 
 
 @functools.lru_cache(maxsize=2)
-def load_general_text() -> str:
+def general_text() -> str:
     """Human-written general English prose for a label-free probe (:func:`nbft.evaluate.general_text_loss`): Jane
     Austen's *Lady Susan* from the ``music21`` wheel, without Project Gutenberg's first and last lines, paragraphs
     kept (about 23k words). Raises :class:`SourceUnavailableError` when the wheel cannot be fetched.
 
     Example::
 
-        text = load_general_text()
+        text = general_text()
         text[:10]                   # 'LADY SUSAN'
     """
     path = _member(*GENERAL_TEXT_WHEEL)

