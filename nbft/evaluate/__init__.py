@@ -14,6 +14,7 @@ module                    does one thing
 ``runner``                ``evaluate_model``, ``compare_models``: test sets, models, overlap, → the results dict
 ``results``               assembles that dict: CIs, paired Δs, forgetting, notes
 ``monitor``               ``ForgettingMonitor``: the tasks scored during training (an engine observer)
+``text_probe``            ``general_text_loss``: loss per token on public-domain prose, a probe without labels
 ========================  ====================================================================================
 
 Example::
@@ -32,6 +33,7 @@ from nbft.evaluate.overlap import find_overlap, training_source
 from nbft.evaluate.runner import compare_models, evaluate_model
 from nbft.evaluate.scoring import prompt_hash, score
 from nbft.evaluate.tasks import Task, TaskError, get_task, list_tasks, register_task, split_dataset
+from nbft.evaluate.text_probe import TextProbeError, general_text_loss
 
 __all__ = [
     "ForgettingMonitor",
@@ -39,10 +41,12 @@ __all__ = [
     "MetricError",
     "Task",
     "TaskError",
+    "TextProbeError",
     "UserMetric",
     "compare_models",
     "evaluate_model",
     "find_overlap",
+    "general_text_loss",
     "generate",
     "get_metric",
     "get_task",

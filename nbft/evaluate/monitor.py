@@ -16,7 +16,10 @@ It also
   ``max_drop`` (``run.best_checkpoint(max_drop=...)`` chooses among them after the run; checkpoint retention keeps
   the marked one besides the newest ``TrainConfig.keep_last``);
 - measures its own share of the run's wall time and keeps it within ``budget``: with ``every=None`` it spaces its
-  points to fit, and it warns (with the measured share) when even the start and end points would not fit.
+  points to fit, and it warns (with the measured share) when even the start and end points would not fit;
+- measures the model's **loss per token on general text** at each point (:mod:`nbft.evaluate.text_probe`: a few
+  fixed chunks of public-domain prose, no labels needed), a cheap sign of whether the model is still a language
+  model: ``text_loss`` and ``text_loss_base`` in the row (lower is better), drawn on the monitor figure's right axis.
 
 The examples come from each task's *validation* split (its test split, if it has none), so choosing a checkpoint by
 the monitor never looks at the test examples that :func:`nbft.compare` scores afterwards.
@@ -28,7 +31,8 @@ tasks), ``target_score``, ``max_drop``, ``best_step`` (the best point so far wit
 ``{task: [{"input", "output", "reference"}]}``, ``every``, ``n`` ``{task: examples scored}`` (fewer than asked when a
 split is smaller: the monitor warns once), ``split``, ``monitor_s`` (its time so far),
 ``share`` (its share of the wall time so far, from step 1), ``floors``, ``warning`` (when it warned),
-``save_checkpoint`` and ``keep_checkpoints``.
+``save_checkpoint`` and ``keep_checkpoints``; with the text probe on, ``text_loss`` (mean loss per token on the
+probe's chunks), ``text_loss_base`` (at step 0) and ``text_probe`` ``{"n_chunks", "chunk_tokens"}``.
 
 Example::
 
@@ -100,6 +104,11 @@ class ForgettingMonitor:
         config: an :class:`~nbft.config.EvalConfig` for the rest (``batch_size``, ``max_new_tokens``...).
         split: the split the examples come from (default: validation, else test).
         seed: seeds the sample of examples.
+        text_probe: the loss per token on general text at each point (:func:`nbft.evaluate.general_text_loss`).
+            ``None`` (default): on, with 4 chunks of 128 tokens (one forward pass over 512 tokens per point), and
+            switched off with a warning when the text cannot be fetched; ``True`` or a number of chunks: on, and a
+            text that cannot be fetched refuses the run when training starts; ``False``: off. Encoder-decoder models
+            have no next-token loss on plain text: the probe is switched off for them, with a warning.
 
     Example::
 
@@ -125,6 +134,7 @@ class ForgettingMonitor:
         config: EvalConfig | None = None,
         split: str | None = None,
         seed: int = 0,
+        text_probe: bool | int | None = None,
     ) -> None:
         self.tasks: list[Task] = resolve_tasks(tasks)  # unknown names: "did you mean", now, before any training
         names = [t.name for t in self.tasks]
@@ -182,6 +192,20 @@ class ForgettingMonitor:
         )
         self.split = split
         self.seed = seed
+        if text_probe is not None and not isinstance(text_probe, bool) and not isinstance(text_probe, int):
+            raise ValueError(
+                f"ForgettingMonitor: text_probe is True/False/None or a number of chunks, got {text_probe!r}"
+            )
+        if isinstance(text_probe, int) and not isinstance(text_probe, bool) and text_probe < 1:
+            raise ValueError(
+                f"ForgettingMonitor: text_probe={text_probe!r} chunks; give a positive number, or False to turn it off"
+            )
+        chunks = 4 if text_probe is None or isinstance(text_probe, bool) else int(text_probe)
+        self.text_probe: dict[str, int] | None = None if text_probe is False else {"n_chunks": chunks,
+                                                                                  "chunk_tokens": 128}  # fmt: skip
+        """The general-text probe's settings (``None``: off)."""
+        self._probe_required = text_probe is not None and text_probe is not False
+        self.text_base: float | None = None
         self.examples: dict[str, list[dict[str, Any]]] = {}
         self.splits: dict[str, str] = {}
         self.base: dict[str, float] | None = None
@@ -202,6 +226,16 @@ class ForgettingMonitor:
         """Load each task's fixed examples (done when training starts; call it earlier to fail earlier)."""
         if self.examples:
             return
+        if self.text_probe is not None:
+            from nbft.sources import SourceUnavailableError, general_text
+
+            try:
+                general_text()  # fetched once, here: a required probe without its text refuses the run now
+            except SourceUnavailableError as exc:
+                if self._probe_required:
+                    raise
+                self.text_probe = None
+                self._warn(f"ForgettingMonitor: the general-text probe is off for this run ({exc})")
         for task in self.tasks:
             splits = task.load()
             split = self.split or ("validation" if "validation" in splits else "test")
@@ -251,6 +285,7 @@ class ForgettingMonitor:
             self._restore(info.get("run_dir"))
         else:
             self.base = None
+            self.text_base = None
         if self.auto:
             self.every = max(1, self._total // 4)
 
@@ -268,6 +303,7 @@ class ForgettingMonitor:
                     rows.append(row)
         base = next((r["scores"] for r in rows if r["step"] == 0), None)
         self.base = dict(base) if base else None
+        self.text_base = next((r.get("text_loss") for r in rows if r["step"] == 0), None)
         self.points = [{k: v for k, v in r.items() if k != "measure_s"} for r in rows]
         if self.base is None:
             logger.warning("ForgettingMonitor: no base-model point in %s; the first point is the reference", path)
@@ -305,6 +341,7 @@ class ForgettingMonitor:
                 {"input": _cut(task.template.render(ex)), "output": outputs[i], "reference": r["references"][i]}
                 for i, ex in enumerate(examples[: self.samples])
             ]
+        text_loss = self._text_loss(model, tokenizer)
         if self.base is None:
             self.base = dict(scores)  # step 0: the base model is the reference of every later point
         drop = {t: relative_drop(self.base[t], scores[t]) for t in self.others}
@@ -325,6 +362,10 @@ class ForgettingMonitor:
             "n": {name: len(ex) for name, ex in self.examples.items()},
             "split": self.splits.get(self.target),
         }
+        if text_loss is not None and self.text_probe is not None:
+            if self.text_base is None:
+                self.text_base = text_loss
+            record.update(text_loss=text_loss, text_loss_base=self.text_base, text_probe=dict(self.text_probe))
         if self.floors:
             record["floors"] = dict(self.floors)
         if step > 0:
@@ -345,6 +386,23 @@ class ForgettingMonitor:
         if self._pending_warning is not None:
             record["warning"], self._pending_warning = self._pending_warning, None
         return record
+
+    def _text_loss(self, model: Any, tokenizer: Any) -> float | None:
+        """The loss per token on the probe's general-text chunks, or ``None`` when the probe is off (or had to be
+        switched off: the text cannot be fetched, or the model is an encoder-decoder)."""
+        if self.text_probe is None:
+            return None
+        from nbft.evaluate.text_probe import general_text_loss
+
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            self.text_probe = None
+            self._warn(
+                "ForgettingMonitor: the general-text probe is off for this run: an encoder-decoder model has no "
+                "next-token loss on plain text (the probe measures causal LMs)"
+            )
+            return None
+        batch = self.text_probe["n_chunks"]  # a handful of chunks: one batch
+        return float(general_text_loss(model, tokenizer, batch_size=batch, **self.text_probe)["loss"])
 
     def best_step(self, max_drop: float | None = None) -> int | None:
         """The point (step > 0) with the best target score whose worst drop is within ``max_drop`` (default: the

@@ -42,6 +42,7 @@ from nbft.evaluate.overlap import TrainingSource, training_source
 from nbft.evaluate.results import RESULTS_FORMAT, _assemble, _columns_for, _mark_overlap, _model_notes, _TaskData
 from nbft.evaluate.scoring import _scored, _select, prompt_hash, score
 from nbft.evaluate.tasks import Task, TaskError, resolve_tasks
+from nbft.evaluate.text_probe import probe_settings, text_probe_results
 
 __all__ = ["RESULTS_FORMAT", "compare_models", "evaluate_model", "prompt_hash", "score"]
 
@@ -271,6 +272,7 @@ def _evaluate_one(
     icl_tasks: set[str],
     shots_k: Sequence[int],
     on_progress: Progress | None = None,
+    probe: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     model, tok, owned = _materialize(spec, tokenizer)
     if tok is None:
@@ -293,6 +295,10 @@ def _evaluate_one(
                     )  # fmt: skip
                 r.update(k=k, positions=list(positions))
                 results.append(r)
+        if probe is not None:  # the label-free general-text probe (nbft.evaluate.text_probe), while the model is here
+            from nbft.evaluate.text_probe import measure
+
+            text_probe = measure(model, tok, probe)
         dtype = _dtype(model)
     finally:
         if owned:
@@ -306,6 +312,7 @@ def _evaluate_one(
         "dtype": dtype,
         "tasks": {td.task.name: [prompt_hash(td.task.prompt(ex)) for ex in td.examples] for td in prepared.values()},
         "results": results,
+        **({"text_probe": text_probe} if probe is not None else {}),
     }
 
 
@@ -320,6 +327,7 @@ def evaluate_model(
     icl_shots: Sequence[int] | None = None,
     config: EvalConfig | None = None,
     on_progress: Progress | None = None,
+    text_probe: Any = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate one model now (with its k-shot baselines) and keep the results, a plain dict, for a later compare.
@@ -339,7 +347,8 @@ def evaluate_model(
     cfg = _config(config, n, icl_shots, overrides)
     with _quiet_call():
         _, icl_tasks, shots_k, prepared = _setup(tasks, target, cfg)
-        return _evaluate_one(name, model, tokenizer, prepared, cfg, icl_tasks, shots_k, on_progress)
+        probe = probe_settings(text_probe)
+        return _evaluate_one(name, model, tokenizer, prepared, cfg, icl_tasks, shots_k, on_progress, probe)
 
 
 def _reuse(
@@ -398,6 +407,7 @@ def compare_models(
     keep_overlap: bool = False,
     on_progress: Progress | None = None,
     task_groups: Mapping[str, Sequence[str]] | None = None,
+    text_probe: Any = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate every model on every task with identical prompts and decoding; return the results as a plain dict.
@@ -428,6 +438,10 @@ def compare_models(
             "done", "total"}`` (a panel's progress line).
         task_groups: ``{group: [task, ...]}`` of non-target tasks, e.g. ``{"replayed": [...], "held-out": [...]}``:
             each forgetting record gets ``groups``, the AF, BWT′, worst drop and regressions of each group with CIs.
+        text_probe: add the label-free row "general text · loss per token" (:mod:`nbft.evaluate.text_probe`: each
+            model's loss on fixed chunks of public-domain prose; lower is better; paired bootstrap CI over chunks).
+            ``True`` (16 chunks of 256 tokens), a number of chunks, or ``{"n_chunks", "chunk_tokens",
+            "batch_size"}``; the results get a ``text_probe`` block.
 
     Every test example is checked against the training data of every model whose training data is known (a run
     directory, a ``Run``, a model loaded from ``<run_dir>/model``, or ``training_data``): exact matches under any
@@ -457,8 +471,10 @@ def compare_models(
         )
     if not models:
         raise ValueError("compare() needs at least one model, e.g. {'base': model}")
+    probe = probe_settings(text_probe)  # bad settings fail here, before any model runs
     with _quiet_call():  # no library bars; each warning once (into a panel's log area when a panel calls)
-        return _compare(models, tasks, cfg, target, tokenizer, training_data, keep_overlap, on_progress, task_groups)
+        return _compare(models, tasks, cfg, target, tokenizer, training_data, keep_overlap, on_progress, task_groups,
+                        probe)  # fmt: skip
 
 
 def _compare(
@@ -471,6 +487,7 @@ def _compare(
     keep_overlap: bool,
     on_progress: Progress | None,
     task_groups: Mapping[str, Sequence[str]] | None = None,
+    probe: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     unknown_names = sorted(set(training_data or {}) - set(models))
     if unknown_names:
@@ -521,7 +538,9 @@ def _compare(
                 ev = (
                     _reuse(run, mname, False, cfg, prepared)
                     if _is_evaluation(run)
-                    else _evaluate_one(f"{mname} ({label})", run, tok, prepared, cfg, set(), shots_k, on_progress)
+                    else _evaluate_one(
+                        f"{mname} ({label})", run, tok, prepared, cfg, set(), shots_k, on_progress, probe
+                    )
                 )
                 seed_evaluations[mname].append({**ev, "name": mname, "seed_label": label})
             evaluations[mname] = seed_evaluations[mname][0]
@@ -530,14 +549,19 @@ def _compare(
         else:
             tok = tokenizer.get(mname) if isinstance(tokenizer, Mapping) else tokenizer
             icl = icl_tasks if mname == ref_name else set()
-            evaluations[mname] = _evaluate_one(mname, spec, tok, prepared, cfg, icl, shots_k, on_progress)
+            evaluations[mname] = _evaluate_one(mname, spec, tok, prepared, cfg, icl, shots_k, on_progress, probe)
     _model_notes(evaluations, task_list, cfg, notes)
     columns = [ref_name]
     columns += sorted({_columns_for(ref_name, r["k"]) for r in evaluations[ref_name]["results"] if r["k"]},
                       key=lambda c: int(c.rsplit(" ", 1)[1].split("-")[0]))  # fmt: skip
     columns += names[1:]
-    return _assemble(evaluations, prepared, task_list, target, columns, ref_name, cfg, notes, sources, overlap_info,
-                     keep_overlap, seed_evaluations, groups)  # fmt: skip
+    results = _assemble(evaluations, prepared, task_list, target, columns, ref_name, cfg, notes, sources,
+                        overlap_info, keep_overlap, seed_evaluations, groups)  # fmt: skip
+    if probe is not None:
+        results["text_probe"] = text_probe_results(evaluations, seed_evaluations, columns, ref_name,
+                                                   n_boot=cfg.n_boot, seed=cfg.seed)  # fmt: skip
+        results["notes"] = [*results["notes"], *results["text_probe"]["notes"]]
+    return results
 
 
 # --------------------------------------------------------------------------------------------------- seeds

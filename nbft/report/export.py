@@ -20,10 +20,12 @@ import pandas as pd
 
 from nbft.report.examples import example_view
 from nbft.report.figures import delta_heatmap, figure_to_png, loss_curve, weight_change_heatmap
-from nbft.report.style import _fmt, _md
+from nbft.report.style import _md
 from nbft.report.table import (
     ComparisonTable,
+    _lower_is_better,
     _table,
+    _text_cells,
     diagnostics_html,
     forgetting_summary,
     prompt_tokens_frame,
@@ -111,12 +113,9 @@ def export_markdown(table: ComparisonTable | Mapping[str, Any], path: str | Path
         from nbft._utils import check_target
 
         check_target(path, "file")
-    df = table_frame(table).reset_index()
+    df = _text_cells(table, table_frame(table)).reset_index()
     for c in df.columns:
-        if df[c].dtype.kind == "f":
-            sign = str(c).startswith("Δ ")
-            df[c] = df[c].map(lambda x, sign=sign: _fmt(x, sign=sign))
-        elif df[c].dtype.kind == "O":  # task and model names: shown as text, never as markup
+        if df[c].dtype.kind == "O":  # task and model names: shown as text, never as markup
             df[c] = df[c].map(lambda x: _md(x) if isinstance(x, str) else x)
     df.columns = [_md(str(c)) for c in df.columns]
     text = df.to_markdown(index=False) if _has_tabulate() else _markdown_table(df)
@@ -126,6 +125,8 @@ def export_markdown(table: ComparisonTable | Mapping[str, Any], path: str | Path
     if table.notes:
         text += "\n\n**Notes.**\n" + "\n".join(f"- {_md(n)}" for n in table.notes)
     text += "\n\nValues are points (0-100); Δ CIs are paired bootstrap 95% intervals over the same test examples."
+    if _lower_is_better(table):
+        text += " The general-text row is a loss per token (lower is better), its CI over the same text chunks."
     if path is not None:
         from nbft._utils import atomic_path
 

@@ -263,8 +263,10 @@ def table_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
         if _n_seeds(d) > 1:  # several runs of the column: the range of the per-seed Δ, beside the two-level CI
             row[f"seeds {col}"] = f"{_fmt(d['seed_min'], sign=True)} to {_fmt(d['seed_max'], sign=True)}"
         row[f"flag {col}"] = "▼ regression" if d["regression"] else ("▲ gain" if d["significant"] else "")
+    rows.update(_text_probe_rows(table))  # "general text · loss per token" (lower is better), when measured
     # per task: the headline, its log-likelihood twin, then the no-label share
     order = {t: i for i, t in enumerate(table.tasks)}
+    order.setdefault(_probe(table).get("row", ""), len(order))  # the probe's row comes last
     rows = dict(sorted(rows.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1] == NO_LABEL)))
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index = pd.MultiIndex.from_tuples(df.index, names=["task", "metric"])
@@ -285,7 +287,56 @@ def table_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
 
 def _significance(table: ComparisonTable, df: pd.DataFrame) -> dict[tuple[tuple[str, str], str], bool]:
     """(row, "Δ col") -> whether that Δ's CI excludes 0."""
-    return {((d["task"], d["metric"]), f"Δ {d['model']}"): bool(d["significant"]) for _, d in table.delta.iterrows()}
+    out = {((d["task"], d["metric"]), f"Δ {d['model']}"): bool(d["significant"]) for _, d in table.delta.iterrows()}
+    out.update({((d["task"], d["metric"]), f"Δ {d['model']}"): bool(d["significant"]) for d in _probe(table)["deltas"]})
+    return out
+
+
+def _probe(table: ComparisonTable) -> dict[str, Any]:
+    """The results' ``text_probe`` block (:mod:`nbft.evaluate.text_probe`), or an empty one."""
+    return table.results.get("text_probe") or {"columns": {}, "deltas": []}
+
+
+def _lower_is_better(table: ComparisonTable) -> set[tuple[str, str]]:
+    """Rows whose Δ is good when negative (a loss): coloured and flagged the other way round."""
+    probe = _probe(table)
+    return {(probe["row"], probe["metric"])} if probe["columns"] else set()
+
+
+def _text_cells(table: ComparisonTable, df: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as text: points to 0.1, Δ with its sign, a loss per token (the general-text row) to 0.001."""
+    df = df.copy()
+    lower = [r for r in _lower_is_better(table) if r in df.index]
+    for c in df.columns:
+        if df[c].dtype.kind == "f":
+            sign = str(c).startswith("Δ ")
+            cells = df[c].map(lambda x, sign=sign: _fmt(x, sign=sign))
+            for r in lower:
+                cells[r] = _fmt(df.at[r, c], digits=3, sign=sign)
+            df[c] = cells
+    return df
+
+
+def _text_probe_rows(table: ComparisonTable) -> dict[tuple[str, str], dict[str, Any]]:
+    """The general-text probe's row: each column's loss per token, the base CI, and per tuned column Δ (a rise is
+    the regression), in the same cells as a task's row."""
+    probe = _probe(table)
+    if not probe["columns"]:
+        return {}
+    row: dict[str, Any] = {"role": "general"}
+    for col, c in probe["columns"].items():
+        row[col] = c["loss"]
+        if col == table.reference:
+            row["CI (base)"] = f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+    for d in probe["deltas"]:
+        col = d["model"]
+        row[f"Δ {col}"] = d["delta"]
+        row[f"Δ CI {col}"] = f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+        row[f"W/T/L {col}"] = f"{d['wins']}/{d['ties']}/{d['losses']}"
+        if _n_seeds(d) > 1:
+            row[f"seeds {col}"] = f"{d['seed_min']:+.3f} to {d['seed_max']:+.3f}"
+        row[f"flag {col}"] = "▼ loss rose" if d["rose"] else ("▲ loss fell" if d["fell"] else "")
+    return {(probe["row"], probe["metric"]): row}
 
 
 def prompt_tokens_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
@@ -350,6 +401,13 @@ def forgetting_summary(table: ComparisonTable | Mapping[str, Any]) -> str:
                 f"{with_ci(g, 'worst_drop')} ({g['worst_task']}); significant regressions = "
                 f"{g['significant_regressions']}/{g['n_other_tasks']}"
             )
+    probe = _probe(table)
+    for d in probe["deltas"]:  # the label-free probe: did the model stay a language model?
+        verdict = "rose (worse)" if d["rose"] else "fell (better)" if d["fell"] else "no significant change"
+        lines.append(
+            f"{d['model']}: {probe['row']} loss per token {d['base']:.3f} → {d['value']:.3f} (Δ {d['delta']:+.3f} "
+            f"[95% CI {d['ci_low']:+.3f}, {d['ci_high']:+.3f}]; lower is better): {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -374,6 +432,7 @@ def side_by_side(table: ComparisonTable | Mapping[str, Any]) -> Styler:
     flag_cols = [c for c in df.columns if c.startswith("flag ")]
     value_cols = [c for c in table.columns if c in df.columns]
     significant = _significance(table, df)
+    lower = _lower_is_better(table)
 
     def colour(frame: pd.DataFrame) -> pd.DataFrame:
         css = pd.DataFrame("", index=frame.index, columns=frame.columns)
@@ -383,7 +442,8 @@ def side_by_side(table: ComparisonTable | Mapping[str, Any]) -> Styler:
                 if not isinstance(v, (int, float)) or math.isnan(v):
                     continue
                 if significant.get((row, col)):
-                    css.at[row, col] = f"color: {GREEN if v > 0 else RED}; font-weight: bold"
+                    better = v < 0 if row in lower else v > 0  # a loss is better when it falls
+                    css.at[row, col] = f"color: {GREEN if better else RED}; font-weight: bold"
                 else:  # the CI includes 0: no evidence of a change either way
                     css.at[row, col] = f"color: {GREY}"
         return css
@@ -403,6 +463,8 @@ def side_by_side(table: ComparisonTable | Mapping[str, Any]) -> Styler:
     if table.config.icl_n is not None and any(c.endswith("-shot") for c in table.columns):
         n_icl = table.config.icl_n
         caption += f" k-shot columns use the first {n_icl} test examples; their Δ is paired with the base on those."
+    if _lower_is_better(table):
+        caption += " The general-text row is a loss per token: lower is better, so a fall is green."
     forgetting = forgetting_summary(table)
     if forgetting:
         caption += "<br>" + html.escape(forgetting).replace("\n", "<br>")
@@ -414,6 +476,8 @@ def side_by_side(table: ComparisonTable | Mapping[str, Any]) -> Styler:
         .format_index(escape="html", axis=1)
         .apply(colour, axis=None, subset=delta_cols)
         .map(flag, subset=flag_cols)
+        .format("{:.3f}", subset=(list(lower), value_cols), na_rep="–")  # a loss per token needs more digits
+        .format("{:+.3f}", subset=(list(lower), delta_cols), na_rep="–")
         .set_caption(caption)
         .set_table_styles(
             [
@@ -455,14 +519,19 @@ def text_frame(table: ComparisonTable | Mapping[str, Any]) -> pd.DataFrame:
     table = _table(table)
     full = table_frame(table)
     out = pd.DataFrame(index=full.index)
+    lower = _lower_is_better(table)  # a loss per token (the general-text row) needs 3 decimals
+
+    def cells(col: str, sign: bool = False) -> list[str]:
+        return [_fmt(v, digits=3 if r in lower else 1, sign=sign) for r, v in full[col].items()]
+
     for col in (c for c in table.columns if c in full.columns):
-        out[col] = full[col].map(_fmt)
+        out[col] = cells(col)
         if col == table.reference and "CI (base)" in full.columns:
             out["95% CI"] = full["CI (base)"].map(_short_ci)
     for col in table.columns[1:]:
         if f"Δ {col}" not in full.columns:
             continue
-        delta = full[f"Δ {col}"].map(lambda x: _fmt(x, sign=True))
+        delta = cells(f"Δ {col}", sign=True)
         ci = full[f"Δ CI {col}"].map(_short_ci)
         mark = full[f"flag {col}"].map(lambda f: f[:1] if isinstance(f, str) and f[:1] in "▲▼" else "")
         out[f"Δ {col}"] = [d if d == "–" else f"{d} {c} {m}".rstrip() for d, c, m in zip(delta, ci, mark, strict=True)]

@@ -275,8 +275,20 @@ def monitor_figure(
     values += [float(floors[t]) * series[t]["base"] for t in floors if t in series and series[t]["base"] is not None]
     ax.set_ylim(*score_limits(values))
     ax.yaxis.get_major_formatter().set_useOffset(False)  # no "1e-17" offset text when every score is equal
-    if series:
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    handles, labels = ax.get_legend_handles_labels()
+    text = [(float(h["step"]), float(h["text_loss"])) for h in rows if isinstance(h.get("text_loss"), int | float)]
+    if text:  # the general-text probe: a loss (lower is better) on its own right-hand axis
+        right = ax.twinx()
+        xs, ys = [x for x, _ in text], [y for _, y in text]
+        label = "general text loss/token (right, lower is better)"
+        line = right.plot(xs, ys, "s--", ms=3, lw=1, color="#57606a", label=label, gid="nbft-text-loss")[0]
+        right.set_ylabel("loss per token", fontsize=8)
+        right.tick_params(labelsize=7)
+        handles, labels = [*handles, line], [*labels, line.get_label()]
+    if handles:
+        ax.legend(
+            handles, labels, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.08 if text else 1.01, 1.0)
+        )
     return fig
 
 
