@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 # the checks and the replay mixture live with the sweep engine (forgetting -> sweep, never back); kept importable here
-from nbft.sweep import check_replay, check_replay_from, check_seeds, replay_mixture, variant_label
+from nbft.sweeps import check_replay, check_replay_from, check_seeds, replay_mixture, variant_label
 
 __all__ = [
     "check_replay",
@@ -124,26 +125,22 @@ def forgetting_experiment(
         table.forgetting[["model", "G", "BWT", "AF", "worst_drop"]]
     """
     from nbft.report import ComparisonTable
-    from nbft.sweep import _prepare, _sweep_call, _variants
+    from nbft.sweeps import sweep
 
     shares = check_replay(replay)
     train_seeds = check_seeds(seeds) if seeds is not None else (seed,)
-    target_task, names, replayed, held_out = _prepare(
-        model, tokenizer, target, others, replay_from, any(r > 0 for r in shares)
-    )
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    grid = {"replay": shares}
-    defaults = {"learning_rate": float(learning_rate), "steps": steps, "replay": 0.0, "balance": False}
-    say = echo or (lambda line: logger.info("%s", line))
+    out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("forgetting-%Y%m%d-%H%M%S")
     # a sweep over the replay share: one run directory per share (and seed), finished ones skipped on a re-run
-    result = _sweep_call(
-        _variants(grid, defaults), train_seeds, grid, model=model, tokenizer=tokenizer, target_task=target_task,
-        names=names, replayed=replayed, held_out=held_out, batch_size=batch_size, max_length=max_length, n=n,
-        n_other=n_other, n_per_task=n_per_task, eval_batch_size=eval_batch_size, chat_template=chat_template,
-        seed=seed, precision=precision, out_dir=out_dir, monitor=monitor, progress=progress, echo=say,
-        flat=seeds is None, default_dir="forgetting",
+    result = sweep(
+        {"replay": shares}, model=model, target=target, others=others, seeds=train_seeds, replay_from=replay_from,
+        learning_rate=learning_rate, steps=steps, batch_size=batch_size, max_length=max_length, n=n, n_other=n_other,
+        n_per_task=n_per_task, eval_batch_size=eval_batch_size, chat_template=chat_template, seed=seed,
+        precision=precision, out_dir=out, tokenizer=tokenizer, monitor=monitor, progress=progress,
+        echo=echo or (lambda line: logger.info("%s", line)), seed_dirs=seeds is not None,
     )  # fmt: skip
+    replayed, held_out = result.record["plan"]["replayed"], result.record["plan"]["held_out"]
     variants = [_Variant.of(r) for r in result.runs]
     results = dict(result.table.results)
     results["experiment"] = experiment_summary(results, variants, result.record["timings"],

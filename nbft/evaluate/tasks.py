@@ -225,19 +225,20 @@ class Task:
             raise TaskError(f"task {self.name!r} has no train split to build a training set from")
         train = splits["train"]
         by_label: dict[str, list[int]] = {c: [] for c in self.choices}
-        for i, row in enumerate(train):
-            label = self.reference(row)
+        raw = train[self.target]
+        label_of = {v: self.reference({self.target: v}) for v in set(raw)}  # a label depends on its field alone
+        for i, value in enumerate(raw):
+            label = label_of[value]
             if label in by_label:  # a label outside the choices cannot be balanced against them: left out
                 by_label[label].append(i)
         held = {c: len(v) for c, v in by_label.items()}
         if n is None:
             n = min(held.values()) * len(held)
         counts = largest_remainder(n, {c: 1 / len(by_label) for c in by_label})
-        short = {c: (k, held[c]) for c, k in counts.items() if k > held[c]}
-        if short or n < 1:
+        if any(k > held[c] for c, k in counts.items()) or n < 1:
             raise TaskError(
                 f"task {self.name!r}: balance=True with n={n} needs {counts} examples per label, but the train split "
-                f"holds {held} (label: (needed, held) {short}); ask for at most {min(held.values()) * len(held)}"
+                f"holds {held}; ask for at most n={min(held.values()) * len(held)}"
             )
         rng = random.Random(seed)
         keep = sorted(i for c, idx in by_label.items() for i in rng.sample(idx, counts[c]))

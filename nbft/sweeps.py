@@ -482,7 +482,7 @@ def _one_run(
         train_s, summary, spec = time.perf_counter() - t0, dict(run.summary), model
         if run.status != "completed":
             raise SweepInterrupted(
-                f"the run {run_dir} ended {run.status!r} at step {run.step} of {job.steps}: the sweep stopped there "
+                f"the run {run_dir} ended {run.status!r} before its step {job.steps}: the sweep stopped there "
                 f"({done} of {total} runs finished and kept). Call the same sweep again to resume it"
             )
     t0 = time.perf_counter()
@@ -801,6 +801,7 @@ def sweep(
     monitor: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    seed_dirs: bool = True,
 ) -> SweepResult:
     """Fine-tune one base model once per grid point and seed, and compare the variants in one table and one figure.
 
@@ -827,7 +828,9 @@ def sweep(
             complete (replacing its own files only) and trains the rest; the grid and the seeds may grow.
         monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each run.
         progress: one progress bar over variants × seeds (the library's own bars stay off).
-        echo: called with one line per finished run (default: the ``nbft.sweep`` logger, at debug level).
+        echo: called with one line per finished run (default: the ``nbft.sweeps`` logger, at debug level).
+        seed_dirs: ``False`` (one seed only): each variant's run directory is ``<out_dir>/<variant>`` and its column
+            a single run rather than a list of one (the layout of :func:`nbft.forgetting_experiment` without seeds).
 
     Returns a :class:`SweepResult`. A run that stops early (Stop, Ctrl-C) raises :class:`SweepInterrupted` after
     keeping what finished.
@@ -841,6 +844,8 @@ def sweep(
     """
     checked = check_grid(grid)
     train_seeds = check_seeds(seeds)
+    if not seed_dirs and len(train_seeds) > 1:
+        raise ValueError(f"seed_dirs=False keeps one run per variant; seeds={list(train_seeds)} needs seed_dirs=True")
     fixed = {"learning_rate": learning_rate, "steps": steps, "replay": replay, "balance": balance}
     defaults = {k: _check_value(k, v) for k, v in fixed.items()}
     any_replay = any(r > 0 for r in checked.get("replay", (defaults["replay"],)))
@@ -855,8 +860,7 @@ def sweep(
         variants, train_seeds, checked, model=model, tokenizer=tokenizer, target_task=target_task, names=names,
         replayed=replayed, held_out=held_out, batch_size=batch_size, max_length=max_length, n=n, n_other=n_other,
         n_per_task=n_per_task, eval_batch_size=eval_batch_size, chat_template=chat_template, seed=seed,
-        precision=precision, out_dir=out_dir, monitor=monitor, progress=progress, echo=echo, flat=False,
-        default_dir="sweep",
+        precision=precision, out_dir=out_dir, monitor=monitor, progress=progress, echo=echo, flat=not seed_dirs,
     )  # fmt: skip
 
 
@@ -895,7 +899,6 @@ def _sweep_call(
     progress: bool,
     echo: Callable[[str], None] | None,
     flat: bool,
-    default_dir: str,
 ) -> SweepResult:
     """The work shared by :func:`sweep` and :func:`nbft.forgetting_experiment`, after their argument checks."""
     from nbft._quiet import call_scope
@@ -908,7 +911,7 @@ def _sweep_call(
 
     check_int("batch_size", batch_size, 1, "e.g. batch_size=8")
     TrainConfig(precision=precision)  # a bad precision fails here, before anything is loaded
-    out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime(f"{default_dir}-%Y%m%d-%H%M%S")
+    out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     _check_folder(out)
     say = echo or (lambda line: logger.debug("%s", line))
     other_tasks = [get_task(t) for t in names]
