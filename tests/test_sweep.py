@@ -202,3 +202,17 @@ def test_sweep_figure_without_seeds_has_no_error_bars():
                         "forgetting_of": ["held-out"] * 2, "n_seeds": [1, 1], "pareto": [True, True]})  # fmt: skip
     fig = sweep_figure(pts)
     assert fig.axes[0].get_ylabel().startswith("in-domain gain G")
+
+
+def test_the_cli_runs_a_sweep_and_writes_its_figure(tmp_path, capsys):
+    from nbft.cli import main
+
+    out = tmp_path / "sw"
+    args = ["sweep", "--model", "tiny", "--replay", "0", "0.5", "--steps", "1", "--seeds", "1", "--tasks", "qa", "ner",
+            "--replay-from", "qa", "--n", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "variants (G and forgetting" in text and (out / "sweep.png").stat().st_size > 0
+    assert load_sweep(out).table.columns == ["base", "1 steps · target-only", "1 steps · replay 0.5"]
+    assert main(["sweep", "--model", "tiny", "--lr", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
