@@ -105,8 +105,10 @@ def test_an_interrupted_sweep_resumes_and_equals_an_uninterrupted_one(tmp_path, 
     assert _numbers(resumed) == _numbers(whole)
     assert resumed.points.equals(whole.points)
     calls.clear()
-    _sweep(out)  # finished: nothing is trained again
-    assert calls == []
+    (out / "target-only" / "seed-1.evaluation.json").unlink()  # killed between the run's end and its evaluation
+    again = _sweep(out)  # nothing is trained again; the run whose evaluation was lost is evaluated from its model
+    assert calls == [] and (out / "target-only" / "seed-1.evaluation.json").is_file()
+    assert _numbers(again) == _numbers(whole)
 
 
 def test_balanced_sampling_counts():
