@@ -599,7 +599,9 @@ def _run_grid(
 # --------------------------------------------------------------------------------------------------- results
 def sweep_points(results: Mapping[str, Any], variants: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
     """One row per variant: its settings, the gain G and the forgetting (held-out AF when some tasks are held out of
-    replay, else AF over all other tasks) with their CIs and seed ranges, and whether it is on the Pareto front.
+    replay, else AF over all other tasks) with their CIs and seed ranges, whether it is on the Pareto front, the
+    target's label-prior shift (``prior_shift``: the most over-predicted label's excess, points) and every task's
+    headline Δ with its CI's lower bound (``Δ <task>``, ``Δ <task> ci_low``).
 
     Example::
 
@@ -620,11 +622,27 @@ def sweep_points(results: Mapping[str, Any], variants: Sequence[Mapping[str, Any
                 row[f"{out_name}_{suffix}"] = math.nan if value is None else value
         row["AF_all"] = f.get("AF", math.nan)
         row["n_seeds"] = f.get("n_seeds", 1)
+        row["prior_shift"], row["prior_shift_label"] = _prior_shift(results, f["model"])
+        for d in results.get("deltas", ()):  # every task's headline Δ with its CI's lower bound (probe rows too)
+            if d["model"] == f["model"] and d.get("is_headline"):
+                row[f"Δ {d['task']}"], row[f"Δ {d['task']} ci_low"] = d["delta"], d["ci_low"]
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):
         df["pareto"] = pareto_front(list(zip(df["G"], df["AF_held_out"], strict=True)))
     return df
+
+
+def _prior_shift(results: Mapping[str, Any], column: str) -> tuple[float, str | None]:
+    """The largest excess of a predicted label over its share in the references (points), on the target's generated
+    answers (pooled over seeds): the label-prior shift; NaN when the target is not classification."""
+    diag = (results.get("diagnostics") or {}).get(results.get("target") or "", {})
+    gen = (diag.get("models") or {}).get(column, {}).get("generate")
+    if not gen:
+        return math.nan, None
+    shifts = {c: gen["predicted_share"][c] - gen["reference_share"][c] for c in diag["labels"]}
+    label = max(shifts, key=shifts.get)  # type: ignore[arg-type]
+    return float(shifts[label]), label
 
 
 def sweep_figure(points: pd.DataFrame, *, title: str | None = None) -> Figure:
@@ -706,7 +724,7 @@ class SweepResult:
 
     def to_text(self) -> str:
         cols = ["variant", "G", "G_ci_low", "G_ci_high", "AF_held_out", "AF_held_out_ci_low", "AF_held_out_ci_high",
-                "AF_all", "pareto"]  # fmt: skip
+                "AF_all", "prior_shift", "pareto"]  # fmt: skip
         pts = self.points
         shown = pts[[c for c in cols if c in pts.columns]].round(1).to_string(index=False)
         return f"{self.table.to_text()}\n\nvariants (G and forgetting, Pareto front marked):\n{shown}"

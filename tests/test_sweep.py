@@ -64,6 +64,12 @@ def test_sweep_structure_one_bar_figure_and_reload(tmp_path, capfd):
     f = {x["model"]: x for x in table.results["forgetting"]}
     assert pts.loc["replay 0.5", "AF_held_out"] == pytest.approx(f["replay 0.5"]["groups"]["held-out"]["AF"])
     assert (pts["forgetting_of"] == "held-out").all() and pts["pareto"].any()
+    assert pts.loc["replay 0.5", "Δ sentiment"] == pytest.approx(pts.loc["replay 0.5", "G"])  # G is the target's Δ
+    shares = table.results["diagnostics"]["sentiment"]["models"]["replay 0.5"]["generate"]
+    worst = max(
+        shares["predicted_share"][c] - shares["reference_share"][c] for c in ("negative", "neutral", "positive")
+    )
+    assert pts.loc["replay 0.5", "prior_shift"] == pytest.approx(worst)
     fig = result.figure()
     assert isinstance(fig, Figure) and "held-out" in fig.axes[0].get_xlabel()
     import matplotlib.pyplot as plt
