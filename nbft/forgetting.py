@@ -7,7 +7,8 @@ and so steps, rather than dropping target ones), so the comparison isolates what
 comes back: base, target-only and each replay share as columns, each with its gain G on the target and BWT′, AF and
 the worst drop on the others, every one with a 95% CI.
 
-The application layer (beside :mod:`nbft.demo`): it loads, trains, evaluates and reports.
+It is a sweep over the replay share (:func:`nbft.sweep` with ``{"replay": shares}``): the same engine, so the same
+``out_dir`` resumes an interrupted experiment. The application layer (beside :mod:`nbft.demo`).
 
 Example::
 
@@ -112,7 +113,9 @@ def forgetting_experiment(
         n, n_other, n_per_task: test examples of the target, of each other task, and per-task exceptions.
         monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each variant (its rows go into each
             run's history).
-        out_dir: where the run directories go (default ``runs/forgetting-<time>``), one per variant.
+        out_dir: where the run directories go (default ``runs/forgetting-<time>``), one per variant, with
+            ``sweep.json``; calling again with the same ``out_dir`` skips the finished variants (an interrupted
+            experiment resumes) and refuses other fixed settings.
         echo: called with each line meant for a person (library code never prints).
 
     Returns a :class:`~nbft.report.ComparisonTable` whose results dict also holds ``experiment``: per variant its
