@@ -50,6 +50,8 @@ _EXPORTS = {
     "compare": "nbft.evaluate.compare",
     "ForgettingMonitor": "nbft.evaluate",
     "forgetting_experiment": "nbft.forgetting",
+    "sweep": "nbft.sweeps",  # reachable as nbft.sweep / nbft.load_sweep; __all__ stays at its cap of 30 names
+    "load_sweep": "nbft.sweeps",
     "get_task": "nbft.evaluate",
     "list_tasks": "nbft.evaluate",
     "Task": "nbft.evaluate",
@@ -124,6 +126,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nbft.models import load_model, tiny_random
     from nbft.report import ComparisonTable
     from nbft.run_dirs import runs
+    from nbft.sweeps import load_sweep as load_sweep
+    from nbft.sweeps import sweep as sweep
     from nbft.templates import PromptTemplate, get_template, list_templates
     from nbft.train import (
         HistoryWriter as HistoryWriter,

@@ -1,4 +1,5 @@
-"""The ``nbft`` command line: ``nbft models``, ``nbft demo``, ``nbft train CONFIG``, ``nbft push RUN REPO``."""
+"""The ``nbft`` command line: ``nbft models``, ``nbft demo``, ``nbft sweep``, ``nbft train CONFIG``, ``nbft push RUN
+REPO``."""
 
 from __future__ import annotations
 
@@ -36,6 +37,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n,
                       replay=args.replay, replay_from=args.replay_from, seeds=args.seeds, echo=print)  # fmt: skip
     print(f"\nwrote {result['out_dir']}: " + ", ".join(sorted(Path(p).name for p in result["files"].values())))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from nbft.report import figure_to_png
+    from nbft.sweeps import sweep
+
+    grid: dict[str, list[object]] = {}
+    for key, values in (("learning_rate", args.lr), ("steps", args.steps), ("replay", args.replay)):
+        if values:
+            grid[key] = list(values)
+    if args.balance:
+        grid["balance"] = [v == "on" for v in args.balance]
+    result = sweep(grid, model=args.model, target=args.target, others=args.tasks, seeds=tuple(range(args.seeds)),
+                   replay_from=args.replay_from, out_dir=args.out, **({"n": args.n} if args.n else {}))  # fmt: skip
+    print(result.to_text())
+    png = result.out_dir / "sweep.png"
+    png.write_bytes(figure_to_png(result.figure()))
+    print(f"\nwrote {result.out_dir / 'sweep.json'} and {png}")
     return 0
 
 
@@ -125,6 +145,30 @@ def build_parser() -> argparse.ArgumentParser:
         "a CI over seeds and examples, and the table shows the seed range (e.g. --seeds 3)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "sweep",
+        help="a grid of training settings x seeds from one base: one table, gain against held-out forgetting",
+        description="Fine-tune one base model per grid point and seed (e.g. --lr 1e-4 3e-4 --replay 0 0.1 --seeds 3), "
+        "compare all variants in one table, and plot the in-domain gain against forgetting on held-out tasks with "
+        "the Pareto front. Run it again with the same --out to resume an interrupted sweep.",
+    )
+    p.add_argument("--lr", type=float, nargs="+", default=None, metavar="RATE", help="learning rates to try")
+    p.add_argument("--steps", type=_positive_int, nargs="+", default=None, metavar="N", help="optimizer steps to try")
+    p.add_argument("--replay", type=float, nargs="+", default=None, metavar="SHARE", help="replay shares in [0, 1)")
+    p.add_argument(
+        "--balance", choices=("on", "off"), nargs="+", default=None, help="label-balanced sampling of the target"
+    )
+    p.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="training seeds per variant (default 3)")
+    p.add_argument("--target", default="sentiment", help="the task to fine-tune on (default: sentiment)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="the tasks that measure forgetting")
+    p.add_argument(
+        "--replay-from", nargs="+", default=None, metavar="TASK", help="tasks replayed (default: all but the last)"
+    )
+    p.add_argument("--model", default=None, help="model name or path (default: SmolLM2-135M-Instruct; 'tiny')")
+    p.add_argument("--n", type=_positive_int, default=None, help="test examples of the target task (default 100)")
+    p.add_argument("--out", default=None, help="the sweep folder (default runs/sweep-TIME); the same one resumes")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser(
         "train",

@@ -208,7 +208,7 @@ def _run_demo(
     from nbft.evaluate import ForgettingMonitor, evaluate_model, get_task, list_tasks
     from nbft.forgetting import check_replay, check_replay_from, replay_effect, replay_mixture, variant_label
     from nbft.models import resolve_model
-    from nbft.report import compare
+    from nbft.evaluate.compare import compare
     from nbft.train import ProgressObserver, TrainConfig, finetune
     from nbft.train.variants import BaseSnapshot
 

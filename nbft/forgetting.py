@@ -7,7 +7,8 @@ and so steps, rather than dropping target ones), so the comparison isolates what
 comes back: base, target-only and each replay share as columns, each with its gain G on the target and BWT′, AF and
 the worst drop on the others, every one with a 95% CI.
 
-The application layer (beside :mod:`nbft.demo`): it loads, trains, evaluates and reports.
+It is a sweep over the replay share (:func:`nbft.sweep` with ``{"replay": shares}``): the same engine, so the same
+``out_dir`` resumes an interrupted experiment. The application layer (beside :mod:`nbft.demo`).
 
 Example::
 
@@ -26,7 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nbft.config import EvalConfig
+# the checks and the replay mixture live with the sweep engine (forgetting -> sweep, never back); kept importable here
+from nbft.sweeps import check_replay, check_replay_from, check_seeds, replay_mixture, variant_label
 
 __all__ = [
     "check_replay",
@@ -40,123 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OTHERS = ("sentiment", "qa", "reply", "ner", "summarize-paper")
-
-
-def check_replay(replay: float | Sequence[float]) -> tuple[float, ...]:
-    """Replay shares as a tuple of floats in [0, 1); anything else is an error that names the value.
-
-    Example:
-        >>> check_replay((0, 0.1))
-        (0.0, 0.1)
-    """
-    values = (replay,) if isinstance(replay, int | float) else tuple(replay)
-    if not values:
-        raise ValueError("replay=() gives nothing to train; e.g. replay=(0, 0.1, 0.3) (0 = the target task alone)")
-    out = []
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1 or math.isnan(value):
-            raise ValueError(
-                f"replay={value!r} is outside [0, 1): a replay share is the fraction of the training mix drawn from "
-                "the other tasks (0 = the target task alone, 0.1 = one example in ten); e.g. replay=(0, 0.1, 0.3)"
-            )
-        out.append(float(value))
-    if len(set(out)) < len(out):
-        raise ValueError(f"replay={values!r} lists a share twice")
-    return tuple(out)
-
-
-def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
-    """Training seeds as a tuple of distinct whole numbers; an empty or repeated list is an error that says why.
-
-    Example:
-        >>> check_seeds((0, 1, 2))
-        (0, 1, 2)
-    """
-    values = (seeds,) if isinstance(seeds, int) else tuple(seeds)
-    if not values:
-        raise ValueError("seeds=() trains nothing: give the training seeds, e.g. seeds=(0, 1, 2)")
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"seeds: {value!r} is not a whole number >= 0; e.g. seeds=(0, 1, 2)")
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(
-            f"seeds={values!r} repeats seed {repeated[0]}: a repeated seed trains the same run again and would count "
-            "it twice in the seed spread; give distinct seeds, e.g. seeds=(0, 1, 2)"
-        )
-    return values
-
-
-def check_replay_from(replay_from: Sequence[str] | None, others: Sequence[str], target: str) -> list[str]:
-    """The tasks replayed (the rest of ``others`` is held out): by default all but the last of ``others`` (with one
-    other task, that one), so forgetting is also measured on a task that replay never trains on.
-
-    Example:
-        >>> check_replay_from(None, ["qa", "reply", "ner"], "sentiment")
-        ['qa', 'reply']
-    """
-    from nbft._utils import did_you_mean
-
-    others = list(others)
-    if replay_from is None:
-        return others[:-1] if len(others) > 1 else others
-    names = [replay_from] if isinstance(replay_from, str) else list(replay_from)
-    for name in names:
-        if name == target:
-            raise ValueError(
-                f"replay_from names the target {name!r}: every variant trains on the target already; replay_from "
-                f"lists other tasks to replay, e.g. replay_from={others[:-1] or others}"
-            )
-        if name not in others:
-            raise ValueError(
-                f"replay_from names {name!r}, which is not among the other tasks {others}.{did_you_mean(name, others)} "
-                "Add it to others=[...] or fix the name"
-            )
-    if len(set(names)) < len(names):
-        raise ValueError(f"replay_from={names!r} lists a task twice")
-    return [t for t in others if t in names]
-
-
-def variant_label(replay: float) -> str:
-    """Column name of a variant: ``"target-only"`` or ``"replay 0.1"``."""
-    return "target-only" if replay == 0 else f"replay {replay:g}"
-
-
-def replay_mixture(
-    target: Any, others: Mapping[str, Any], replay: float, *, seed: int = 0
-) -> tuple[Any, dict[str, int]]:
-    """All of ``target`` plus replayed examples of ``others`` so that they make up ``replay`` of the mix.
-
-    The target examples are all kept (the same ones every variant sees); ``round(n * replay / (1 - replay))``
-    replayed examples are shared equally among the other tasks (the largest-remainder rule), drawn with ``seed``.
-    Returns the shuffled mixture (a ``datasets.Dataset`` with a ``task`` column) and the count per task.
-
-    Example::
-
-        mixed, counts = replay_mixture(target_rows, {"qa": qa_rows, "ner": ner_rows}, 0.1)
-        counts      # {'sentiment': 320, 'qa': 18, 'ner': 18}
-    """
-    from nbft.data import _largest_remainder, mix
-
-    (share,) = check_replay(replay)
-    name = str(target["task"][0]) if "task" in target.column_names and len(target) else "target"
-    if share == 0:
-        return target, {name: len(target)}
-    if not others:
-        raise ValueError(f"replay={share:g} needs other tasks to replay; pass others=[...]")
-    n_target = len(target)
-    n_replay = round(n_target * share / (1 - share))
-    per_task = _largest_remainder(n_replay, {t: 1 / len(others) for t in others})
-    counts = {name: n_target, **per_task}
-    short = {t: (k, len(others[t])) for t, k in per_task.items() if k > len(others[t])}
-    if short:
-        raise ValueError(
-            f"replay={share:g} needs more examples than these tasks' train splits hold (needed, held): {short}"
-        )
-    mixed = mix({name: target, **others}, ratios=counts, total=sum(counts.values()), seed=seed)
-    return mixed, counts
-
 
 @dataclasses.dataclass
 class _Variant:
@@ -169,6 +54,12 @@ class _Variant:
     run_dir: str
     summary: dict[str, Any]
     seed: int = 0
+
+    @classmethod
+    def of(cls, r: Any) -> _Variant:
+        """From one run of the sweep engine."""
+        v = r.variant
+        return cls(v.replay, v.label, r.counts, r.steps, r.train_s, r.eval_s, str(r.run_dir), r.summary, r.seed)
 
 
 def forgetting_experiment(
@@ -222,7 +113,9 @@ def forgetting_experiment(
         n, n_other, n_per_task: test examples of the target, of each other task, and per-task exceptions.
         monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each variant (its rows go into each
             run's history).
-        out_dir: where the run directories go (default ``runs/forgetting-<time>``), one per variant.
+        out_dir: where the run directories go (default ``runs/forgetting-<time>``), one per variant, with
+            ``sweep.json``; calling again with the same ``out_dir`` skips the finished variants (an interrupted
+            experiment resumes) and refuses other fixed settings.
         echo: called with each line meant for a person (library code never prints).
 
     Returns a :class:`~nbft.report.ComparisonTable` whose results dict also holds ``experiment``: per variant its
@@ -234,143 +127,30 @@ def forgetting_experiment(
         table = nbft.forgetting_experiment(target="sentiment", replay=(0, 0.1))
         table.forgetting[["model", "G", "BWT", "AF", "worst_drop"]]
     """
-    from nbft.data import tokenize_for_training
-    from nbft.evaluate import evaluate_model, get_task
-    from nbft.evaluate.monitor import ForgettingMonitor
-    from nbft.models import resolve_model
     from nbft.report import ComparisonTable
-    from nbft.train import ProgressObserver, TrainConfig, finetune
-    from nbft.train.variants import BaseSnapshot
+    from nbft.sweeps import sweep
 
     shares = check_replay(replay)
     train_seeds = check_seeds(seeds) if seeds is not None else (seed,)
-    if model is not None and not isinstance(model, str | tuple | Path) and tokenizer is None:
-        raise ValueError("a model object needs its tokenizer: forgetting_experiment(model, tokenizer=tok, ...)")
-    say = echo or (lambda line: logger.info("%s", line))
-    target_task = get_task(target)  # a misspelt name fails here, before anything is loaded
-    if others is not None and not isinstance(others, str) and target in others:
-        rest = [t for t in others if t != target] or [t for t in DEFAULT_OTHERS if t != target]
-        raise ValueError(
-            f"others={list(others)!r} lists the target {target!r}: others are the tasks that measure forgetting (and "
-            f"are replayed), so they must differ from the task trained for. Pass others={rest!r}"
-        )
-    other_names = [t for t in (others if others is not None else DEFAULT_OTHERS) if t != target]
-    other_tasks = [get_task(t) for t in other_names]
-    if any(r > 0 for r in shares) and not other_tasks:
-        raise ValueError("replay needs other tasks to replay: pass others=[...]")
-    replayed = check_replay_from(replay_from, other_names, target)
-    held_out = [t for t in other_names if t not in replayed]
-    if any(r > 0 for r in shares) and not replayed:
-        raise ValueError(f"replay_from=[] replays nothing; name tasks of {other_names} to replay")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    TrainConfig(precision=precision)  # a bad precision fails here, before anything is loaded
-    tasks = [target_task, *other_tasks]
     out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("forgetting-%Y%m%d-%H%M%S")
-
-    def run_dir(share: float, s: int) -> Path:
-        return out / _dir_name(share) if seeds is None else out / _dir_name(share) / f"seed-{s}"
-
-    existing = [variant_label(r) for r in shares if (out / _dir_name(r)).exists()]
-    if existing:
-        raise FileExistsError(f"{out} already holds runs {existing}; pass a new out_dir")
-    from nbft._quiet import call_scope
-
-    with call_scope():  # no library bars (tokenize, save); each library warning once
-        t_start = time.perf_counter()
-        timings: dict[str, float] = {}
-
-        # data: the target's train split (the same examples for every variant), the others' for replay
-        t0 = time.perf_counter()
-        n_target = steps * batch_size
-        target_rows = target_task.train(n=n_target, templates=target_task.template, seed=seed)
-        if len(target_rows) < n_target:
-            raise ValueError(
-                f"task {target!r} has {len(target_rows)} training examples; steps × batch_size = {n_target} needs more"
-            )
-        biggest = max(shares)
-        need = math.ceil(round(n_target * biggest / (1 - biggest)) / max(1, len(replayed))) if biggest > 0 else 0
-        replay_rows = (
-            {t.name: t.train(n=need, templates=t.template, seed=seed) for t in other_tasks if t.name in replayed}
-            if need
-            else {}
-        )
-        timings["data_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        mdl, tok, label, _ = resolve_model(model, tokenizer)
-        timings["load_s"] = time.perf_counter() - t0
-        chat = chat_template and bool(getattr(tok, "chat_template", None))
-        sizes = {t.name: (n_per_task or {}).get(t.name, n_other) for t in other_tasks}
-        ecfg = EvalConfig(n=n, n_per_task=sizes, icl_shots=(0,), batch_size=eval_batch_size, chat_template=chat,
-                          seed=seed, progress=progress)  # fmt: skip
-        say(
-            f"forgetting experiment: {label}, target={target}, replayed={replayed}, held out={held_out}, "
-            f"replay={list(shares)}, seeds={list(train_seeds)}, out={out}"
-        )
-
-        variants: list[_Variant] = []
-        per_seed: dict[str, list[Any]] = {}
-        # Weights and buffers (RoPE frequencies too) of the base, restored bit for bit before every variant; the
-        # caller's model is given back as it came, also after an error.
-        with BaseSnapshot(mdl) as base:
-            t0 = time.perf_counter()
-            evaluations: dict[str, Any] = {"base": evaluate_model(mdl, tasks, tokenizer=tok, target=target,
-                                                                  config=ecfg)}  # fmt: skip
-            timings["eval_base_s"] = time.perf_counter() - t0
-            say(f"base model evaluated on {len(tasks)} tasks in {timings['eval_base_s']:.0f}s")
-            for share in shares:
-                name = variant_label(share)
-                # the same examples for every seed (the data seed); only the training seed changes
-                data, counts = replay_mixture(target_rows, replay_rows, share, seed=seed)
-                train_tok = tokenize_for_training(data, tok, max_length=max_length, chat_template=chat)
-                variant_steps = math.ceil(len(data) / batch_size)
-                for s in train_seeds:
-                    base.restore()  # the base that was evaluated, whatever the previous variant did to the model
-                    cfg = TrainConfig(learning_rate=learning_rate, max_steps=variant_steps, batch_size=batch_size,
-                                      warmup_ratio=0.1, schedule="linear", max_length=max_length, seed=s,
-                                      precision=precision)  # fmt: skip
-                    observers: list[Any] = [ProgressObserver()] if progress else []
-                    if monitor:
-                        observers.append(ForgettingMonitor(tasks, target=target, checkpoints=False, chat_template=chat,
-                                                           seed=seed))  # fmt: skip
-                    t0 = time.perf_counter()
-                    run = finetune(mdl, tok, train_tok, config=cfg, observers=observers, run_dir=run_dir(share, s))
-                    train_s = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    ev = evaluate_model(mdl, tasks, name=name, tokenizer=tok, target=target, config=ecfg)
-                    eval_s = time.perf_counter() - t0
-                    per_seed.setdefault(name, []).append(ev)
-                    variants.append(_Variant(share, name, counts, variant_steps, train_s, eval_s, str(run.run_dir),
-                                             dict(run.summary), s))  # fmt: skip
-                    say(
-                        f"{name}{f' (seed {s})' if seeds is not None else ''}: {variant_steps} steps on {counts} in "
-                        f"{train_s:.0f}s, evaluated in {eval_s:.0f}s"
-                    )
-                evaluations[name] = per_seed[name] if seeds is not None else per_seed[name][0]
-
-        from nbft.report import compare
-
-        t0 = time.perf_counter()
-        training: dict[str, Any] = {}
-        for v in variants:
-            training.setdefault(v.label, []).append(v.run_dir)
-        if seeds is None:
-            training = {k: v[0] for k, v in training.items()}
-        groups = {"replayed": replayed, "held-out": held_out} if held_out and replayed else None
-        table = compare(evaluations, tasks, target=target, config=ecfg, tokenizer=tok, training_data=training,
-                        task_groups=groups)  # fmt: skip
-        timings["compare_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_start
-        results = dict(table.results)
-        results["experiment"] = experiment_summary(results, variants, timings, label)
-        results["experiment"].update(replayed=replayed, held_out=held_out, seeds=list(train_seeds))
-        results["notes"] = [*results["notes"], *results["experiment"]["lines"]]
-        return ComparisonTable(results)
-
-
-def _dir_name(share: float) -> str:
-    return "target-only" if share == 0 else f"replay-{share:g}"
+    # a sweep over the replay share: one run directory per share (and seed), finished ones skipped on a re-run
+    result = sweep(
+        {"replay": shares}, model=model, target=target, others=others, seeds=train_seeds, replay_from=replay_from,
+        learning_rate=learning_rate, steps=steps, batch_size=batch_size, max_length=max_length, n=n, n_other=n_other,
+        n_per_task=n_per_task, eval_batch_size=eval_batch_size, chat_template=chat_template, seed=seed,
+        precision=precision, out_dir=out, tokenizer=tokenizer, monitor=monitor, progress=progress,
+        echo=echo or (lambda line: logger.info("%s", line)), seed_dirs=seeds is not None,
+    )  # fmt: skip
+    replayed, held_out = result.record["plan"]["replayed"], result.record["plan"]["held_out"]
+    variants = [_Variant.of(r) for r in result.runs]
+    results = dict(result.table.results)
+    results["experiment"] = experiment_summary(results, variants, result.record["timings"],
+                                               result.record["plan"]["model_label"])  # fmt: skip
+    results["experiment"].update(replayed=replayed, held_out=held_out, seeds=list(train_seeds))
+    results["notes"] = [*results["notes"], *results["experiment"]["lines"]]
+    return ComparisonTable(results)
 
 
 def replay_effect(results: Mapping[str, Any], reference: str = "target-only") -> list[dict[str, Any]]:

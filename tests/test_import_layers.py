@@ -27,10 +27,7 @@ JUPYTER = ("ipywidgets", "IPython")
 NOT_CORE = ("nbft.widgets", "nbft.magics", "nbft.__main__")
 
 # Known circles through lazy imports, each with why it is there; the lead deletes an entry once it is gone.
-KNOWN_LAZY_CYCLES = {
-    # removed by the sweep work (forgetting.py stops importing demo's private helpers)
-    frozenset({"nbft.demo", "nbft.forgetting"}),
-}
+KNOWN_LAZY_CYCLES: set[frozenset[str]] = set()  # none left; a new one must be removed, not listed
 
 
 def _modules() -> dict[str, Path]:

@@ -23,8 +23,7 @@ from nbft.data.build import check_examples as check_examples
 from nbft.data.loading import FILE_FORMATS as FILE_FORMATS
 from nbft.data.loading import Source as Source
 from nbft.data.loading import load_hub_dataset, load_source
-from nbft.data.mixing import _largest_remainder as _largest_remainder
-from nbft.data.mixing import mix, mix_report
+from nbft.data.mixing import largest_remainder, mix, mix_report
 from nbft.data.saving import save_dataset
 from nbft.data.splitting import example_id as example_id
 from nbft.data.splitting import split_examples
@@ -45,6 +44,7 @@ __all__ = [
     "encode_pair",
     "encode_prompt",
     "format_prompt",
+    "largest_remainder",
     "length_stats",
     "load_hub_dataset",
     "load_source",

@@ -23,10 +23,18 @@ from nbft.errors import DataError
 # one logger for the whole package, named as before the split (users' logging filters and nbft._quiet name it)
 logger = logging.getLogger("nbft.data")
 
-__all__ = ["mix", "mix_report"]
+__all__ = ["largest_remainder", "mix", "mix_report"]
 
 
-def _largest_remainder(total: int, ratios: Mapping[str, float]) -> dict[str, int]:
+def largest_remainder(total: int, ratios: Mapping[str, float]) -> dict[str, int]:
+    """Whole counts that sum to ``total`` in the proportions ``ratios`` (which sum to 1): each share rounded down,
+    the examples left over going to the largest remainders (ties: the first key). Each count is within one of its
+    exact share.
+
+    Example:
+        >>> largest_remainder(10, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+        {'a': 4, 'b': 3, 'c': 3}
+    """
     raw = {k: total * r for k, r in ratios.items()}
     counts = {k: math.floor(v) for k, v in raw.items()}
     leftover = total - sum(counts.values())
@@ -94,7 +102,7 @@ def mix(
     norm = {k: ratios.get(k, 0.0) / sum(ratios.values()) for k in names}
     capacity = min(math.floor(parts[k].num_rows / r) for k, r in norm.items() if r > 0)
     total = capacity if total is None else total
-    counts = _largest_remainder(total, norm)
+    counts = largest_remainder(total, norm)
     short = {k: (c, parts[k].num_rows) for k, c in counts.items() if c > parts[k].num_rows}
     if short:
         raise DataError(

@@ -181,22 +181,69 @@ class Task:
         idx = _sample_indices(len(ds), n, seed)
         return [ds[i] for i in idx]
 
-    def train(self, n: int | None = None, *, templates: Any = None, seed: int = 0) -> datasets.Dataset:
+    def train(
+        self, n: int | None = None, *, templates: Any = None, seed: int = 0, balance: bool = False
+    ) -> datasets.Dataset:
         """Prompt → completion pairs from the task's **train** split (never its test split), ready to fine-tune on.
 
         ``n`` examples (a seeded sample; default all), each phrased with one of ``templates`` (default: every
         phrasing of the task's template family, as in FLAN). Same as
         ``build_instruction_dataset(task=self, n=n)["train"]``.
 
+        ``balance=True`` (classification tasks): the same number of examples of every label (``n`` shared equally
+        among the task's choices by the largest-remainder rule; ``n=None``: as many as the rarest label allows), so
+        a fine-tune does not learn the train split's label prior.
+
         Example::
 
             data = nbft.get_task("sentiment").train(n=800)
+            data = nbft.get_task("sentiment").train(n=300, balance=True)   # 100 negative, 100 neutral, 100 positive
             run = nbft.finetune(model, tok, data)
         """
         from nbft.data import build_instruction_dataset
 
+        if not isinstance(balance, bool):
+            raise TaskError(f"balance must be True or False, got {balance!r}")
         family = templates if templates is not None else _family(self.template)
-        return build_instruction_dataset(task=self, templates=family, n=n, n_validation=1, seed=seed)["train"]
+        task = self._balanced(n, seed) if balance else self
+        n = None if balance else n  # the balanced split holds exactly the examples to keep
+        return build_instruction_dataset(task=task, templates=family, n=n, n_validation=1, seed=seed)["train"]
+
+    def _balanced(self, n: int | None, seed: int) -> Task:
+        """A copy whose train split holds ``n`` examples, equally many of every label (a seeded sample per label)."""
+        import datasets
+
+        from nbft.data import largest_remainder
+
+        if not self.is_classification or not self.choices:
+            raise TaskError(
+                f"task {self.name!r} has no labels (no choices), so balance=True has nothing to balance: it is for "
+                "classification tasks (e.g. 'sentiment'); leave balance=False for this task"
+            )
+        splits = self.load()
+        if "train" not in splits or splits["train"].num_rows == 0:
+            raise TaskError(f"task {self.name!r} has no train split to build a training set from")
+        train = splits["train"]
+        by_label: dict[str, list[int]] = {c: [] for c in self.choices}
+        raw = train[self.target]
+        label_of = {v: self.reference({self.target: v}) for v in set(raw)}  # a label depends on its field alone
+        for i, value in enumerate(raw):
+            label = label_of[value]
+            if label in by_label:  # a label outside the choices cannot be balanced against them: left out
+                by_label[label].append(i)
+        held = {c: len(v) for c, v in by_label.items()}
+        if n is None:
+            n = min(held.values()) * len(held)
+        counts = largest_remainder(n, {c: 1 / len(by_label) for c in by_label})
+        if any(k > held[c] for c, k in counts.items()) or n < 1:
+            raise TaskError(
+                f"task {self.name!r}: balance=True with n={n} needs {counts} examples per label, but the train split "
+                f"holds {held}; ask for at most n={min(held.values()) * len(held)}"
+            )
+        rng = random.Random(seed)
+        keep = sorted(i for c, idx in by_label.items() for i in rng.sample(idx, counts[c]))
+        parts = {**dict(splits), "train": train.select(keep)}
+        return dataclasses.replace(self, data=datasets.DatasetDict(parts))
 
     def prompt(
         self, example: Mapping[str, Any], tokenizer: Any = None, *, chat: bool = False, shots: Sequence[Any] = ()

@@ -1,0 +1,955 @@
+"""A grid of training settings × seeds, trained from one base and compared in one table: which recipe gains on the
+target and forgets least where replay never trains.
+
+:func:`sweep` fine-tunes one base model once per variant (a point of the grid over learning rate, steps, replay share
+and label-balanced sampling) and per training seed. Every run starts from the same base weights and buffers; the runs
+of one variant see the same examples and differ only in their seed. Each run is a run directory
+``<out_dir>/<variant>/seed-<s>`` named from its settings, and its evaluation is kept beside it
+(``seed-<s>.evaluation.json``), so re-running the same call skips what is finished and an interrupted sweep resumes.
+``sweep.json`` holds the plan, each run's record and the comparison, so :func:`load_sweep` rebuilds the table and the
+figure after a restart without a model.
+
+The comparison is :func:`nbft.compare` with a list of runs per variant (seeds as a dimension: the mean over seeds
+with a two-level bootstrap CI). The figure plots the in-domain gain G against forgetting on the *held-out* tasks (the
+other tasks that no variant replays), with the seed range as error bars and the Pareto front marked.
+
+The application layer (beside :mod:`nbft.demo` and :mod:`nbft.forgetting`): it loads, trains, evaluates and reports.
+
+Example::
+
+    result = nbft.sweep({"learning_rate": [1e-4, 3e-4], "replay": [0, 0.1]}, seeds=(0, 1, 2), out_dir="runs/sweep")
+    result.table                   # the comparison: one column per variant, the mean over seeds with its CI
+    result.points                  # per variant: settings, G, held-out AF, seed ranges, on the Pareto front or not
+    result.figure()                # G against held-out AF, Pareto front marked
+    nbft.load_sweep("runs/sweep")  # the same, after a restart
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nbft.config import EvalConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "SETTINGS",
+    "SweepInterrupted",
+    "SweepResult",
+    "check_grid",
+    "check_replay",
+    "check_replay_from",
+    "check_seeds",
+    "load_sweep",
+    "pareto_front",
+    "replay_mixture",
+    "sweep",
+    "sweep_figure",
+    "sweep_points",
+    "variant_label",
+]
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = ("learning_rate", "steps", "replay", "balance")
+"""The training settings a grid may vary."""
+SWEEP_FORMAT = "nbft-sweep/1"
+SWEEP_FILE = "sweep.json"
+DEFAULT_OTHERS = ("sentiment", "qa", "reply", "ner", "summarize-paper")
+
+
+class SweepInterrupted(RuntimeError):
+    """A run of the sweep stopped before its last step (Stop, Ctrl-C); what finished is kept, and the same call
+    resumes the sweep."""
+
+
+# --------------------------------------------------------------------------------------------------- checks
+def check_replay(replay: float | Sequence[float]) -> tuple[float, ...]:
+    """Replay shares as a tuple of floats in [0, 1); anything else is an error that names the value.
+
+    Example:
+        >>> check_replay((0, 0.1))
+        (0.0, 0.1)
+    """
+    values = (replay,) if isinstance(replay, int | float) else tuple(replay)
+    if not values:
+        raise ValueError("replay=() gives nothing to train; e.g. replay=(0, 0.1, 0.3) (0 = the target task alone)")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1 or math.isnan(value):
+            raise ValueError(
+                f"replay={value!r} is outside [0, 1): a replay share is the fraction of the training mix drawn from "
+                "the other tasks (0 = the target task alone, 0.1 = one example in ten); e.g. replay=(0, 0.1, 0.3)"
+            )
+        out.append(float(value))
+    if len(set(out)) < len(out):
+        raise ValueError(f"replay={values!r} lists a share twice")
+    return tuple(out)
+
+
+def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """Training seeds as a tuple of distinct whole numbers; an empty or repeated list is an error that says why.
+
+    Example:
+        >>> check_seeds((0, 1, 2))
+        (0, 1, 2)
+    """
+    values = (seeds,) if isinstance(seeds, int) else tuple(seeds)
+    if not values:
+        raise ValueError("seeds=() trains nothing: give the training seeds, e.g. seeds=(0, 1, 2)")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"seeds: {value!r} is not a whole number >= 0; e.g. seeds=(0, 1, 2)")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(
+            f"seeds={values!r} repeats seed {repeated[0]}: a repeated seed trains the same run again and would count "
+            "it twice in the seed spread; give distinct seeds, e.g. seeds=(0, 1, 2)"
+        )
+    return values
+
+
+def check_replay_from(replay_from: Sequence[str] | None, others: Sequence[str], target: str) -> list[str]:
+    """The tasks replayed (the rest of ``others`` is held out): by default all but the last of ``others`` (with one
+    other task, that one), so forgetting is also measured on a task that replay never trains on.
+
+    Example:
+        >>> check_replay_from(None, ["qa", "reply", "ner"], "sentiment")
+        ['qa', 'reply']
+    """
+    from nbft._utils import did_you_mean
+
+    others = list(others)
+    if replay_from is None:
+        return others[:-1] if len(others) > 1 else others
+    names = [replay_from] if isinstance(replay_from, str) else list(replay_from)
+    for name in names:
+        if name == target:
+            raise ValueError(
+                f"replay_from names the target {name!r}: every variant trains on the target already; replay_from "
+                f"lists other tasks to replay, e.g. replay_from={others[:-1] or others}"
+            )
+        if name not in others:
+            raise ValueError(
+                f"replay_from names {name!r}, which is not among the other tasks {others}.{did_you_mean(name, others)} "
+                "Add it to others=[...] or fix the name"
+            )
+    if len(set(names)) < len(names):
+        raise ValueError(f"replay_from={names!r} lists a task twice")
+    return [t for t in others if t in names]
+
+
+def variant_label(replay: float) -> str:
+    """Column name of a variant: ``"target-only"`` or ``"replay 0.1"``."""
+    return "target-only" if replay == 0 else f"replay {replay:g}"
+
+
+def replay_mixture(
+    target: Any, others: Mapping[str, Any], replay: float, *, seed: int = 0
+) -> tuple[Any, dict[str, int]]:
+    """All of ``target`` plus replayed examples of ``others`` so that they make up ``replay`` of the mix.
+
+    The target examples are all kept (the same ones every variant sees); ``round(n * replay / (1 - replay))``
+    replayed examples are shared equally among the other tasks (the largest-remainder rule), drawn with ``seed``.
+    Returns the shuffled mixture (a ``datasets.Dataset`` with a ``task`` column) and the count per task.
+
+    Example::
+
+        mixed, counts = replay_mixture(target_rows, {"qa": qa_rows, "ner": ner_rows}, 0.1)
+        counts      # {'sentiment': 320, 'qa': 18, 'ner': 18}
+    """
+    from nbft.data import largest_remainder, mix
+
+    (share,) = check_replay(replay)
+    name = str(target["task"][0]) if "task" in target.column_names and len(target) else "target"
+    if share == 0:
+        return target, {name: len(target)}
+    if not others:
+        raise ValueError(f"replay={share:g} needs other tasks to replay; pass others=[...]")
+    n_target = len(target)
+    n_replay = round(n_target * share / (1 - share))
+    per_task = largest_remainder(n_replay, {t: 1 / len(others) for t in others})
+    counts = {name: n_target, **per_task}
+    short = {t: (k, len(others[t])) for t, k in per_task.items() if k > len(others[t])}
+    if short:
+        raise ValueError(
+            f"replay={share:g} needs more examples than these tasks' train splits hold (needed, held): {short}"
+        )
+    mixed = mix({name: target, **others}, ratios=counts, total=sum(counts.values()), seed=seed)
+    return mixed, counts
+
+
+# --------------------------------------------------------------------------------------------------- the grid
+def _check_value(key: str, value: Any) -> Any:
+    if key == "learning_rate":
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if not ok:
+            raise ValueError(f"grid['learning_rate']: {value!r} is not a positive number; e.g. [1e-4, 3e-4]")
+        return float(value)
+    if key == "steps":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"grid['steps']: {value!r} is not a whole number >= 1; e.g. [20, 40]")
+        return value
+    if key == "replay":
+        return check_replay(value)[0]
+    if not isinstance(value, bool):
+        raise ValueError(f"grid['balance']: {value!r} is not True or False; e.g. [False, True]")
+    return value
+
+
+def check_grid(grid: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """The grid as ``{setting: values}`` with every value checked; an empty grid, a key that is not a setting, an
+    empty or repeated value list are errors that say what to pass.
+
+    Example:
+        >>> check_grid({"replay": [0, 0.1], "learning_rate": 2e-4})
+        {'replay': (0.0, 0.1), 'learning_rate': (0.0002,)}
+    """
+    from nbft._utils import did_you_mean
+
+    if not isinstance(grid, Mapping):
+        raise TypeError(f"grid must be a dict {{setting: values}}, e.g. {{'replay': [0, 0.1]}}, not {grid!r}")
+    if not grid:
+        raise ValueError(
+            f"the grid is empty: it gives no variant to train. Name settings to vary among {list(SETTINGS)}, e.g. "
+            "grid={'learning_rate': [1e-4, 3e-4], 'replay': [0, 0.1]}"
+        )
+    out: dict[str, tuple[Any, ...]] = {}
+    for key, values in grid.items():
+        if key not in SETTINGS:
+            aliases = {"lr": "learning_rate", "max_steps": "steps", "balanced": "balance", "replay_share": "replay"}
+            hint = f" Did you mean {aliases[key]!r}?" if key in aliases else did_you_mean(str(key), SETTINGS)
+            raise ValueError(f"grid key {key!r} is not a training setting.{hint} The settings: {list(SETTINGS)}")
+        items = [values] if isinstance(values, str | int | float | bool) else list(values)
+        if not items:
+            raise ValueError(f"grid[{key!r}] is empty; give at least one value, e.g. grid={{{key!r}: [...]}}")
+        checked = tuple(_check_value(key, v) for v in items)
+        if len(set(checked)) < len(checked):
+            raise ValueError(f"grid[{key!r}]={items!r} lists a value twice")
+        out[key] = checked
+    return out
+
+
+def _part(key: str, value: Any) -> tuple[str, str]:
+    """(folder-name part, column-label part) of one setting."""
+    if key == "learning_rate":
+        return f"lr-{value:g}", f"lr {value:g}"
+    if key == "steps":
+        return f"steps-{value}", f"{value} steps"
+    if key == "replay":
+        return ("target-only" if value == 0 else f"replay-{value:g}"), variant_label(value)
+    return ("balanced" if value else "unbalanced"), ("balanced" if value else "unbalanced")
+
+
+def variant_names(settings: Mapping[str, Any], keys: Sequence[str]) -> tuple[str, str]:
+    """The folder name and the column label of a variant, from the settings the grid varies (in grid order).
+
+    Example:
+        >>> settings = {"learning_rate": 1e-4, "replay": 0.1, "steps": 40, "balance": False}
+        >>> variant_names(settings, ["learning_rate", "replay"])
+        ('lr-0.0001_replay-0.1', 'lr 0.0001 · replay 0.1')
+    """
+    parts = [_part(k, settings[k]) for k in keys]
+    return "_".join(p[0] for p in parts), " · ".join(p[1] for p in parts)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which points are on the Pareto front of (gain, forgetting): no other point has at least as much gain and at
+    most as much forgetting, and strictly better in one of them. A point with a NaN is never on the front.
+
+    Example:
+        >>> pareto_front([(30.0, 5.0), (20.0, 1.0), (10.0, 3.0), (30.0, 5.0)])
+        [True, True, False, True]
+    """
+    pts = [(float(g), float(f)) for g, f in points]
+    out = []
+    for i, (g, f) in enumerate(pts):
+        if math.isnan(g) or math.isnan(f):
+            out.append(False)
+            continue
+        dominated = any(
+            g2 >= g and f2 <= f and (g2 > g or f2 < f)
+            for j, (g2, f2) in enumerate(pts)
+            if j != i and not (math.isnan(g2) or math.isnan(f2))
+        )
+        out.append(not dominated)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- the plan
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+    name: str
+    label: str
+    learning_rate: float
+    steps: int
+    replay: float
+    balance: bool
+
+    def settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SETTINGS}
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What stays the same across the sweep (a resumed sweep must match it), and where it writes."""
+
+    out: Path
+    model_label: str
+    fingerprint: str
+    target: str
+    others: list[str]
+    replayed: list[str]
+    held_out: list[str]
+    seed: int
+    batch_size: int
+    max_length: int
+    precision: str
+    monitor: bool
+    eval: dict[str, Any]
+    flat: bool = False  # one seed, old layout: <out>/<variant> is the run directory (forgetting_experiment)
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
+
+    def run_dir(self, variant: _Variant, seed: int) -> Path:
+        return self.out / variant.name if self.flat else self.out / variant.name / f"seed-{seed}"
+
+
+def _evaluation_file(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + ".evaluation.json")
+
+
+def _json_default(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return str(x)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from nbft._utils import atomic_path
+
+    with atomic_path(path) as tmp:  # a killed write never leaves half a file
+        tmp.write_text(json.dumps(data, indent=1, default=_json_default, allow_nan=True))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}); move it aside and run the sweep again") from None
+
+
+def _run_state(run_dir: Path, expected: Mapping[str, Any]) -> str:
+    """``"new"`` (no run yet), ``"done"`` (a completed run with these settings, judged like :func:`nbft.runs`) or
+    ``"redo"`` (a run that did not complete: its files are replaced, nothing else in the folder)."""
+    from nbft.run_dirs import read_run
+
+    if not (run_dir / "run.json").is_file():
+        return "new"
+    info = read_run(run_dir)
+    if info.status == "running":
+        raise RuntimeError(f"{run_dir} is training in another process; wait for it or stop it (nbft.stop_run)")
+    if info.status != "completed":
+        return "redo"
+    diff = {k: (info.config.get(k), v) for k, v in expected.items() if info.config.get(k) != v}
+    if diff:
+        raise ValueError(
+            f"{run_dir} holds a completed run with other settings (setting: (its, this sweep's)) {diff}; pass a new "
+            "out_dir, or the sweep's own settings"
+        )
+    return "done"
+
+
+def _check_folder(out: Path) -> None:
+    """Refuse, before any work, an ``out_dir`` that is a file or a non-empty folder that is not a sweep's."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out_dir {out} is a file; give a folder for the sweep")
+    if not (out / SWEEP_FILE).is_file() and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out} is not empty and holds no {SWEEP_FILE}: a sweep needs a new folder (or one of its own, to "
+            "resume it); nbft never mixes its runs with files it did not write. Pass a new out_dir"
+        )
+
+
+def _saved_sweep(out: Path, plan: _Plan) -> dict[str, Any] | None:
+    path = out / SWEEP_FILE
+    if not path.is_file():
+        _check_folder(out)
+        return None
+    saved = _read_json(path)
+    if not isinstance(saved, dict) or saved.get("format") != SWEEP_FORMAT:
+        raise ValueError(f"{path} is not an nbft sweep file (format {SWEEP_FORMAT!r}); pass a new out_dir")
+    now = json.loads(json.dumps(plan.identity(), default=_json_default))
+    diff = {k: (saved["plan"].get(k), v) for k, v in now.items() if saved["plan"].get(k) != v}
+    if diff:
+        shown = {k: (a, b) if k != "fingerprint" else ("another base model", "this one") for k, (a, b) in diff.items()}
+        raise ValueError(
+            f"{out} holds a sweep with other fixed settings (setting: (saved, now)) {shown}: a resumed sweep keeps "
+            "them (its grid and seeds may grow). Pass the same settings, or a new out_dir"
+        )
+    return saved
+
+
+# --------------------------------------------------------------------------------------------------- the engine
+@dataclasses.dataclass
+class _RunRecord:
+    variant: _Variant
+    seed: int
+    run_dir: Path
+    evaluation: dict[str, Any]
+    counts: dict[str, int]
+    steps: int
+    train_s: float | None
+    eval_s: float | None
+    summary: dict[str, Any]
+    resumed: bool
+
+    def to_json(self, out: Path) -> dict[str, Any]:
+        return {
+            "variant": self.variant.name, "label": self.variant.label, "settings": self.variant.settings(),
+            "seed": self.seed, "run_dir": str(self.run_dir.relative_to(out)), "examples": self.counts,
+            "steps": self.steps, "train_s": self.train_s, "eval_s": self.eval_s,
+            "monitor_s": self.summary.get("monitor_s"), "wall_s": self.summary.get("wall_s"),
+        }  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Job:
+    """One variant's training data, shared by its seeds."""
+
+    variant: _Variant
+    data: Any
+    counts: dict[str, int]
+    steps: int
+    tokenized: Any = None
+
+
+def _one_run(
+    plan: _Plan, job: _Job, seed: int, record: Mapping[str, Any], base: Any, model: Any, tok: Any,
+    tasks: Sequence[Any], ecfg: EvalConfig, *, done: int, total: int,
+) -> _RunRecord:  # fmt: skip
+    """One variant × seed: skipped when finished, else trained from the base (a half-written run is redone) and
+    evaluated; its evaluation is written beside the run directory."""
+    from nbft.data import tokenize_for_training
+    from nbft.evaluate import evaluate_model
+    from nbft.evaluate.monitor import ForgettingMonitor
+    from nbft.train import TrainConfig, finetune
+
+    v, run_dir = job.variant, plan.run_dir(job.variant, seed)
+    expected = {"learning_rate": v.learning_rate, "max_steps": job.steps, "batch_size": plan.batch_size,
+                "seed": seed, "max_length": plan.max_length}  # fmt: skip
+    state = _run_state(run_dir, expected)
+    eval_file = _evaluation_file(run_dir)
+    if state == "done" and eval_file.is_file():  # finished in an earlier call: skipped
+        old = record["runs"].get(str(run_dir.relative_to(plan.out)), {})
+        summary = {"monitor_s": old.get("monitor_s"), "wall_s": old.get("wall_s")}
+        return _RunRecord(v, seed, run_dir, _read_json(eval_file), job.counts, job.steps, old.get("train_s"),
+                          old.get("eval_s"), summary, True)  # fmt: skip
+    train_s, summary, spec = None, {}, str(run_dir / "model")  # completed, evaluation lost: the saved model
+    if state != "done":
+        if job.tokenized is None:
+            job.tokenized = tokenize_for_training(job.data, tok, max_length=plan.max_length,
+                                                  chat_template=ecfg.chat_template)  # fmt: skip
+        observers = []
+        if plan.monitor:
+            observers.append(ForgettingMonitor(list(tasks), target=plan.target, checkpoints=False,
+                                               chat_template=ecfg.chat_template, seed=plan.seed))  # fmt: skip
+        cfg = TrainConfig(learning_rate=v.learning_rate, max_steps=job.steps, batch_size=plan.batch_size,
+                          warmup_ratio=0.1, schedule="linear", max_length=plan.max_length, seed=seed,
+                          precision=plan.precision)  # fmt: skip
+        base.restore()  # the base that was evaluated, whatever the previous run did to the model
+        t0 = time.perf_counter()
+        # a run that did not complete is replaced: its own files only, nothing of the user's beside them
+        run = finetune(model, tok, job.tokenized, config=cfg, observers=observers, run_dir=run_dir,
+                       overwrite=state == "redo")  # fmt: skip
+        train_s, summary, spec = time.perf_counter() - t0, dict(run.summary), model
+        if run.status != "completed":
+            raise SweepInterrupted(
+                f"the run {run_dir} ended {run.status!r} before its step {job.steps}: the sweep stopped there "
+                f"({done} of {total} runs finished and kept). Call the same sweep again to resume it"
+            )
+    t0 = time.perf_counter()
+    ev = evaluate_model(spec, tasks, name=v.label, tokenizer=tok, target=plan.target, config=ecfg)
+    eval_s = time.perf_counter() - t0
+    _write_json(eval_file, ev)  # the evaluation first, then the record in sweep.json that points at it
+    return _RunRecord(v, seed, run_dir, ev, job.counts, job.steps, train_s, eval_s, summary, False)
+
+
+def _run_grid(
+    plan: _Plan,
+    variants: Sequence[_Variant],
+    seeds: Sequence[int],
+    *,
+    model: Any,
+    tok: Any,
+    tasks: Sequence[Any],
+    grid: Mapping[str, Sequence[Any]],
+    progress: bool,
+    say: Callable[[str], None],
+) -> tuple[Any, list[_RunRecord], dict[str, float]]:
+    """Train and evaluate every variant × seed not finished yet, then compare them all: (table, records, timings)."""
+    from tqdm import tqdm  # plain tqdm: tqdm.auto would import IPython, which the core never does
+
+    from nbft.evaluate import evaluate_model
+    from nbft.train.variants import BaseSnapshot
+
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    target_task, others = tasks[0], {t.name: t for t in tasks[1:]}
+    ecfg = EvalConfig(**{**plan.eval, "icl_shots": (0,), "progress": False})
+    saved = _saved_sweep(plan.out, plan)
+    record: dict[str, Any] = saved or {"format": SWEEP_FORMAT, "plan": plan.identity(), "runs": {}}
+    record.update(grid={k: list(v) for k, v in grid.items()}, seeds=list(seeds), flat=plan.flat, results=None)
+    record["variants"] = [{"name": v.name, "label": v.label, "settings": v.settings()} for v in variants]
+    _write_json(plan.out / SWEEP_FILE, record)  # first: a folder with runs of this sweep always says so
+
+    # data: the target's train split per (steps, balance); one replay pool, large enough for the largest share
+    t0 = time.perf_counter()
+    target_rows: dict[tuple[int, bool], Any] = {}
+    for v in variants:
+        key = (v.steps, v.balance)
+        if key not in target_rows:
+            n_target = v.steps * plan.batch_size
+            rows = target_task.train(n=n_target, templates=target_task.template, seed=plan.seed, balance=v.balance)
+            if len(rows) < n_target:
+                raise ValueError(
+                    f"task {plan.target!r} has {len(rows)} training examples; steps × batch_size = {n_target} "
+                    "needs more"
+                )
+            target_rows[key] = rows
+    need = max(
+        (math.ceil(round(v.steps * plan.batch_size * v.replay / (1 - v.replay)) / len(plan.replayed))
+         for v in variants if v.replay > 0), default=0,
+    )  # fmt: skip
+    pool = (
+        {t: others[t].train(n=need, templates=others[t].template, seed=plan.seed) for t in plan.replayed}
+        if need
+        else {}
+    )
+    timings["data_s"] = time.perf_counter() - t0
+
+    base_file = plan.out / "base.evaluation.json"
+    records: list[_RunRecord] = []
+    bar = tqdm(total=len(variants) * len(seeds), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    try:
+        with BaseSnapshot(model) as base:  # every run starts from these weights and buffers; the model comes back
+            t0 = time.perf_counter()
+            if base_file.is_file():  # evaluated by an earlier call of this sweep (same base, same settings)
+                base_eval = _read_json(base_file)
+            else:
+                base_eval = evaluate_model(model, tasks, tokenizer=tok, target=plan.target, config=ecfg)
+                _write_json(base_file, base_eval)
+            timings["eval_base_s"] = time.perf_counter() - t0
+            for v in variants:
+                data, counts = replay_mixture(target_rows[(v.steps, v.balance)], pool, v.replay, seed=plan.seed)
+                job = _Job(v, data, counts, math.ceil(len(data) / plan.batch_size))
+                for s in seeds:
+                    bar.set_postfix_str(f"{v.label}, seed {s}")
+                    rec = _one_run(plan, job, s, record, base, model, tok, tasks, ecfg, done=len(records),
+                                   total=len(variants) * len(seeds))  # fmt: skip
+                    records.append(rec)
+                    if not rec.resumed:
+                        record["runs"][str(rec.run_dir.relative_to(plan.out))] = rec.to_json(plan.out)
+                        _write_json(plan.out / SWEEP_FILE, record)  # after the evaluation file it points at
+                        took = f" in {rec.train_s:.0f}s" if rec.train_s is not None else " (trained earlier)"
+                        say(f"{v.label}, seed {s}: {rec.steps} steps on {counts}{took}, evaluated in {rec.eval_s:.0f}s")
+                    bar.update(1)
+    finally:
+        bar.close()
+
+    from nbft.evaluate.compare import compare
+
+    t0 = time.perf_counter()
+    evaluations: dict[str, Any] = {"base": base_eval}
+    training: dict[str, Any] = {}
+    for r in records:
+        evaluations.setdefault(r.variant.label, []).append(r.evaluation)
+        training.setdefault(r.variant.label, []).append(r.run_dir)
+    if plan.flat:
+        evaluations = {k: v[0] if isinstance(v, list) else v for k, v in evaluations.items()}
+        training = {k: v[0] for k, v in training.items()}
+    groups = {"replayed": plan.replayed, "held-out": plan.held_out} if plan.held_out and plan.replayed else None
+    table = compare(evaluations, list(tasks), target=plan.target, config=ecfg, tokenizer=tok, training_data=training,
+                    task_groups=groups)  # fmt: skip
+    timings["compare_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    record["results"] = table.to_dict()
+    record["timings"] = timings
+    _write_json(plan.out / SWEEP_FILE, record)
+    return table, records, timings
+
+
+# --------------------------------------------------------------------------------------------------- results
+def sweep_points(results: Mapping[str, Any], variants: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
+    """One row per variant: its settings, the gain G and the forgetting (held-out AF when some tasks are held out of
+    replay, else AF over all other tasks) with their CIs and seed ranges, whether it is on the Pareto front, the
+    target's label-prior shift (``prior_shift``: the most over-predicted label's excess, points) and every task's
+    headline Δ with its CI's lower bound (``Δ <task>``, ``Δ <task> ci_low``).
+
+    Example::
+
+        sweep_points(result.table.results, result.record["variants"])[["variant", "G", "AF_held_out", "pareto"]]
+    """
+    import pandas as pd
+
+    settings = {v["label"]: v.get("settings", {}) for v in variants}
+    rows = []
+    for f in results["forgetting"]:
+        held = (f.get("groups") or {}).get("held-out")
+        src, kind = (held, "held-out") if held and held.get("n_other_tasks") else (f, "all other tasks")
+        row: dict[str, Any] = {"variant": f["model"], **settings.get(f["model"], {}), "forgetting_of": kind}
+        for out_name, rec, name in (("G", f, "G"), ("AF_held_out", src, "AF")):
+            row[out_name] = rec.get(name, math.nan)
+            for suffix in ("ci_low", "ci_high", "seed_min", "seed_max"):
+                value = rec.get(f"{name}_{suffix}")
+                row[f"{out_name}_{suffix}"] = math.nan if value is None else value
+        row["AF_all"] = f.get("AF", math.nan)
+        row["n_seeds"] = f.get("n_seeds", 1)
+        row["prior_shift"], row["prior_shift_label"] = _prior_shift(results, f["model"])
+        for d in results.get("deltas", ()):  # every task's headline Δ with its CI's lower bound (probe rows too)
+            if d["model"] == f["model"] and d.get("is_headline"):
+                row[f"Δ {d['task']}"], row[f"Δ {d['task']} ci_low"] = d["delta"], d["ci_low"]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["pareto"] = pareto_front(list(zip(df["G"], df["AF_held_out"], strict=True)))
+    return df
+
+
+def _prior_shift(results: Mapping[str, Any], column: str) -> tuple[float, str | None]:
+    """The largest excess of a predicted label over its share in the references (points), on the target's generated
+    answers (pooled over seeds): the label-prior shift; NaN when the target is not classification."""
+    diag = (results.get("diagnostics") or {}).get(results.get("target") or "", {})
+    gen = (diag.get("models") or {}).get(column, {}).get("generate")
+    if not gen:
+        return math.nan, None
+    shifts = {c: gen["predicted_share"][c] - gen["reference_share"][c] for c in diag["labels"]}
+    label = max(shifts, key=shifts.get)  # type: ignore[arg-type]
+    return float(shifts[label]), label
+
+
+def sweep_figure(points: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """In-domain gain G (y) against forgetting (x: held-out AF), one point per variant with its seed range as error
+    bars; the Pareto front (most gain for least forgetting) is joined and marked. A matplotlib ``Figure`` (no pyplot).
+
+    Example::
+
+        fig = sweep_figure(result.points); fig.savefig("sweep.png")
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    if not len(points):
+        ax.text(0.5, 0.5, "no variants", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    kind = points["forgetting_of"].iloc[0]
+    n_seeds = int(points["n_seeds"].max())
+    for _, p in points.iterrows():
+        on = bool(p["pareto"])
+        xerr = yerr = None
+        if n_seeds > 1:  # the spread over training seeds, around the mean
+            xerr = [[max(0.0, p["AF_held_out"] - p["AF_held_out_seed_min"])],
+                    [max(0.0, p["AF_held_out_seed_max"] - p["AF_held_out"])]]  # fmt: skip
+            yerr = [[max(0.0, p["G"] - p["G_seed_min"])], [max(0.0, p["G_seed_max"] - p["G"])]]
+        ax.errorbar(
+            p["AF_held_out"], p["G"], xerr=xerr, yerr=yerr, fmt="o" if on else "s", ms=7 if on else 5,
+            color="#bf3989" if on else "#0969da", ecolor="#888888", elinewidth=1, capsize=3, zorder=3,
+        )  # fmt: skip
+        ax.annotate(str(p["variant"]), (p["AF_held_out"], p["G"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)  # fmt: skip
+    front = points[points["pareto"]].sort_values("AF_held_out")
+    if len(front) > 1:
+        ax.plot(front["AF_held_out"], front["G"], "-", color="#bf3989", lw=1.5, alpha=0.6, zorder=2)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="o", ls="-", color="#bf3989", label="Pareto front (most G for least AF)"),
+        Line2D([], [], marker="s", ls="", color="#0969da", label="dominated"),
+    ]
+    if n_seeds > 1:
+        handles.append(Line2D([], [], ls="-", color="#888888", label=f"range over {n_seeds} seeds"))
+    ax.legend(handles=handles, frameon=False, fontsize=8, loc="best")
+    ax.axhline(0, color="#888888", lw=0.8, ls=":")
+    ax.set_xlabel(f"forgetting: AF on {kind} tasks (points, lower is better)")
+    ax.set_ylabel("in-domain gain G (points)")
+    ax.set_title(title or "Sweep: gain against forgetting")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What :func:`sweep` returns (and :func:`load_sweep` rebuilds): the comparison table, one row per variant with
+    G, held-out AF and the Pareto front, the figure, and where it all is.
+
+    Example::
+
+        result.points[result.points["pareto"]]   # the recipes nothing beats on both gain and forgetting
+        result.figure().savefig("sweep.png")
+    """
+
+    table: Any
+    """The :class:`~nbft.report.ComparisonTable` (one column per variant, seeds as a dimension)."""
+    out_dir: Path
+    record: dict[str, Any]
+    """``sweep.json``: the plan, the grid, the seeds, each run's record and the results."""
+    runs: list[Any] = dataclasses.field(default_factory=list, repr=False)
+    """This call's runs, one per variant and seed (trained now or found finished); empty after :func:`load_sweep`."""
+
+    @property
+    def points(self) -> pd.DataFrame:
+        return sweep_points(self.table.results, self.record.get("variants", ()))
+
+    def figure(self) -> Figure:
+        return sweep_figure(self.points, title=f"Sweep on {self.table.target}: gain against forgetting")
+
+    def to_text(self) -> str:
+        cols = ["variant", "G", "G_ci_low", "G_ci_high", "AF_held_out", "AF_held_out_ci_low", "AF_held_out_ci_high",
+                "AF_all", "prior_shift", "pareto"]  # fmt: skip
+        pts = self.points
+        shown = pts[[c for c in cols if c in pts.columns]].round(1).to_string(index=False)
+        return f"{self.table.to_text()}\n\nvariants (G and forgetting, Pareto front marked):\n{shown}"
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def _repr_html_(self) -> str:
+        return self.table._repr_html_() + self.points.round(1).to_html(index=False)
+
+
+def load_sweep(out_dir: str | Path) -> SweepResult:
+    """The result of a sweep that completed, from its ``sweep.json`` (no model, no evaluation).
+
+    Example::
+
+        result = nbft.load_sweep("runs/sweep"); result.figure()
+    """
+    from nbft.report import ComparisonTable
+
+    out = Path(out_dir)
+    path = out / SWEEP_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} holds no {SWEEP_FILE}; pass the out_dir of an nbft sweep")
+    record = _read_json(path)
+    if not isinstance(record, dict) or record.get("format") != SWEEP_FORMAT:
+        raise ValueError(f"{path} is not an nbft sweep file (format {SWEEP_FORMAT!r})")
+    if not record.get("results"):
+        done, total = len(record.get("runs", {})), len(record.get("variants", ())) * len(record.get("seeds", ()))
+        raise ValueError(
+            f"the sweep in {out} has not finished ({done} of {total} runs): call the same sweep(...) again to resume it"
+        )
+    return SweepResult(ComparisonTable(record["results"]), out, record)
+
+
+# --------------------------------------------------------------------------------------------------- the call
+def _prepare(
+    model: Any,
+    tokenizer: Any,
+    target: str,
+    others: Sequence[str] | None,
+    replay_from: Sequence[str] | None,
+    any_replay: bool,
+) -> tuple[Any, list[str], list[str], list[str]]:
+    """Check the task names before any work: (target task, other names, replayed, held out)."""
+    from nbft.evaluate import get_task
+
+    if model is not None and not isinstance(model, str | tuple | Path) and tokenizer is None:
+        raise ValueError("a model object needs its tokenizer: pass tokenizer=tok (or model=(model, tok))")
+    target_task = get_task(target)  # a misspelt name fails here, before anything is loaded
+    if others is not None and not isinstance(others, str) and target in others:
+        rest = [t for t in others if t != target] or [t for t in DEFAULT_OTHERS if t != target]
+        raise ValueError(
+            f"others={list(others)!r} lists the target {target!r}: others are the tasks that measure forgetting (and "
+            f"are replayed), so they must differ from the task trained for. Pass others={rest!r}"
+        )
+    names = [t for t in (others if others is not None else DEFAULT_OTHERS) if t != target]
+    for name in names:
+        get_task(name)
+    if any_replay and not names:
+        raise ValueError("replay needs other tasks to replay: pass others=[...]")
+    replayed = check_replay_from(replay_from, names, target)
+    if any_replay and not replayed:
+        raise ValueError(f"replay_from=[] replays nothing; name tasks of {names} to replay")
+    held_out = [t for t in names if t not in replayed]
+    return target_task, names, replayed, held_out
+
+
+def sweep(
+    grid: Mapping[str, Any],
+    *,
+    model: Any = None,
+    target: str = "sentiment",
+    others: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    replay_from: Sequence[str] | None = None,
+    learning_rate: float = 2e-4,
+    steps: int = 40,
+    replay: float = 0.0,
+    balance: bool = False,
+    batch_size: int = 8,
+    max_length: int = 384,
+    n: int = 100,
+    n_other: int = 24,
+    n_per_task: Mapping[str, int] | None = None,
+    eval_batch_size: int = 32,
+    chat_template: bool = True,
+    seed: int = 0,
+    precision: str = "auto",
+    out_dir: str | Path | None = None,
+    tokenizer: Any = None,
+    monitor: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+    seed_dirs: bool = True,
+) -> SweepResult:
+    """Fine-tune one base model once per grid point and seed, and compare the variants in one table and one figure.
+
+    Args:
+        grid: the settings to vary, ``{setting: values}``: ``learning_rate`` (peak AdamW rate), ``steps`` (optimizer
+            steps of the target-only run: ``steps × batch_size`` target examples), ``replay`` (share of the mix from
+            the other tasks' train splits, in [0, 1); it adds examples and so steps) and ``balance`` (``True``: the
+            same number of target examples per label, :meth:`~nbft.evaluate.Task.train`). Every combination is a
+            variant; the settings the grid leaves out take the values of the keyword arguments of the same name.
+        model: ``None`` (SmolLM2-135M-Instruct), a name or path, a ``(model, tokenizer)`` pair or a model object
+            (with ``tokenizer``), or ``"tiny"``. A model object is trained in place and given back with its base
+            weights.
+        target, others: the task trained for, and the tasks that measure forgetting (default: sentiment, qa, reply,
+            ner, summarize-paper, less the target).
+        seeds: training seeds: every variant is trained once per seed, on the same examples from the same base.
+        replay_from: the other tasks that replay draws from (default: all but the last); the rest are held out, and
+            the figure's forgetting axis is their AF (forgetting where no variant ever trains).
+        seed: the data seed (which examples are trained on and tested).
+        batch_size, max_length, precision: the same for every run (linear schedule, 10% warmup).
+        n, n_other, n_per_task, eval_batch_size, chat_template: the evaluation (the same prompts for every model).
+        out_dir: the sweep folder (default ``runs/sweep-<time>``): one run directory per variant and seed,
+            ``<variant>/seed-<s>``, named from the grid's settings, plus ``sweep.json``. The same call with the same
+            ``out_dir`` skips the finished runs (a completed run and its evaluation), redoes a run that did not
+            complete (replacing its own files only) and trains the rest; the grid and the seeds may grow.
+        monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each run.
+        progress: one progress bar over variants × seeds (the library's own bars stay off).
+        echo: called with one line per finished run (default: the ``nbft.sweeps`` logger, at debug level).
+        seed_dirs: ``False`` (one seed only): each variant's run directory is ``<out_dir>/<variant>`` and its column
+            a single run rather than a list of one (the layout of :func:`nbft.forgetting_experiment` without seeds).
+
+    Returns a :class:`SweepResult`. A run that stops early (Stop, Ctrl-C) raises :class:`SweepInterrupted` after
+    keeping what finished.
+
+    Example::
+
+        result = nbft.sweep({"learning_rate": [1e-4, 3e-4], "replay": [0, 0.1], "balance": [False, True]},
+                            seeds=(0, 1, 2), out_dir="runs/sweep")
+        print(result.to_text())
+        result.figure()
+    """
+    checked = check_grid(grid)
+    train_seeds = check_seeds(seeds)
+    if not seed_dirs and len(train_seeds) > 1:
+        raise ValueError(f"seed_dirs=False keeps one run per variant; seeds={list(train_seeds)} needs seed_dirs=True")
+    fixed = {"learning_rate": learning_rate, "steps": steps, "replay": replay, "balance": balance}
+    defaults = {k: _check_value(k, v) for k, v in fixed.items()}
+    any_replay = any(r > 0 for r in checked.get("replay", (defaults["replay"],)))
+    target_task, names, replayed, held_out = _prepare(model, tokenizer, target, others, replay_from, any_replay)
+    if any(checked.get("balance", (defaults["balance"],))) and not target_task.is_classification:
+        raise ValueError(
+            f"balance=True samples the target's labels equally, but {target!r} has no labels (no choices); "
+            "leave balance out of the grid for this task"
+        )
+    variants = _variants(checked, defaults)
+    return _sweep_call(
+        variants, train_seeds, checked, model=model, tokenizer=tokenizer, target_task=target_task, names=names,
+        replayed=replayed, held_out=held_out, batch_size=batch_size, max_length=max_length, n=n, n_other=n_other,
+        n_per_task=n_per_task, eval_batch_size=eval_batch_size, chat_template=chat_template, seed=seed,
+        precision=precision, out_dir=out_dir, monitor=monitor, progress=progress, echo=echo, flat=not seed_dirs,
+    )  # fmt: skip
+
+
+def _variants(grid: Mapping[str, Sequence[Any]], defaults: Mapping[str, Any]) -> list[_Variant]:
+    keys = list(grid)
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        settings = {**defaults, **dict(zip(keys, combo, strict=True))}
+        name, label = variant_names(settings, keys)
+        out.append(_Variant(name, label, **settings))
+    return out
+
+
+def _sweep_call(
+    variants: Sequence[_Variant],
+    seeds: Sequence[int],
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    model: Any,
+    tokenizer: Any,
+    target_task: Any,
+    names: Sequence[str],
+    replayed: list[str],
+    held_out: list[str],
+    batch_size: int,
+    max_length: int,
+    n: int,
+    n_other: int,
+    n_per_task: Mapping[str, int] | None,
+    eval_batch_size: int,
+    chat_template: bool,
+    seed: int,
+    precision: str,
+    out_dir: str | Path | None,
+    monitor: bool,
+    progress: bool,
+    echo: Callable[[str], None] | None,
+    flat: bool,
+) -> SweepResult:
+    """The work shared by :func:`sweep` and :func:`nbft.forgetting_experiment`, after their argument checks."""
+    from nbft._quiet import call_scope
+    from nbft.config import check_int
+    from nbft.evaluate import get_task
+    from nbft.models import resolve_model
+    from nbft.report import ComparisonTable
+    from nbft.train import TrainConfig
+    from nbft.train.variants import fingerprint
+
+    check_int("batch_size", batch_size, 1, "e.g. batch_size=8")
+    TrainConfig(precision=precision)  # a bad precision fails here, before anything is loaded
+    out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    _check_folder(out)
+    say = echo or (lambda line: logger.debug("%s", line))
+    other_tasks = [get_task(t) for t in names]
+    tasks = [target_task, *other_tasks]
+    with call_scope():  # no library bars (tokenize, save); each library warning once
+        t0 = time.perf_counter()
+        mdl, tok, label, _ = resolve_model(model, tokenizer)
+        load_s = time.perf_counter() - t0
+        chat = chat_template and bool(getattr(tok, "chat_template", None))
+        sizes = {t.name: (n_per_task or {}).get(t.name, n_other) for t in other_tasks}
+        ecfg = EvalConfig(n=n, n_per_task=sizes, icl_shots=(0,), batch_size=eval_batch_size, chat_template=chat,
+                          seed=seed, progress=False)  # fmt: skip
+        eval_fields = {k: getattr(ecfg, k) for k in ("n", "n_per_task", "batch_size", "chat_template", "seed")}
+        plan = _Plan(out, label, fingerprint(mdl), target_task.name, list(names), replayed, held_out, seed,
+                     batch_size, max_length, precision, monitor, eval_fields, flat=flat)  # fmt: skip
+        say(f"sweep: {label}, target={target_task.name}, replayed={replayed}, held out={held_out}, "
+            f"{len(variants)} variants × seeds {list(seeds)}, out={out}")  # fmt: skip
+        table, records, timings = _run_grid(
+            plan, variants, seeds, model=mdl, tok=tok, tasks=tasks, grid=grid, progress=progress, say=say
+        )
+        record = _read_json(out / SWEEP_FILE)
+        record["timings"] = {**timings, "load_s": load_s}
+        return SweepResult(ComparisonTable(table.results), out, record, records)

@@ -1,0 +1,226 @@
+"""nbft.sweep: the grid × seeds on a tiny model (structure, one bar, the figure), resume of an interrupted sweep (only
+the rest is trained, a half-written run is redone keeping the user's file, the result equals an uninterrupted sweep),
+the Pareto front on synthetic points, label-balanced sampling, and bad inputs refused before anything is written."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+
+import pytest
+
+import nbft
+from nbft.models import tiny_random
+from nbft.sweeps import SweepInterrupted, check_grid, load_sweep, pareto_front, sweep_figure, variant_names
+
+SMALL = dict(target="sentiment", others=["qa", "ner"], replay_from=["qa"], steps=2, batch_size=2, max_length=96, n=4,
+             n_other=2, eval_batch_size=8)  # fmt: skip
+
+
+def _sweep(out, seeds=(0, 1), **kwargs):
+    model, tok = tiny_random("llama", seed=0)
+    return nbft.sweep({"replay": [0, 0.5]}, model=model, tokenizer=tok, seeds=seeds, out_dir=out,
+                      **{**SMALL, "progress": False, **kwargs})  # fmt: skip
+
+
+def _numbers(result):
+    """Every variant's G and AF (mean and per seed), overall and per group: what a resumed sweep must reproduce."""
+    out = {}
+    for f in result.table.results["forgetting"]:
+        out[f["model"]] = {k: f[k] for k in ("G", "AF", "G_per_seed", "AF_per_seed")}
+        out[f["model"]]["held-out"] = f["groups"]["held-out"]["AF_per_seed"]
+    return out
+
+
+def test_pareto_front_on_synthetic_points():
+    # (gain, forgetting): more gain and less forgetting are better
+    pts = [(30.0, 10.0), (25.0, 2.0), (20.0, 5.0), (10.0, 0.0), (30.0, 12.0), (25.0, 2.0), (math.nan, 0.0)]
+    assert pareto_front(pts) == [True, True, False, True, False, True, False]
+    assert pareto_front([(1.0, 1.0)]) == [True]
+    assert pareto_front([]) == []
+
+
+def test_sweep_structure_one_bar_figure_and_reload(tmp_path, capfd):
+    from matplotlib.figure import Figure
+
+    result = _sweep(tmp_path / "sw", progress=True)
+    err = capfd.readouterr().err
+    assert "sweep" in err and "4/4" in err, "one bar over variants × seeds"
+    assert "nbft train" not in err and "Map" not in err, "no per-run or library bars"
+    table = result.table
+    assert table.columns == ["base", "target-only", "replay 0.5"]
+    assert table.results["task_groups"] == {"replayed": ["qa"], "held-out": ["ner"]}
+    assert table.results["models"]["replay 0.5"]["runs"] == ["seed 0", "seed 1"]  # seeds as a dimension
+    for v in ("target-only", "replay-0.5"):
+        for s in (0, 1):
+            assert (tmp_path / "sw" / v / f"seed-{s}" / "model" / "config.json").is_file()
+            assert (tmp_path / "sw" / v / f"seed-{s}.evaluation.json").is_file()
+    saved = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert len(saved["runs"]) == 4 and saved["grid"] == {"replay": [0.0, 0.5]} and saved["seeds"] == [0, 1]
+    assert saved["runs"]["replay-0.5/seed-1"]["examples"] == {"sentiment": 4, "qa": 4}  # nothing of held-out ner
+    pts = result.points.set_index("variant")
+    assert list(pts.index) == ["target-only", "replay 0.5"] and pts.loc["replay 0.5", "replay"] == 0.5
+    f = {x["model"]: x for x in table.results["forgetting"]}
+    assert pts.loc["replay 0.5", "AF_held_out"] == pytest.approx(f["replay 0.5"]["groups"]["held-out"]["AF"])
+    assert (pts["forgetting_of"] == "held-out").all() and pts["pareto"].any()
+    assert pts.loc["replay 0.5", "Δ sentiment"] == pytest.approx(pts.loc["replay 0.5", "G"])  # G is the target's Δ
+    shares = table.results["diagnostics"]["sentiment"]["models"]["replay 0.5"]["generate"]
+    worst = max(
+        shares["predicted_share"][c] - shares["reference_share"][c] for c in ("negative", "neutral", "positive")
+    )
+    assert pts.loc["replay 0.5", "prior_shift"] == pytest.approx(worst)
+    fig = result.figure()
+    assert isinstance(fig, Figure) and "held-out" in fig.axes[0].get_xlabel()
+    import matplotlib.pyplot as plt
+
+    assert not plt.get_fignums(), "no pyplot state"
+    again = load_sweep(tmp_path / "sw")  # after a restart: from sweep.json alone
+    assert again.points.equals(result.points)
+    assert "variants (G and forgetting" in again.to_text()
+
+
+def test_an_interrupted_sweep_resumes_and_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    import nbft.train as train
+
+    whole = _sweep(tmp_path / "whole")
+    real = train.finetune
+    calls = []
+
+    class StopAtFirstStep:
+        def on_step(self, state):
+            raise nbft.StopTraining
+
+    def interrupted(model, tok, data, *args, observers=(), **kwargs):
+        calls.append(kwargs["run_dir"])
+        if len(calls) == 3:  # the first run of the second variant: Stop pressed after its first step
+            observers = [*observers, StopAtFirstStep()]
+        return real(model, tok, data, *args, observers=observers, **kwargs)
+
+    monkeypatch.setattr(train, "finetune", interrupted)
+    out = tmp_path / "cut"
+    with pytest.raises(SweepInterrupted, match="resume"):
+        _sweep(out)
+    half = out / "replay-0.5" / "seed-0"
+    assert (half / "run.json").is_file() and not (half / "model").exists()
+    (half / "notes.txt").write_text("mine")  # a file of the user's, beside the half-written run
+    calls.clear()
+    resumed = _sweep(out)
+    assert [c.relative_to(out).as_posix() for c in calls] == ["replay-0.5/seed-0", "replay-0.5/seed-1"]
+    assert (half / "notes.txt").read_text() == "mine" and (half / "model" / "config.json").is_file()
+    assert _numbers(resumed) == _numbers(whole)
+    assert resumed.points.equals(whole.points)
+    calls.clear()
+    (out / "target-only" / "seed-1.evaluation.json").unlink()  # killed between the run's end and its evaluation
+    again = _sweep(out)  # nothing is trained again; the run whose evaluation was lost is evaluated from its model
+    assert calls == [] and (out / "target-only" / "seed-1.evaluation.json").is_file()
+    assert _numbers(again) == _numbers(whole)
+
+
+def test_balanced_sampling_counts():
+    task = nbft.get_task("sentiment")
+    data = task.train(n=10, templates=task.template, balance=True)
+    assert collections.Counter(data["completion"]) == {"negative": 4, "neutral": 3, "positive": 3}  # largest remainder
+    train = task.load()["train"]
+    counts = collections.Counter(train[task.target])  # one raw value per label
+    every = task.train(templates=task.template, balance=True)
+    assert set(collections.Counter(every["completion"]).values()) == {min(counts.values())}
+    with pytest.raises(ValueError, match="has no labels"):
+        nbft.get_task("qa").train(n=4, balance=True)
+    with pytest.raises(ValueError, match="ask for at most"):
+        task.train(n=10**6, balance=True)
+
+
+def test_variant_names_come_from_the_grid_settings():
+    settings = {"learning_rate": 3e-4, "steps": 20, "replay": 0.0, "balance": True}
+    assert variant_names(settings, ["replay"]) == ("target-only", "target-only")
+    assert variant_names(settings, ["learning_rate", "steps", "balance"]) == (
+        "lr-0.0003_steps-20_balanced", "lr 0.0003 · 20 steps · balanced",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("grid", "match"),
+    [
+        ({}, "the grid is empty"),
+        ({"lr": [1e-4]}, "Did you mean 'learning_rate'"),
+        ({"replya": [0]}, "Did you mean 'replay'"),
+        ({"replay": []}, r"grid\['replay'\] is empty"),
+        ({"replay": [0.1, 0.1]}, "lists a value twice"),
+        ({"replay": [1.0]}, "is outside"),
+        ({"learning_rate": [-1]}, "not a positive number"),
+        ({"steps": [0]}, "whole number >= 1"),
+        ({"balance": ["yes"]}, "True or False"),
+    ],
+)
+def test_bad_grids_are_refused_before_anything_is_written(grid, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        check_grid(grid)
+    with pytest.raises(ValueError, match=match):
+        nbft.sweep(grid, model="tiny", out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_seeds_tasks_and_folders_are_refused_before_anything_is_written(tmp_path):
+    grid = {"replay": [0, 0.1]}
+    for seeds, match in (((), "trains nothing"), ((0, 1, 0), "repeats seed 0")):
+        with pytest.raises(ValueError, match=match):
+            nbft.sweep(grid, model="tiny", seeds=seeds, out_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match="Did you mean 'ner'"):
+        nbft.sweep(grid, model="tiny", others=["qa", "ner"], replay_from=["nerr"], out_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match="names the target 'sentiment'"):
+        nbft.sweep(grid, model="tiny", others=["qa", "ner"], replay_from=["sentiment"], out_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match="has no labels"):
+        nbft.sweep({"balance": [False, True]}, model="tiny", target="qa", others=["ner"], out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no sweep.json"):
+        nbft.sweep(grid, model="tiny", out_dir=mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_a_resumed_sweep_with_other_fixed_settings_is_refused(tmp_path):
+    out = tmp_path / "sw"
+    _sweep(out, seeds=(0,), steps=1)
+    with pytest.raises(ValueError, match="other fixed settings.*batch_size"):
+        _sweep(out, seeds=(0,), steps=1, batch_size=4)
+    with pytest.raises(ValueError, match="another base model"):
+        model, tok = tiny_random("llama", seed=1)
+        nbft.sweep({"replay": [0, 0.5]}, model=model, tokenizer=tok, seeds=(0,), out_dir=out,
+                   **{**SMALL, "steps": 1, "progress": False})  # fmt: skip
+
+
+def test_a_variant_whose_runs_differ_is_refused_by_compare(tmp_path):
+    """compare() with a list of runs per variant refuses runs that differ in anything but the seed, naming it."""
+    out = tmp_path / "sw"
+    _sweep(out, seeds=(0,), steps=1)
+    _sweep(tmp_path / "other", seeds=(1,), steps=2)
+    model, tok = tiny_random("llama", seed=0)
+    runs = [out / "target-only" / "seed-0", tmp_path / "other" / "target-only" / "seed-1"]
+    with pytest.raises(ValueError, match="differ in 'max_steps'"):
+        nbft.compare({"base": (model, tok), "tuned": runs}, ["sentiment"], target="sentiment", n=2)
+
+
+def test_sweep_figure_without_seeds_has_no_error_bars():
+    import pandas as pd
+
+    pts = pd.DataFrame({"variant": ["a", "b"], "G": [10.0, 5.0], "AF_held_out": [3.0, 1.0],
+                        "forgetting_of": ["held-out"] * 2, "n_seeds": [1, 1], "pareto": [True, True]})  # fmt: skip
+    fig = sweep_figure(pts)
+    assert fig.axes[0].get_ylabel().startswith("in-domain gain G")
+
+
+def test_the_cli_runs_a_sweep_and_writes_its_figure(tmp_path, capsys):
+    from nbft.cli import main
+
+    out = tmp_path / "sw"
+    args = ["sweep", "--model", "tiny", "--replay", "0", "0.5", "--steps", "1", "--seeds", "1", "--tasks", "qa", "ner",
+            "--replay-from", "qa", "--n", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "variants (G and forgetting" in text and (out / "sweep.png").stat().st_size > 0
+    assert load_sweep(out).table.columns == ["base", "1 steps · target-only", "1 steps · replay 0.5"]
+    assert main(["sweep", "--model", "tiny", "--lr", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
