@@ -973,7 +973,11 @@ def mix_report(dataset: datasets.Dataset) -> pd.DataFrame:
 
 @dataclasses.dataclass
 class TruncationReport:
-    """What tokenize_for_training did with over-long examples."""
+    """What tokenize_for_training did with over-long examples, overall and per task (the data's ``task`` column).
+
+    ``n_no_answer``: examples left with no supervised token of their answer (only the EOS is learned) after the cut.
+    ``per_task``: ``{task: {"examples", "over", "no_answer"}}`` (one entry, ``"-"``, without a task column).
+    """
 
     max_length: int
     overflow: str
@@ -982,16 +986,30 @@ class TruncationReport:
     over_ids: list[str]
     longest: int
     kept_all_at: int
+    n_no_answer: int = 0
+    per_task: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         if not self.n_over:
-            return f"all {self.n_examples} examples fit in max_length={self.max_length} (longest {self.longest})"
+            text = f"all {self.n_examples} examples fit in max_length={self.max_length} (longest {self.longest})"
+        else:
+            verb = "truncated" if self.overflow == "truncate" else "dropped"
+            ids = ", ".join(self.over_ids[:5]) + (" ..." if len(self.over_ids) > 5 else "")
+            text = (
+                f"{verb} {self.n_over} of {self.n_examples} examples longer than max_length={self.max_length} "
+                f"(example_id {ids}); max_length={self.kept_all_at} would keep them all"
+            )
+        if self.n_no_answer:
+            text += f"; {self.n_no_answer} left with no answer token to learn (only the EOS)"
+        if len(self.per_task) > 1:
+            text += "; per task: " + ", ".join(f"{task} {self.task_line(task)}" for task in self.per_task)
+        return text
+
+    def task_line(self, task: str) -> str:
+        """``3/28 truncated, 0 with no answer token`` for one task."""
+        counts = self.per_task[task]
         verb = "truncated" if self.overflow == "truncate" else "dropped"
-        ids = ", ".join(self.over_ids[:5]) + (" ..." if len(self.over_ids) > 5 else "")
-        return (
-            f"{verb} {self.n_over} of {self.n_examples} examples longer than max_length={self.max_length} "
-            f"(example_id {ids}); max_length={self.kept_all_at} would keep them all"
-        )
+        return f"{counts['over']}/{counts['examples']} {verb}, {counts['no_answer']} with no answer token"
 
 
 def format_prompt(
@@ -1149,7 +1167,9 @@ def tokenize_for_training(
     _check_texts(dataset)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "full_length": [], "content_hash": []}
+        out: dict[str, list[Any]] = {
+            "input_ids": [], "labels": [], "length": [], "full_length": [], "content_hash": [], "answer_tokens": [],
+        }  # fmt: skip
         for prompt, completion in zip(batch["prompt"], batch["completion"]):
             # kept with the tokens, so a run can record what it trained on even without the text columns
             out["content_hash"].append(content_hash(prompt, completion))
@@ -1173,12 +1193,25 @@ def tokenize_for_training(
             out["labels"].append(labels)
             out["length"].append(len(ids))
             out["full_length"].append(full)
+            out["answer_tokens"].append(len(labels if kind == "seq2seq" else c) - 1)  # without the EOS
         return out
 
     tokenized = dataset.map(encode, batched=True, desc="tokenize", load_from_cache_file=False)
     full = tokenized["full_length"]
     over = [i for i, n in enumerate(full) if n > max_length]
     ids = tokenized["example_id"] if "example_id" in tokenized.column_names else [str(i) for i in range(len(full))]
+    answers = tokenized["answer_tokens"]
+    over_set = set(over)
+    # a dropped example is left out, not "left with no answer": only kept examples can be left with none
+    no_answer = [i for i, n in enumerate(answers) if n <= 0 and not (overflow == "drop" and i in over_set)]
+    tasks = [str(t) for t in tokenized["task"]] if "task" in tokenized.column_names else ["-"] * len(full)
+    per_task: dict[str, dict[str, int]] = {}
+    for task in tasks:
+        per_task.setdefault(task, {"examples": 0, "over": 0, "no_answer": 0})["examples"] += 1
+    for i in over:
+        per_task[tasks[i]]["over"] += 1
+    for i in no_answer:
+        per_task[tasks[i]]["no_answer"] += 1
     report = TruncationReport(
         max_length=max_length,
         overflow=overflow,
@@ -1187,6 +1220,8 @@ def tokenize_for_training(
         over_ids=[ids[i] for i in over],
         longest=max(full),
         kept_all_at=max(full),
+        n_no_answer=len(no_answer),
+        per_task=per_task,
     )
     if over:
         if overflow == "drop":
@@ -1195,10 +1230,9 @@ def tokenize_for_training(
                     f"every example ({len(full)}) is longer than max_length={max_length} tokens (shortest "
                     f"{min(full)}); raise max_length to at least {min(full)} or use overflow='truncate'"
                 )
-            over_set = set(over)
             tokenized = tokenized.select([i for i in range(len(full)) if i not in over_set])
         logger.warning("%s", report)
-    tokenized = tokenized.remove_columns("full_length")
+    tokenized = tokenized.remove_columns(["full_length", "answer_tokens"])
     return (tokenized, report) if return_report else tokenized
 
 
@@ -1310,7 +1344,8 @@ def save_dataset(
 ) -> Path:
     """Write a dataset atomically: ``"disk"`` (save_to_disk folder), ``"jsonl"`` or ``"parquet"``.
 
-    For a DatasetDict and a file format, ``path`` is a folder with one file per split. An existing file is
+    For a DatasetDict and a file format, ``path`` is a folder with one file per split (and ``nbft-settings.json``
+    when the data carries tokenization settings, :mod:`nbft.dataset_settings`). An existing file is
     replaced; an existing folder only when nbft wrote it (or with ``overwrite=True``): nothing else is deleted.
 
     Example:
@@ -1351,6 +1386,9 @@ def save_dataset(
             tmp.mkdir()
             for name, ds in data.items():
                 _write_file(ds, tmp / f"{name}.{format}", format)
+            from nbft.dataset_settings import write_saved_settings
+
+            write_saved_settings(data, tmp)  # JSONL/Parquet keep no dataset info: the settings go beside the splits
         else:
             _write_file(data, tmp, format)
     return path
