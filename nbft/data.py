@@ -1233,6 +1233,9 @@ def tokenize_for_training(
             tokenized = tokenized.select([i for i in range(len(full)) if i not in over_set])
         logger.warning("%s", report)
     tokenized = tokenized.remove_columns(["full_length", "answer_tokens"])
+    from nbft.dataset_settings import mark_tokenized
+
+    tokenized = mark_tokenized(tokenized, dataset, max_length, chat_template, overflow)  # finetune records them
     return (tokenized, report) if return_report else tokenized
 
 

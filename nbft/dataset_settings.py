@@ -125,6 +125,20 @@ def with_settings(data: Any, settings: TokenizationSettings) -> Any:
     return out
 
 
+def mark_tokenized(tokenized: Any, source: Any, max_length: int, chat_template: bool, overflow: str) -> Any:
+    """``tokenize_for_training``'s output, marked with the settings it was cut with (task and templates kept from
+    ``source``'s settings), so that a run trained on it records them."""
+    carried = settings_of(source)
+    settings = TokenizationSettings(
+        task=carried.task if carried else None,
+        templates=carried.templates if carried else (),
+        chat_template=chat_template,
+        max_length=max_length,
+        overflow=overflow,
+    )
+    return with_settings(tokenized, settings)
+
+
 def settings_of(data: Any) -> TokenizationSettings | None:
     """The settings ``data`` carries (``None``: none, or splits/parts that disagree; a warning says which).
 

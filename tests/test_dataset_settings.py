@@ -147,6 +147,12 @@ def test_finetune_tokenizes_with_the_datasets_settings_and_run_json_records_them
     plain = tokenize_for_training(train, tok, max_length=64)
     assert [x.tolist() for x in run.train.input_ids] == plain["input_ids"]
     assert json.loads((tmp_path / "s" / "run.json").read_text())["data"]["chat_template"] is False
+    # data tokenized before (as nbft demo and nbft train do): tokenize_for_training's output says how it was cut
+    model, tok = tiny_random("llama")
+    tokenized = tokenize_for_training(train, tok, max_length=32, chat_template=True)
+    finetune(model, tok, tokenized, config=TrainConfig(max_steps=1, **FP32), run_dir=tmp_path / "t")
+    data = json.loads((tmp_path / "t" / "run.json").read_text())["data"]
+    assert (data["source"], data["chat_template"], data["max_length"], data["task"]) == ("tokenized", True, 32, "qa")
 
 
 def test_train_panel_trains_a_builders_dataset_with_its_settings(tmp_path):

@@ -248,17 +248,22 @@ def _data_settings(train: Any, config: TrainConfig, chat_template: Any, overflow
     if overflow is not None and overflow not in ("truncate", "drop"):
         raise ValueError(f"overflow must be 'truncate', 'drop' or None (the dataset's setting), not {overflow!r}")
     default = TrainConfig.__dataclass_fields__["max_length"].default
+    if _columns_of(train) >= {"input_ids", "labels"}:
+        # tokenized before: the cut was made; tokenize_for_training's output says how (else only what was told)
+        from nbft.dataset_settings import TokenizationSettings, settings_of
+
+        carried = settings_of(train)
+        settings = carried or TokenizationSettings(max_length=config.max_length, overflow=overflow or "truncate")
+        record = {**settings.to_dict(), "source": "tokenized"}
+        if carried is None:
+            record["chat_template"] = chat_template  # unknown (None) unless the caller said
+        return dataclasses.replace(settings, max_length=config.max_length), record
     # TrainConfig.max_length left at its default is not a choice: the dataset's max_length wins over it
     explicit = config.max_length if config.max_length != default else None
     settings, source = resolve_training_settings(
         train, max_length=explicit, chat_template=chat_template, overflow=overflow, default_max_length=default
     )
-    record = {**settings.to_dict(), "source": source}
-    if _columns_of(train) >= {"input_ids", "labels"}:  # tokenized before: the cut was the caller's
-        record["source"] = "tokenized"
-        if source != "dataset":
-            record["chat_template"] = chat_template  # unknown (None) unless the caller said
-    return settings, record
+    return settings, {**settings.to_dict(), "source": source}
 
 
 def _columns_of(data: Any) -> set[str]:
