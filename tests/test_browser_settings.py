@@ -42,6 +42,7 @@ panel = TrainPanel(model, tok, data, config=TrainConfig(max_steps=1, batch_size=
 panel""",
     """switcher = DatasetBuilder(task="sentiment", tokenizer=tok, n=0, debounce=0.3)
 switcher.add_class("nbft-switcher")
+switcher.build()
 switcher""",
 ]
 
@@ -58,6 +59,10 @@ def _notebook() -> dict:
 
 def test_mask_is_the_training_cut_no_stale_task_example_and_settings_reach_run_json(lab, page):  # noqa: F811
     (lab["root"] / NAME).write_text(json.dumps(_notebook()))
+    # every cell in the page (JupyterLab 4 leaves cells far off screen out of the DOM by default)
+    tracker = lab["root"].parent / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
     _open(page, lab, NAME)
     _run_all(page)
     mask = page.locator(".nbft-dataset-builder:not(.nbft-switcher) .nbft-label-mask").first
@@ -65,8 +70,11 @@ def test_mask_is_the_training_cut_no_stale_task_example_and_settings_reach_run_j
     _wait_run_all_done(page, timeout=300_000)
 
     # 1. the mask as drawn = training's cut (the kernel printed tokenize_for_training's counts)
-    printed = next(t for t in page.locator(".jp-OutputArea-output").all_inner_texts() if "TRAINING-CUT" in t)
-    trained = json.loads(printed.split("TRAINING-CUT", 1)[1].strip())
+    printed = page.evaluate(
+        "() => JSON.stringify(window.jupyterapp.shell.currentWidget.content.widgets[1].model.outputs.toJSON())"
+    )
+    text = "".join(o.get("text", "") for o in json.loads(printed))
+    trained = json.loads(text.split("TRAINING-CUT", 1)[1].strip())
     shown = mask.evaluate(
         "m => ({prompt: m.querySelectorAll('.nbft-tok-prompt').length,"
         " completion: m.querySelectorAll('.nbft-tok-completion').length,"
@@ -88,17 +96,24 @@ def test_mask_is_the_training_cut_no_stale_task_example_and_settings_reach_run_j
     switcher.locator(".nbft-label-mask").wait_for(state="visible", timeout=120_000)
     assert "sentiment/" in switcher.locator(".nbft-label-mask").inner_text() or "sentiment/" in switcher.inner_text()
     switcher.scroll_into_view_if_needed()
-    switcher.locator("select").first.select_option("qa")
-    # at once (before the debounced preview of qa): nothing of the sentiment example is shown
-    page.wait_for_function(
-        "() => { const b = document.querySelector('.nbft-switcher');"
-        " return !b.innerText.includes('template sentiment/'); }",
-        timeout=10_000,
+    # every state the page shows from now on: the qa templates must never sit beside the sentiment example
+    page.evaluate(
+        """() => { const b = document.querySelector('.nbft-switcher'); window.nbftSeen = [];
+            const look = () => { const t = b.innerText; window.nbftSeen.push(
+                {qa: t.includes('qa/1'), sentiment: t.includes('template sentiment/')}); };
+            new MutationObserver(look).observe(b, {subtree: true, childList: true, characterData: true,
+                                                   attributes: true}); }"""
     )
+    switcher.locator("select").first.select_option("qa")
     page.wait_for_function(
         "() => { const m = document.querySelector('.nbft-switcher .nbft-label-mask');"
         " return m && m.closest('.nbft-switcher').innerText.includes('template qa/'); }",
         timeout=120_000,
     )
+    page.wait_for_timeout(1000)
+    seen = page.evaluate("() => window.nbftSeen")
+    assert any(s["qa"] for s in seen), "the task switch reached the page"
+    both = [i for i, s in enumerate(seen) if s["qa"] and s["sentiment"]]
+    assert not both, f"the qa task's templates were shown beside the sentiment example ({len(both)} of {len(seen)})"
     assert "template sentiment/" not in switcher.inner_text()
     switcher.screenshot(path=str(ARTIFACTS / "settings_task_switch.png"))
