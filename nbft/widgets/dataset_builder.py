@@ -507,8 +507,7 @@ class DatasetBuilder(widgets.VBox):
         )  # fmt: skip
 
     def _preview_key(self) -> tuple[Any, ...]:
-        """The settings the preview depends on (all but the replay mixture, which only Build makes)."""
-        return self._key()[:10]
+        return _preview_part(self._key())
 
     @property
     def out_of_date(self) -> bool:
@@ -744,7 +743,7 @@ class DatasetBuilder(widgets.VBox):
             if generation != self._generation:
                 return  # an edit came in meanwhile; its own preview follows
             self._preview_data = data
-            self._shown_key = key[:10]
+            self._shown_key = _preview_part(key)
             self.preview.value = _preview_table(data, self.preview_rows)
             self.example.max = max(0, min(self.preview_rows, len(data["train"])) - 1)
             self._show_mask()
@@ -799,7 +798,8 @@ class DatasetBuilder(widgets.VBox):
             for task in report.per_task
         )
         self.truncation_label.value = (
-            f"<div class='nbft-truncation' style='color:{colour}'>max_length: {html.escape(str(report))}{scope}"
+            f"<div class='nbft-truncation' style='color:{colour}'>max_length: "
+            f"{html.escape(str(report).split('; per task: ')[0])}{scope}"
             + (f"<ul style='margin:2px 0'>{per_task}</ul>" if len(report.per_task) > 1 else "")
             + "</div>"
         )
@@ -833,7 +833,7 @@ class DatasetBuilder(widgets.VBox):
             self.dataset = data
             self._built_task = self.task.value
             self._built_key = key
-            self._shown_key = key[:10]
+            self._shown_key = _preview_part(key)
             self._preview_data = data
             self.preview.value = _preview_table(data, self.preview_rows)
             self.mix_html.value = mixed_html
@@ -1007,6 +1007,12 @@ def _what_is_there(path: Path) -> str:
     if (path / OWNER_MARKER).is_file():
         return f"a dataset ({', '.join(sorted(p.name for p in path.iterdir() if p.name != OWNER_MARKER)[:4])})"
     return "files nbft did not write"
+
+
+def _preview_part(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of a builder's settings key the preview depends on: all but the replay share and tasks (the last
+    two), which only Build uses."""
+    return key[:-2]
 
 
 def _number(x: float) -> str:
