@@ -317,3 +317,24 @@ def test_the_builder_shows_truncation_per_task_of_a_replay_mixture(monkeypatch):
     assert per_task["sentiment"]["over"] == 0 and per_task["qa"]["over"] == per_task["qa"]["examples"] > 0
     shown = builder.truncation_label.value
     assert "data-task='qa'" in shown and "data-task='sentiment'" in shown
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_bad_settings_are_refused_with_the_fix_and_mixed_settings_are_not_guessed(caplog):
+    model, tok = tiny_random("llama")
+    rows = [{"prompt": "Q\n", "completion": "A"}] * 4
+    with pytest.raises(TypeError, match="chat_template must be True, False or None"):
+        finetune(model, tok, rows, chat_template="yes")
+    with pytest.raises(ValueError, match="overflow must be 'truncate', 'drop' or None"):
+        finetune(model, tok, rows, overflow="cut")
+    with pytest.raises(ValueError, match="use 'truncate' or 'drop'"):
+        DatasetBuilder(_qa(), task="qa", tokenizer=tok, overflow="cut", debounce=None)
+    with pytest.raises(ValueError, match="max_length must be a whole number of tokens >= 2"):
+        TokenizationSettings(max_length=1)
+    # two parts built with different settings, joined: neither is used, and a warning says so
+    a = _marked(datasets.Dataset.from_list(rows), max_length=64)
+    b = _marked(datasets.Dataset.from_list(rows), max_length=32)
+    with caplog.at_level(logging.WARNING, logger="nbft.data"):
+        assert settings_of(datasets.concatenate_datasets([a, b])) is None
+    assert any("different settings" in r.getMessage() for r in caplog.records)
+    assert settings_of(datasets.concatenate_datasets([a, datasets.Dataset.from_list(rows)])).max_length == 64
