@@ -206,9 +206,9 @@ def _run_demo(
     from nbft.config import check_int
     from nbft.data import tokenize_for_training
     from nbft.evaluate import ForgettingMonitor, evaluate_model, get_task, list_tasks
+    from nbft.evaluate.compare import compare
     from nbft.forgetting import check_replay, check_replay_from, replay_effect, replay_mixture, variant_label
     from nbft.models import resolve_model
-    from nbft.evaluate.compare import compare
     from nbft.train import ProgressObserver, TrainConfig, finetune
     from nbft.train.variants import BaseSnapshot
 

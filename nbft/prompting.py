@@ -127,3 +127,16 @@ def resolve_mode(tokenizer: Any, mode: str | None, model: Any = None) -> Literal
             f"{why}; use mode={known!r} (or leave mode=None)"
         )
     return mode  # type: ignore[return-value]
+
+
+def _truncate_pair(p: list[int], c: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Fit prompt + completion in ``max_length``: cut the prompt's start (the cue right before the answer matters
+    most); when the completion alone is too long, keep the prompt's last tokens (its cue, up to a quarter of the
+    room) and the completion's start, and end it with its EOS."""
+    if len(c) < max_length and len(p) + len(c) > max_length:
+        keep = max_length - len(c)
+        if keep >= min(len(p), max(1, max_length // 4)):
+            return p[len(p) - keep :], c
+    cue = min(len(p), max(1, max_length // 4), max_length - 1)
+    room = max_length - cue
+    return p[len(p) - cue :] if cue else [], [*c[: room - 1], c[-1]]

@@ -410,6 +410,7 @@ def test_dataset_builder_export_path_follows_the_task_and_the_panel_asks_before_
     (user / "notes.txt").write_text("mine")
     builder.export_path.value = str(user)
     builder.task.value = "qa"
+    builder.templates.value = ("qa/1",)  # the settings of the build again (else the export is refused as stale)
     builder.export_button.click()
     builder.export_button.click()  # a folder of the user's files is never replaced from the panel
     assert (user / "notes.txt").read_text() == "mine" and sorted(p.name for p in user.iterdir()) == ["notes.txt"]

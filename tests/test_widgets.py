@@ -867,7 +867,13 @@ def test_dataset_builder_mixes_replay_and_exports(tmp_path, monkeypatch):
     assert "Training mixture" in builder.mix_html.value
     path = builder.export(str(tmp_path / "out"), "jsonl")
     # (.nbft marks the folder as nbft's own: a second export may replace it; a user's folder is never replaced)
-    assert sorted(p.name for p in Path(path).iterdir()) == [".nbft", "test.jsonl", "train.jsonl", "validation.jsonl"]
+    # (nbft-settings.json: JSONL keeps no dataset info, so the builder's tokenization settings go beside the splits)
+    assert sorted(p.name for p in Path(path).iterdir()) == [
+        ".nbft", "nbft-settings.json", "test.jsonl", "train.jsonl", "validation.jsonl"
+    ]  # fmt: skip
+    from nbft.dataset_settings import read_saved_settings
+
+    assert read_saved_settings(path) == builder.settings
     builder.export_path.value = str(tmp_path / "clicked")
     builder.export_format.value = "parquet"
     builder.export_button.click()

@@ -29,7 +29,8 @@ def save_dataset(
 ) -> Path:
     """Write a dataset atomically: ``"disk"`` (save_to_disk folder), ``"jsonl"`` or ``"parquet"``.
 
-    For a DatasetDict and a file format, ``path`` is a folder with one file per split. An existing file is
+    For a DatasetDict and a file format, ``path`` is a folder with one file per split (and ``nbft-settings.json``
+    when the data carries tokenization settings, :mod:`nbft.dataset_settings`). An existing file is
     replaced; an existing folder only when nbft wrote it (or with ``overwrite=True``): nothing else is deleted.
 
     Example:
@@ -70,6 +71,9 @@ def save_dataset(
             tmp.mkdir()
             for name, ds in data.items():
                 _write_file(ds, tmp / f"{name}.{format}", format)
+            from nbft.dataset_settings import write_saved_settings
+
+            write_saved_settings(data, tmp)  # JSONL/Parquet keep no dataset info: the settings go beside the splits
         else:
             _write_file(data, tmp, format)
     return path

@@ -21,7 +21,7 @@ import pandas as pd
 from nbft.data._args import _int_arg
 from nbft.errors import DataError
 from nbft.hashes import content_hash
-from nbft.prompting import _encode_seq2seq, encode_pair, resolve_mode
+from nbft.prompting import _encode_seq2seq, _truncate_pair, encode_pair, resolve_mode
 
 # one logger for the whole package, named as before the split (users' logging filters and nbft._quiet name it)
 logger = logging.getLogger("nbft.data")
@@ -31,7 +31,11 @@ __all__ = ["TruncationReport", "length_stats", "tokenize_for_training"]
 
 @dataclasses.dataclass
 class TruncationReport:
-    """What tokenize_for_training did with over-long examples."""
+    """What tokenize_for_training did with over-long examples, overall and per task (the data's ``task`` column).
+
+    ``n_no_answer``: examples left with no supervised token of their answer (only the EOS is learned) after the cut.
+    ``per_task``: ``{task: {"examples", "over", "no_answer"}}`` (one entry, ``"-"``, without a task column).
+    """
 
     max_length: int
     overflow: str
@@ -40,16 +44,30 @@ class TruncationReport:
     over_ids: list[str]
     longest: int
     kept_all_at: int
+    n_no_answer: int = 0
+    per_task: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         if not self.n_over:
-            return f"all {self.n_examples} examples fit in max_length={self.max_length} (longest {self.longest})"
+            text = f"all {self.n_examples} examples fit in max_length={self.max_length} (longest {self.longest})"
+        else:
+            verb = "truncated" if self.overflow == "truncate" else "dropped"
+            ids = ", ".join(self.over_ids[:5]) + (" ..." if len(self.over_ids) > 5 else "")
+            text = (
+                f"{verb} {self.n_over} of {self.n_examples} examples longer than max_length={self.max_length} "
+                f"(example_id {ids}); max_length={self.kept_all_at} would keep them all"
+            )
+        if self.n_no_answer:
+            text += f"; {self.n_no_answer} left with no answer token to learn (only the EOS)"
+        if len(self.per_task) > 1:
+            text += "; per task: " + ", ".join(f"{task} {self.task_line(task)}" for task in self.per_task)
+        return text
+
+    def task_line(self, task: str) -> str:
+        """``3/28 truncated, 0 with no answer token`` for one task."""
+        counts = self.per_task[task]
         verb = "truncated" if self.overflow == "truncate" else "dropped"
-        ids = ", ".join(self.over_ids[:5]) + (" ..." if len(self.over_ids) > 5 else "")
-        return (
-            f"{verb} {self.n_over} of {self.n_examples} examples longer than max_length={self.max_length} "
-            f"(example_id {ids}); max_length={self.kept_all_at} would keep them all"
-        )
+        return f"{counts['over']}/{counts['examples']} {verb}, {counts['no_answer']} with no answer token"
 
 
 def tokenize_for_training(
@@ -100,7 +118,9 @@ def tokenize_for_training(
     _check_texts(dataset)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "full_length": [], "content_hash": []}
+        out: dict[str, list[Any]] = {
+            "input_ids": [], "labels": [], "length": [], "full_length": [], "content_hash": [], "answer_tokens": [],
+        }  # fmt: skip
         for prompt, completion in zip(batch["prompt"], batch["completion"]):
             # kept with the tokens, so a run can record what it trained on even without the text columns
             out["content_hash"].append(content_hash(prompt, completion))
@@ -124,12 +144,25 @@ def tokenize_for_training(
             out["labels"].append(labels)
             out["length"].append(len(ids))
             out["full_length"].append(full)
+            out["answer_tokens"].append(len(labels if kind == "seq2seq" else c) - 1)  # without the EOS
         return out
 
     tokenized = dataset.map(encode, batched=True, desc="tokenize", load_from_cache_file=False)
     full = tokenized["full_length"]
     over = [i for i, n in enumerate(full) if n > max_length]
     ids = tokenized["example_id"] if "example_id" in tokenized.column_names else [str(i) for i in range(len(full))]
+    answers = tokenized["answer_tokens"]
+    over_set = set(over)
+    # a dropped example is left out, not "left with no answer": only kept examples can be left with none
+    no_answer = [i for i, n in enumerate(answers) if n <= 0 and not (overflow == "drop" and i in over_set)]
+    tasks = [str(t) for t in tokenized["task"]] if "task" in tokenized.column_names else ["-"] * len(full)
+    per_task: dict[str, dict[str, int]] = {}
+    for task in tasks:
+        per_task.setdefault(task, {"examples": 0, "over": 0, "no_answer": 0})["examples"] += 1
+    for i in over:
+        per_task[tasks[i]]["over"] += 1
+    for i in no_answer:
+        per_task[tasks[i]]["no_answer"] += 1
     report = TruncationReport(
         max_length=max_length,
         overflow=overflow,
@@ -138,6 +171,8 @@ def tokenize_for_training(
         over_ids=[ids[i] for i in over],
         longest=max(full),
         kept_all_at=max(full),
+        n_no_answer=len(no_answer),
+        per_task=per_task,
     )
     if over:
         if overflow == "drop":
@@ -146,24 +181,13 @@ def tokenize_for_training(
                     f"every example ({len(full)}) is longer than max_length={max_length} tokens (shortest "
                     f"{min(full)}); raise max_length to at least {min(full)} or use overflow='truncate'"
                 )
-            over_set = set(over)
             tokenized = tokenized.select([i for i in range(len(full)) if i not in over_set])
         logger.warning("%s", report)
-    tokenized = tokenized.remove_columns("full_length")
+    tokenized = tokenized.remove_columns(["full_length", "answer_tokens"])
+    from nbft.dataset_settings import mark_tokenized
+
+    tokenized = mark_tokenized(tokenized, dataset, max_length, chat_template, overflow)  # finetune records them
     return (tokenized, report) if return_report else tokenized
-
-
-def _truncate_pair(p: list[int], c: list[int], max_length: int) -> tuple[list[int], list[int]]:
-    """Fit prompt + completion in ``max_length``: cut the prompt's start (the cue right before the answer matters
-    most); when the completion alone is too long, keep the prompt's last tokens (its cue, up to a quarter of the
-    room) and the completion's start, and end it with its EOS."""
-    if len(c) < max_length and len(p) + len(c) > max_length:
-        keep = max_length - len(c)
-        if keep >= min(len(p), max(1, max_length // 4)):
-            return p[len(p) - keep :], c
-    cue = min(len(p), max(1, max_length // 4), max_length - 1)
-    room = max_length - cue
-    return p[len(p) - cue :] if cue else [], [*c[: room - 1], c[-1]]
 
 
 def _as_dataset(data: Any) -> datasets.Dataset:

@@ -36,12 +36,18 @@ def compare(models: Mapping[str, Any], tasks: Any, **kwargs: Any) -> ComparisonT
 
     A compared run (a ``Run``, a run directory or its ``model/`` folder) gets the result in its model card: the
     table as prose and the numbers as ``model-index`` metadata (:func:`nbft.train.card.record_comparison`).
+
+    Without ``chat_template=`` (or ``config=``) the prompts take the format the compared runs were trained with
+    (their ``run.json``); a run evaluated in another format gets a warning and a note in the table.
     """
+    from nbft.dataset_settings import follow_trained_format_kwargs
     from nbft.evaluate.runner import compare_models
     from nbft.report.export import model_card_section
     from nbft.report.table import ComparisonTable
     from nbft.train.card import record_comparison
 
+    kwargs, format_notes = follow_trained_format_kwargs(models, kwargs)
     table = ComparisonTable(compare_models(models, tasks, **kwargs))
+    table.results.setdefault("notes", []).extend(format_notes)
     record_comparison(models, table.results, model_card_section(table))  # each compared run's card keeps it
     return table

@@ -100,7 +100,9 @@ class ForgettingMonitor:
             point. The comparison table after training uses each task's own budget.
         checkpoints: ask for a checkpoint at each point (needed by ``run.best_checkpoint``).
         budget: the largest share of the run's wall time the monitor may take (it warns when it would take more).
-        chat_template: wrap prompts in the tokenizer's chat template (match how the training data was tokenized).
+        chat_template: wrap prompts in the tokenizer's chat template. ``None`` (default): as the training data is
+            tokenized (its settings, :mod:`nbft.dataset_settings`); a format other than the training data's is
+            used as asked, with a warning.
         config: an :class:`~nbft.config.EvalConfig` for the rest (``batch_size``, ``max_new_tokens``...).
         split: the split the examples come from (default: validation, else test).
         seed: seeds the sample of examples.
@@ -130,7 +132,7 @@ class ForgettingMonitor:
         max_new_tokens: int | None = 32,
         checkpoints: bool = True,
         budget: float = 0.15,
-        chat_template: bool = False,
+        chat_template: bool | None = None,
         config: EvalConfig | None = None,
         split: str | None = None,
         seed: int = 0,
@@ -186,10 +188,11 @@ class ForgettingMonitor:
         base_cfg = config or EvalConfig(scoring="generate")
         self.config = dataclasses.replace(
             base_cfg,
-            chat_template=chat_template if config is None else base_cfg.chat_template,
+            chat_template=bool(chat_template) if config is None else base_cfg.chat_template,
             batch_size=base_cfg.batch_size if config is not None else max(n, 1),
             progress=False,  # a worker thread's progress bar would land in whatever cell runs
         )
+        self._chat_asked = chat_template if config is None else base_cfg.chat_template  # None: the run's format
         self.split = split
         self.seed = seed
         if text_probe is not None and not isinstance(text_probe, bool) and not isinstance(text_probe, int):
@@ -273,6 +276,7 @@ class ForgettingMonitor:
     # ------------------------------------------------------------------------------------------------ events
     def on_train_begin(self, info: dict[str, Any]) -> None:
         self.prepare()  # a missing split or field refuses the run here, before any step
+        self._follow_training_format(info.get("data"))
         self._total = int(info.get("total_steps") or 0)
         self._start = int(info.get("start_step") or 0)
         self._t_begin = time.perf_counter()
@@ -288,6 +292,23 @@ class ForgettingMonitor:
             self.text_base = None
         if self.auto:
             self.every = max(1, self._total // 4)
+
+    def _follow_training_format(self, data: Any) -> None:
+        """Score prompts in the format the model trains on (the run's data settings); warn when told otherwise."""
+        from nbft.dataset_settings import format_mismatch
+
+        trained = data.get("chat_template") if isinstance(data, Mapping) else None
+        if not isinstance(trained, bool):
+            return  # unknown (tokenized before): the monitor keeps what it was given
+        if self._chat_asked is None:
+            self.config = dataclasses.replace(self.config, chat_template=trained)
+        elif self._chat_asked != trained:
+            self._warn(
+                format_mismatch(
+                    "ForgettingMonitor: the model", trained, self._chat_asked,
+                    f"Pass chat_template={trained} (or leave it out to follow the training data).",
+                )
+            )  # fmt: skip
 
     def _restore(self, run_dir: Any) -> None:
         """A resumed run: the base scores (and the points so far) come from the run's history on disk."""

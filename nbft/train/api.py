@@ -51,6 +51,9 @@ def finetune(
     run_dir: str | Path | None = None,
     background: bool = False,
     overwrite: bool = False,
+    *,
+    chat_template: bool | None = None,
+    overflow: str | None = None,
 ) -> Run:
     """Full fine-tune of ``model`` (every weight is trained) on instruction data; returns a :class:`Run`.
 
@@ -63,6 +66,11 @@ def finetune(
     With ``background=True`` the call returns at once; use ``run.wait()`` / ``run.stop()``. Under ``accelerate
     launch`` (or ``nbft.launch``) every process calls ``finetune`` with the same arguments: they train together.
 
+    Text data is tokenized with the settings the dataset carries (a ``DatasetBuilder``'s: chat format,
+    ``max_length``, overflow; :mod:`nbft.dataset_settings`) unless told otherwise: ``chat_template=``,
+    ``overflow=`` and a ``TrainConfig.max_length`` other than its default win, with a log line when they differ from
+    the dataset's. The settings used go into ``run.json`` (key ``"data"``), where ``compare()`` reads them back.
+
     Example:
         >>> run = finetune(model, tok, data["train"], val=data["validation"],
         ...                config=TrainConfig(epochs=2, eval_every=50), run_dir="runs/sentiment-1")  # doctest: +SKIP
@@ -70,6 +78,8 @@ def finetune(
     config = _check_arguments(model, config, observers, background=background, overwrite=overwrite)
     if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
         raise TypeError(f"run_dir must be a folder path (str or Path), not {run_dir!r}")
+    settings, data_settings = _data_settings(train, config, chat_template, overflow)
+    config = dataclasses.replace(config, max_length=settings.max_length)  # run.json's config says what was used
     if val is None and config.eval_every:
         logger.warning("TrainConfig.eval_every=%d but no val= data: no validation loss is computed", config.eval_every)
     positions = getattr(model.config, "max_position_embeddings", None)
@@ -94,15 +104,12 @@ def finetune(
                     logger.warning("%s: %s", run_dir, line)
             kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal"
             vocab = _vocab_size(model)
-            train_ex = as_examples(
-                train, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="train", vocab_size=vocab
-            )
+            cut = {"max_length": settings.max_length, "chat_template": settings.chat_template,
+                   "overflow": settings.overflow}  # fmt: skip
+            train_ex = as_examples(train, kind=kind, tokenizer=tokenizer, name="train", vocab_size=vocab, **cut)
             val_ex = None
             if val is not None:
-                val_ex = as_examples(
-                    val, kind=kind, tokenizer=tokenizer, max_length=config.max_length, name="validation",
-                    vocab_size=vocab,
-                )  # fmt: skip
+                val_ex = as_examples(val, kind=kind, tokenizer=tokenizer, name="validation", vocab_size=vocab, **cut)
             base_model = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
             run = Run(
                 model=model,
@@ -115,6 +122,7 @@ def finetune(
                 base_model=base_model,
             )
             run.train_hashes = training_hashes(train)  # what compare() checks test splits against (nbft.hashes)
+            run.data_settings = data_settings  # into run.json: what compare() and the monitor read back
             if overwrite and is_main_process():  # only now: bad data must not cost the earlier run its files
                 clear_old_run(run_dir)
             claim_model(model, run)  # one run per model object at a time
@@ -214,7 +222,7 @@ def _resumed_run(
     cast_buffers(model, meta.get("buffer_dtypes", {}))  # RoPE frequencies etc. as the run had them (see sync.py)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer") if (run_dir / "tokenizer").exists() else None
     val_path = run_dir / "data" / "validation.safetensors"
-    return Run(
+    run = Run(
         model=model,
         tokenizer=tokenizer,
         train=Examples.load(train_path),
@@ -226,6 +234,46 @@ def _resumed_run(
         resume_from=checkpoint,
         restore_dtype=dtype,
     )
+    run.data_settings = meta.get("data")  # the resumed run keeps its prompt format (for a monitor, for run.json)
+    return run
+
+
+def _data_settings(train: Any, config: TrainConfig, chat_template: Any, overflow: Any) -> tuple[Any, dict[str, Any]]:
+    """The tokenization settings of this run (explicit arguments, else the dataset's, else the defaults) and the
+    record ``run.json`` keeps of them."""
+    from nbft.dataset_settings import resolve_training_settings
+
+    if chat_template is not None and not isinstance(chat_template, bool):
+        raise TypeError(f"chat_template must be True, False or None (the dataset's setting), not {chat_template!r}")
+    if overflow is not None and overflow not in ("truncate", "drop"):
+        raise ValueError(f"overflow must be 'truncate', 'drop' or None (the dataset's setting), not {overflow!r}")
+    default = TrainConfig.__dataclass_fields__["max_length"].default
+    if _columns_of(train) >= {"input_ids", "labels"}:
+        # tokenized before: the cut was made; tokenize_for_training's output says how (else only what was told)
+        from nbft.dataset_settings import TokenizationSettings, settings_of
+
+        carried = settings_of(train)
+        settings = carried or TokenizationSettings(max_length=config.max_length, overflow=overflow or "truncate")
+        record = {**settings.to_dict(), "source": "tokenized"}
+        if carried is None:
+            record["chat_template"] = chat_template  # unknown (None) unless the caller said
+        return dataclasses.replace(settings, max_length=config.max_length), record
+    # TrainConfig.max_length left at its default is not a choice: the dataset's max_length wins over it
+    explicit = config.max_length if config.max_length != default else None
+    settings, source = resolve_training_settings(
+        train, max_length=explicit, chat_template=chat_template, overflow=overflow, default_max_length=default
+    )
+    return settings, {**settings.to_dict(), "source": source}
+
+
+def _columns_of(data: Any) -> set[str]:
+    if hasattr(data, "column_names"):
+        return set(data.column_names)
+    if isinstance(data, dict):
+        return set(data)
+    if isinstance(data, list | tuple) and data and isinstance(data[0], dict):
+        return set(data[0])
+    return set()
 
 
 def _check_arguments(model: Any, config: Any, observers: Any, *, background: Any, overwrite: Any) -> TrainConfig:

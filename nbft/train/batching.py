@@ -116,11 +116,14 @@ def as_examples(
     max_length: int = 1024,
     name: str = "train",
     vocab_size: int | None = None,
+    chat_template: bool = False,
+    overflow: str = "truncate",
 ) -> Examples:
     """Normalise training data to :class:`Examples`.
 
     Accepts a ``datasets.Dataset`` or list/dict of records with ``input_ids`` + ``labels`` (already tokenized), or
-    with ``prompt`` + ``completion`` (then tokenized with ``nbft.data.tokenize_for_training``). Token ids are
+    with ``prompt`` + ``completion`` (then tokenized with ``nbft.data.tokenize_for_training``, with ``max_length``,
+    ``chat_template`` and ``overflow``). Token ids are
     checked against ``vocab_size`` when given, and data with no labelled token at all is refused (its loss would
     be 0 and nothing would be learnt).
     """
@@ -139,7 +142,10 @@ def as_examples(
                 raise ValueError(f"{name} data has prompt/completion text: pass the tokenizer to tokenize it")
             from nbft.data import tokenize_for_training
 
-            data = tokenize_for_training(_as_dataset(data), tokenizer, max_length=max_length, mode=kind)
+            data = tokenize_for_training(
+                _as_dataset(data), tokenizer, max_length=max_length, mode=kind, chat_template=chat_template,
+                overflow=overflow,  # type: ignore[arg-type]
+            )  # fmt: skip
         else:
             raise ValueError(
                 f"{name} data needs columns input_ids + labels (tokenized) or prompt + completion (text); it has "

@@ -375,6 +375,7 @@ def _tell_observers(run: RunHandle, state: TrainState, hw: _Hardware) -> None:
         "run_dir": str(run.run_dir),
         "base_model": run.base_model,
         "config": dataclasses.asdict(run.config),
+        "data": getattr(run, "data_settings", None),  # the prompt format the model learns (a monitor follows it)
     }
     refusal: BaseException | None = None
     try:

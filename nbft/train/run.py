@@ -77,6 +77,8 @@ class Run:
         self.stop_reason: str | None = None
         self.train_hashes: Any = None
         """Content hashes of the training examples (``nbft.hashes``), written to the run directory for compare()."""
+        self.data_settings: dict[str, Any] | None = None
+        """How the training text was tokenized (``nbft.dataset_settings``; ``run.json``'s ``"data"``)."""
         self.card_sections: dict[str, str] = {}
         """Extra model-card sections (title -> markdown) that :meth:`save` writes, e.g. an evaluation table."""
         self.resume_from = resume_from

@@ -133,6 +133,8 @@ def write_run_files(
         "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": attn_implementation,
         "buffer_dtypes": buffer_dtypes(run.model),
+        # how the text became tokens (nbft.dataset_settings): compare() and the monitor read the prompt format here
+        "data": getattr(run, "data_settings", None),
     }
     write_training_hashes(run_dir / "data", run.train_hashes)  # None: warns that overlap can't be checked
     with atomic_path(run_dir / "run.json") as tmp:

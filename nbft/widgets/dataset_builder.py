@@ -51,6 +51,7 @@ _WIDE = {"description_width": "110px"}
 _HIST_EXAMPLES = 2000  # enough for the shape of a histogram; tokenizing all of a big set would only cost time
 _SAME = "(same name)"
 _TOKEN_BOX = "border-radius:3px;padding:0 1px;margin:0 1px 1px 0;display:inline-block;white-space:pre"
+_STALE_CSS = "<style>.nbft-dataset-builder .nbft-stale { opacity: 0.4; filter: grayscale(1); }</style>"
 _CELL = "white-space: pre-wrap; text-align: left; vertical-align: top; font-family: var(--jp-code-font-family, monospace); font-size: 12px"  # noqa: E501
 
 
@@ -112,10 +113,17 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
 
 
 def label_mask_html(
-    tokenizer: Any, prompt: str, completion: str, *, max_length: int = 1024, chat_template: bool = False
+    tokenizer: Any,
+    prompt: str,
+    completion: str,
+    *,
+    max_length: int = 1024,
+    chat_template: bool = False,
+    overflow: str = "truncate",
 ) -> str:
     """One example as coloured tokens: what training sees (grey: prompt, no loss; green: completion, learned;
-    struck through: cut by ``max_length``), tokenized exactly as :func:`nbft.data.tokenize_for_training` does.
+    struck through: cut by ``max_length``), tokenized and cut by :func:`nbft.dataset_settings.training_cut`, the
+    encoding and the cut of :func:`nbft.data.tokenize_for_training`.
 
     Example:
         >>> from nbft.models import tiny_random
@@ -123,16 +131,11 @@ def label_mask_html(
         >>> "nbft-tok-completion" in label_mask_html(tok, "Say hi:\\n", "hi")
         True
     """
-    from nbft.data import encode_pair
+    from nbft.dataset_settings import training_cut
 
-    prompt_ids, completion_ids = encode_pair(tokenizer, prompt, completion, chat_template)
-    cut_prompt: list[int] = []
-    cut_completion: list[int] = []
-    if len(prompt_ids) + len(completion_ids) > max_length:  # the same cut as tokenize_for_training
-        cut_completion = completion_ids[max_length:]
-        completion_ids = completion_ids[:max_length]
-        keep = max(0, max_length - len(completion_ids))
-        cut_prompt, prompt_ids = prompt_ids[: len(prompt_ids) - keep], prompt_ids[len(prompt_ids) - keep :]
+    cut = training_cut(
+        tokenizer, prompt, completion, max_length=max_length, chat_template=chat_template, overflow=overflow
+    )
 
     def spans(ids: Sequence[int], kind: str, style: str) -> str:
         out = []
@@ -146,21 +149,40 @@ def label_mask_html(
         return "".join(out)
 
     cut_style = "background:#ffebe9;color:#cf222e;text-decoration:line-through"
-    body = (
-        spans(cut_prompt, "cut", cut_style)
-        + spans(prompt_ids, "prompt", "background:#eaeef2;color:#57606a")
-        + spans(completion_ids, "completion", "background:#dafbe1;color:#116329;font-weight:600")
-        + spans(cut_completion, "cut", cut_style)
-    )
-    cut = len(cut_prompt) + len(cut_completion)
+    learned = "background:#dafbe1;color:#116329;font-weight:600"
+    if cut.dropped:
+        body = spans(cut.cut_prompt, "cut", cut_style) + spans(cut.cut_completion, "cut", cut_style)
+    else:
+        # a completion cut short keeps its EOS: the cut tokens sit between its start and its end
+        tail = cut.completion[-1:] if cut.cut_completion else []
+        head = cut.completion[:-1] if cut.cut_completion else cut.completion
+        body = (
+            spans(cut.cut_prompt, "cut", cut_style)
+            + spans(cut.prompt, "prompt", "background:#eaeef2;color:#57606a")
+            + spans(head, "completion", learned)
+            + spans(cut.cut_completion, "cut", cut_style)
+            + spans(tail, "completion", learned)
+        )
+    n_cut = len(cut.cut_prompt) + len(cut.cut_completion)
+    if cut.dropped:
+        cut_note = f"longer than max_length={max_length}: left out of training (overflow='drop'), {n_cut} tokens"
+    else:
+        cut_note = f"cut by max_length={max_length}: {n_cut}"
+    no_answer = " · no answer token left, only the EOS" * (not cut.dropped and cut.answer_tokens == 0)
     legend = (
-        f'<div style="font-size:12px;margin-bottom:4px"><span style="background:#eaeef2;padding:0 4px">prompt: '
-        f"{len(prompt_ids)} tokens, no loss (label −100)</span> "
-        f'<span style="background:#dafbe1;padding:0 4px">completion: {len(completion_ids)} tokens, learned</span>'
-        + (f' <span style="background:#ffebe9;padding:0 4px">cut by max_length={max_length}: {cut}</span>' * bool(cut))
+        f'<div class="nbft-mask-legend" style="font-size:12px;margin-bottom:4px">'
+        f'<span style="background:#eaeef2;padding:0 4px">prompt: '
+        f"{len(cut.prompt)} tokens, no loss (label −100)</span> "
+        f'<span style="background:#dafbe1;padding:0 4px">completion: {len(cut.completion)} tokens, learned'
+        f"{no_answer}</span>"
+        + (f' <span style="background:#ffebe9;padding:0 4px">{cut_note}</span>' * bool(n_cut))
         + "</div>"
     )
-    return f'<div class="nbft-label-mask" style="line-height:1.9;font-family:var(--jp-code-font-family,monospace);font-size:12px">{legend}{body}</div>'  # noqa: E501
+    return (
+        f'<div class="nbft-label-mask" data-prompt-tokens="{len(cut.prompt)}" '
+        f'data-completion-tokens="{len(cut.completion)}" data-cut-tokens="{n_cut}" '
+        f'style="line-height:1.9;font-family:var(--jp-code-font-family,monospace);font-size:12px">{legend}{body}</div>'
+    )
 
 
 def _preview_table(data: Any, rows: int) -> str:
@@ -237,12 +259,21 @@ class DatasetBuilder(widgets.VBox):
         split: train, validation and test fractions.
         seed: the same seed gives the same dataset.
         max_length: the training ``max_length`` to check examples against.
+        chat_template: wrap prompts in the tokenizer's chat template (when it has one).
+        overflow: what training does with longer examples: ``"truncate"`` (cut the prompt's start) or ``"drop"``.
         debounce: seconds of quiet after an edit before the preview is rebuilt (``0``: at once, in the same thread;
             ``None``: no live preview, only :meth:`refresh` and Build).
         preview_sample: how many examples the live preview is built from.
 
     Attributes:
-        dataset: the last built ``DatasetDict`` (``None`` before Build). truncation: the last truncation report.
+        dataset: the last built ``DatasetDict`` (``None`` before Build). It carries the builder's tokenization
+            settings (:attr:`settings`: template ids, chat format, ``max_length``, overflow), which
+            ``nbft.finetune``, ``TrainPanel``, ``compare`` and the ``ForgettingMonitor`` follow
+            (:mod:`nbft.dataset_settings`). truncation: the last truncation report (per task too).
+
+    The label mask and the truncation line always show the current settings (they are computed by training's own
+    encoding and cut). After a Build, an edit marks the built views (mixture, statistics, histogram) as out of
+    date until the next Build; switching the task clears the previous task's example at once.
 
     Example::
 
@@ -261,6 +292,8 @@ class DatasetBuilder(widgets.VBox):
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
         seed: int = 0,
         max_length: int = 512,
+        chat_template: bool = False,
+        overflow: str = "truncate",
         debounce: float | None = 0.4,
         preview_sample: int = 200,
         preview_rows: int = 5,
@@ -278,6 +311,10 @@ class DatasetBuilder(widgets.VBox):
         if not 0.5 <= split[0] <= 0.95:
             raise ValueError(f"DatasetBuilder(split=...): the train share must be in [0.5, 0.95], got {split[0]}")
         max_length = check_int("DatasetBuilder(max_length=...)", max_length, 2, "e.g. max_length=512 (in tokens)")
+        if overflow not in ("truncate", "drop"):
+            raise ValueError(f"DatasetBuilder(overflow=...): use 'truncate' or 'drop', not {overflow!r}")
+        if not isinstance(chat_template, bool):
+            raise TypeError(f"DatasetBuilder(chat_template=...) must be True or False, not {chat_template!r}")
         self.source = source
         self.tokenizer = tokenizer
         self.dataset: Any = None
@@ -298,6 +335,8 @@ class DatasetBuilder(widgets.VBox):
         self._written: set[str] = set()  # what this builder exported since it was opened: it may replace those
         self._auto_path = ""  # the export path the builder filled in (it follows the task until the user edits it)
         self._built_task: str | None = None
+        self._built_key: Any = None  # the settings the built dataset was made with
+        self._shown_key: Any = None  # the settings the preview, mask and truncation line were made with
         self._confirm: tuple[str, str] | None = None  # the export the next click replaces, once the user was asked
 
         self.task = widgets.Dropdown(
@@ -327,7 +366,18 @@ class DatasetBuilder(widgets.VBox):
         self.test_label = widgets.Label()
         self.max_length = widgets.IntText(value=max_length, description="max_length", layout={"width": "220px"})
         has_chat = bool(getattr(tokenizer, "chat_template", None))
-        self.chat_template = widgets.Checkbox(value=False, description="chat template", disabled=not has_chat)
+        if chat_template and not has_chat:
+            raise ValueError(
+                "DatasetBuilder(chat_template=True) but the tokenizer has no chat template; use an instruct model's "
+                "tokenizer or chat_template=False"
+            )
+        self.chat_template = widgets.Checkbox(value=chat_template, description="chat template", disabled=not has_chat)
+        self.overflow = widgets.Dropdown(
+            options=[("truncate (cut the prompt's start)", "truncate"), ("drop the example", "drop")],
+            value=overflow,
+            description="overflow",
+            layout={"width": "300px"},
+        )
         self.example = widgets.IntSlider(value=0, min=0, max=max(0, preview_rows - 1), description="example")
         self.replay = widgets.FloatSlider(
             value=0.0, min=0.0, max=0.5, step=0.05, description="replay share", continuous_update=False
@@ -357,6 +407,7 @@ class DatasetBuilder(widgets.VBox):
             (self.val_frac, "Share of the examples for validation; the rest is the test split"),
             (self.max_length, "Training max_length in tokens: longer examples are cut (the mask shows where)"),
             (self.chat_template, "Wrap prompts in the tokenizer's chat template, as training will"),
+            (self.overflow, "What training does with an example longer than max_length"),
             (self.example, "Which preview example the label mask shows"),
             (self.replay, "Share of the training mix taken from other tasks, against forgetting"),
             (self.replay_tasks, "The tasks replayed in the training mix (Ctrl/Shift+click for several)"),
@@ -373,12 +424,19 @@ class DatasetBuilder(widgets.VBox):
         self.stats_html = widgets.HTML("", layout=widgets.Layout(overflow="auto", max_width="100%"))
         self.mix_html = widgets.HTML("")
         self.histogram = natural_image()
+        self.stale_note = widgets.HTML("")
+        self.stale_note.add_class("nbft-stale-note")
+        self._stale_css = widgets.HTML(_STALE_CSS, layout=widgets.Layout(height="0px"))
 
         self.task.observe(lambda _: self._task_changed(), names="value")
         self.templates.observe(lambda _: self._columns_changed(), names="value")
         self.source_text.observe(lambda _: self._columns_changed(), names="value")
-        for w in (self.n, self.seed, self.train_frac, self.val_frac, self.max_length, self.chat_template):
+        for w in (
+            self.n, self.seed, self.train_frac, self.val_frac, self.max_length, self.chat_template, self.overflow,
+        ):  # fmt: skip
             w.observe(lambda _: self._schedule(), names="value")
+        for w in (self.replay, self.replay_tasks):  # Build-only settings: the built views go out of date
+            w.observe(lambda _: self._mark_stale(), names="value")
         self.train_frac.observe(lambda _: self._show_test(), names="value")
         self.val_frac.observe(lambda _: self._show_test(), names="value")
         self.example.observe(lambda _: self._safely(self._show_mask_quietly, clear=False), names="value")
@@ -399,9 +457,10 @@ class DatasetBuilder(widgets.VBox):
                 self.source_text,
                 self.columns_box,
                 widgets.HBox([self.train_frac, self.val_frac, self.test_label]),
-                widgets.HBox([self.max_length, self.chat_template, self.example]),
+                widgets.HBox([self.max_length, self.chat_template, self.overflow, self.example]),
                 widgets.HBox([self.replay, self.replay_tasks]),
                 widgets.HBox([self.build_button, self.status_label]),
+                self.stale_note,
                 widgets.HBox([self.export_format, self.export_path, self.export_button, self.export_label]),
                 self.preview,
                 self.mask,
@@ -411,6 +470,7 @@ class DatasetBuilder(widgets.VBox):
                 self.histogram,
                 self.log_area.widget,
                 self.static.style_widget,
+                self._stale_css,
             ]
         )
         self.add_class("nbft-dataset-builder")
@@ -423,6 +483,65 @@ class DatasetBuilder(widgets.VBox):
     def split(self) -> tuple[float, float, float]:
         train, val = round(self.train_frac.value, 4), round(self.val_frac.value, 4)
         return train, val, round(1.0 - train - val, 4)
+
+    @property
+    def settings(self) -> Any:
+        """The tokenization settings the controls hold now (:class:`nbft.dataset_settings.TokenizationSettings`):
+        what Build attaches to :attr:`dataset`, and what the label mask and truncation line show."""
+        from nbft.dataset_settings import TokenizationSettings
+
+        return TokenizationSettings(
+            task=self.task.value,
+            templates=tuple(self.templates.value),
+            chat_template=bool(self.chat_template.value),
+            max_length=max(2, int(self.max_length.value)),
+            overflow=self.overflow.value,
+        )
+
+    def _key(self) -> tuple[Any, ...]:
+        """Every setting a built dataset depends on: when it changes, what Build showed is out of date."""
+        return (
+            self.task.value, tuple(self.templates.value), self.source_text.value.strip(),
+            tuple(sorted(self.columns.items())), self.n.value, self.seed.value, self.split, self.max_length.value,
+            self.chat_template.value, self.overflow.value, self.replay.value, tuple(self.replay_tasks.value),
+        )  # fmt: skip
+
+    def _preview_key(self) -> tuple[Any, ...]:
+        return _preview_part(self._key())
+
+    @property
+    def out_of_date(self) -> bool:
+        """True when the settings changed since the last Build (the built views are then marked so)."""
+        return self.dataset is not None and self._key() != self._built_key
+
+    def _mark_stale(self) -> None:
+        """Dim what no longer follows the settings, and say so: the built views after an edit (until Build), the
+        preview while its update is pending."""
+        if getattr(self, "_updating", False):
+            return
+        stale_build = self.out_of_date
+        for w in (self.stats_html, self.mix_html, self.histogram):
+            (w.add_class if stale_build else w.remove_class)("nbft-stale")
+        stale_preview = self._shown_key is not None and self._shown_key != self._preview_key()
+        for w in (self.preview, self.mask, self.truncation_label):
+            (w.add_class if stale_preview else w.remove_class)("nbft-stale")
+        notes = []
+        if stale_build:
+            notes.append(
+                "settings changed since Build — press Build (the statistics, histogram and mixture below, and "
+                "builder.dataset, are still the earlier build's)"
+            )
+        if stale_preview:
+            notes.append(
+                "the preview is updating to the new settings"
+                if self.debounce is not None
+                else "the preview is from earlier settings — press Build (or call builder.refresh())"
+            )
+        self.stale_note.value = (
+            f"<div class='nbft-out-of-date' style='color:#9a6700;font-weight:600'>{html.escape('; '.join(notes))}</div>"
+            if notes
+            else ""
+        )
 
     @property
     def columns(self) -> dict[str, str]:
@@ -468,6 +587,12 @@ class DatasetBuilder(widgets.VBox):
         self.test_label.value = f"test {test:.3f}" if test > 0 else "test: none left, lower train or validation"
 
     def _task_changed(self) -> None:
+        # never show the previous task's example as current: clear it now, the new task's preview follows
+        self._preview_data = None
+        self.preview.value = placeholder_html(f"The {self.task.value} task's first training pairs appear here.")
+        self.mask.value = ""
+        self.truncation_label.value = ""
+        self._shown_key = None
         self._updating = True
         try:
             self._fill_templates()
@@ -584,7 +709,10 @@ class DatasetBuilder(widgets.VBox):
 
     # ------------------------------------------------------------------------------------------- preview
     def _schedule(self) -> None:
-        if self._updating or self.debounce is None:
+        if self._updating:
+            return
+        self._mark_stale()
+        if self.debounce is None:
             return
         self._generation += 1
         if self._timer is not None:
@@ -605,6 +733,7 @@ class DatasetBuilder(widgets.VBox):
         from nbft._quiet import quiet
 
         generation = self._generation
+        key = self._key()
         if self._needs_hub_offline():
             self._task_data(self.task.value, None)  # raises the clear offline message
         self.build_button.disabled = False
@@ -614,10 +743,12 @@ class DatasetBuilder(widgets.VBox):
             if generation != self._generation:
                 return  # an edit came in meanwhile; its own preview follows
             self._preview_data = data
+            self._shown_key = _preview_part(key)
             self.preview.value = _preview_table(data, self.preview_rows)
             self.example.max = max(0, min(self.preview_rows, len(data["train"])) - 1)
             self._show_mask()
             self._show_truncation(data, sample=True)
+        self._mark_stale()
         sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
         self._set_status("preview", f"from {self.preview_sample} examples ({sizes}); Build makes the full dataset")
 
@@ -628,7 +759,8 @@ class DatasetBuilder(widgets.VBox):
             self._show_mask()
 
     def _show_mask(self) -> None:
-        data = self._preview_data if self.dataset is None else self.dataset
+        # the built dataset while it is current, else the preview of the current settings (never an older build's)
+        data = self.dataset if self.dataset is not None and not self.out_of_date else self._preview_data
         if data is None or self.tokenizer is None or not len(data["train"]):
             self.mask.value = ""
             return
@@ -639,8 +771,9 @@ class DatasetBuilder(widgets.VBox):
                 self.tokenizer,
                 ex["prompt"],
                 ex["completion"],
-                max_length=max(1, self.max_length.value),
+                max_length=max(2, self.max_length.value),
                 chat_template=self.chat_template.value,
+                overflow=self.overflow.value,
             )
         )
 
@@ -650,17 +783,25 @@ class DatasetBuilder(widgets.VBox):
             return
         from nbft.data import tokenize_for_training
 
-        if self.max_length.value < 1:
-            raise ValueError(f"max_length must be at least 1 token, got {self.max_length.value}")
+        if self.max_length.value < 2:
+            raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length.value}")
         _, report = tokenize_for_training(
             data["train"], self.tokenizer, max_length=self.max_length.value,
-            chat_template=self.chat_template.value, return_report=True,
+            chat_template=self.chat_template.value, overflow=self.overflow.value, return_report=True,
         )  # fmt: skip
         self.truncation = report
-        colour = "#9a6700" if report.n_over else "#1a7f37"
+        colour = "#9a6700" if report.n_over or report.n_no_answer else "#1a7f37"
         scope = " (in the preview sample)" if sample else ""
+        per_task = "".join(
+            f"<li class='nbft-truncation-task' data-task='{html.escape(task)}'>{html.escape(task)}: "
+            f"{html.escape(report.task_line(task))}</li>"
+            for task in report.per_task
+        )
         self.truncation_label.value = (
-            f"<div class='nbft-truncation' style='color:{colour}'>max_length: {html.escape(str(report))}{scope}</div>"
+            f"<div class='nbft-truncation' style='color:{colour}'>max_length: "
+            f"{html.escape(str(report).split('; per task: ')[0])}{scope}"
+            + (f"<ul style='margin:2px 0'>{per_task}</ul>" if len(report.per_task) > 1 else "")
+            + "</div>"
         )
 
     # ------------------------------------------------------------------------------------------- build
@@ -668,8 +809,11 @@ class DatasetBuilder(widgets.VBox):
         """Build the full dataset with :func:`nbft.data.build_instruction_dataset` (what Build does) and show it."""
         from nbft._quiet import quiet
         from nbft.data import length_stats, mix, mix_report
+        from nbft.dataset_settings import with_settings
 
         self._generation += 1  # a pending preview is out of date now
+        key = self._key()
+        settings = self.settings
         self._set_status("building", "")
         with self._lock, quiet(sink=self.log_area.add):
             data = self._build(None)
@@ -685,8 +829,11 @@ class DatasetBuilder(widgets.VBox):
                 mixed_html = "<b>Training mixture</b>" + mix_report(data["train"]).to_html(
                     index=False, float_format=lambda x: f"{x:.1%}", classes="nbft-mix"
                 )
+            data = with_settings(data, settings)  # finetune, TrainPanel, compare and the monitor follow them
             self.dataset = data
             self._built_task = self.task.value
+            self._built_key = key
+            self._shown_key = _preview_part(key)
             self._preview_data = data
             self.preview.value = _preview_table(data, self.preview_rows)
             self.mix_html.value = mixed_html
@@ -702,8 +849,9 @@ class DatasetBuilder(widgets.VBox):
                 )
                 hist_png = png(length_histogram(data, self.tokenizer, chat_template=self.chat_template.value))
                 set_image(self.histogram, hist_png)
+        self._mark_stale()
         sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.items())
-        self._set_status("built", sizes)
+        self._set_status("built", f"{sizes} · {settings.describe()}")
         self.export_button.disabled = False
         self._follow_task()
         body = (
@@ -758,6 +906,10 @@ class DatasetBuilder(widgets.VBox):
                 f"the built dataset is the {self._built_task!r} task's, but the task is now {self.task.value!r}: "
                 "click Build first (or set the task back)"
             )
+        if self.out_of_date:
+            raise RuntimeError(
+                "the settings changed since Build: click Build first, so the export holds what the builder shows"
+            )
         target = path or self.export_path.value.strip() or f"data/{self.task.value}"
         if not overwrite and _key(target) not in self._written and _occupied(Path(target).expanduser()):
             raise ExportWouldReplace(
@@ -809,6 +961,8 @@ class DatasetBuilder(widgets.VBox):
     def _clear(self) -> None:
         self._preview_data = None
         self.dataset = None
+        self._built_key = self._shown_key = None
+        self._mark_stale()
         self.preview.value = ""
         self.mask.value = ""
         self.truncation_label.value = ""
@@ -853,6 +1007,12 @@ def _what_is_there(path: Path) -> str:
     if (path / OWNER_MARKER).is_file():
         return f"a dataset ({', '.join(sorted(p.name for p in path.iterdir() if p.name != OWNER_MARKER)[:4])})"
     return "files nbft did not write"
+
+
+def _preview_part(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of a builder's settings key the preview depends on: all but the replay share and tasks (the last
+    two), which only Build uses."""
+    return key[:-2]
 
 
 def _number(x: float) -> str:

@@ -88,6 +88,18 @@ def _new_run_dir(folder: Path) -> Path:
     return path
 
 
+def _data_note(train: Any, chat_template: bool | None, overflow: str | None) -> str:
+    """`` · data: chat template, max_length=68, overflow=truncate (the dataset's settings)`` for the ready line."""
+    from nbft.dataset_settings import settings_of
+
+    settings = settings_of(train) if train is not None else None
+    if settings is None:
+        return ""
+    given = (("chat_template", chat_template), ("overflow", overflow))
+    told = [f"{k}={v!r} as given" for k, v in given if v is not None]
+    return f" · data: {settings.describe()} (the dataset's settings{'; ' + ', '.join(told) if told else ''})"
+
+
 class _ProgressView:
     """Observer that mirrors training events into the panel's progress bar and status line (worker thread)."""
 
@@ -178,7 +190,11 @@ class TrainPanel(widgets.VBox):
 
     Args:
         model, tokenizer, train, val, config: passed to :func:`nbft.train.finetune` unchanged (``config`` is a
-            :class:`~nbft.config.TrainConfig`). The model is trained in place: keep a copy if you want to compare it
+            :class:`~nbft.config.TrainConfig`). ``train`` may be a ``DatasetDict`` (e.g. ``DatasetBuilder.dataset``):
+            its train split trains, its validation split validates (unless ``val`` is given). Text is tokenized with
+            the settings the data carries (a DatasetBuilder's chat format, ``max_length``, overflow), unless
+            ``chat_template=``/``overflow=`` or the config's ``max_length`` say otherwise; the status line names them.
+            The model is trained in place: keep a copy if you want to compare it
             with the base model later. Leave them out to only resume runs from disk.
         run_dir: where checkpoints and the final model go; default ``<runs_folder>/run-<time>``, chosen when Train
             is clicked. Resume continues the run in this folder.
@@ -210,6 +226,8 @@ class TrainPanel(widgets.VBox):
         observers: Sequence[Any] = (),
         plot: LivePlot | None = None,
         runs_folder: str | Path | None = None,
+        chat_template: bool | None = None,
+        overflow: str | None = None,
     ) -> None:
         from nbft.config import TrainConfig
 
@@ -221,8 +239,16 @@ class TrainPanel(widgets.VBox):
             raise TypeError(f"config must be an nbft.TrainConfig, not {type(config).__name__}")
         if run_dir is not None and not isinstance(run_dir, str | Path):
             raise TypeError(f"run_dir must be a folder path, not {run_dir!r}")
+        if type(train).__name__ == "DatasetDict":  # a builder's dataset: train on its train split
+            if "train" not in train:
+                raise ValueError(f"the DatasetDict has no 'train' split (it has {list(train)}); pass one split")
+            if val is None and len(train.get("validation") or ()):  # an empty validation split: no val loss
+                val = train["validation"]
+            train = train["train"]
         self._model = model
         self.tokenizer = tokenizer
+        self.tokenization = {"chat_template": chat_template, "overflow": overflow}
+        """finetune()'s ``chat_template=``/``overflow=`` (``None``: the data's own settings)."""
         self.train_data = train
         self.val_data = val
         self.config = config
@@ -252,6 +278,7 @@ class TrainPanel(widgets.VBox):
         self.train_button.disabled = model is None or train is None
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="200px"))
         ready = "click Train to start" if not self.train_button.disabled else "pick a run on disk to resume"
+        ready += _data_note(train, chat_template, overflow)
         self.status_label = widgets.HTML(status_html("ready", ready))
         self.status_label.add_class("nbft-train-status")
         self.train_button.on_click(lambda _: self._safely(self.train))
@@ -374,6 +401,7 @@ class TrainPanel(widgets.VBox):
                     observers=self._observers(),
                     run_dir=self.run_dir,
                     background=True,
+                    **self.tokenization,
                 )
         except BaseException:
             self._abort()
