@@ -248,7 +248,7 @@ def probe_note(tasks: Sequence[Task], target: str | None) -> str | None:
                 f"; it holds {len(p.choices)} of the template's {len(p.answer_choices)} labels ({held}): an answer "
                 "outside them counts as wrong, and log-likelihood picks among them only"
             )
-        parts.append(f"{p.name} probes {p.probe_of!r} on other data ({p.description or 'your data'}){labels}")
+        parts.append(f"{p.name} probes {p.probe_of!r} on other data{labels}")  # its source: task_info description
     skill = "the target skill" if target and any(p.probe_of == target for p in probes) else "a task's skill"
     return (
         "out-of-domain probes: " + "; ".join(parts) + f". Probe rows measure how {skill} generalises, so they are "
