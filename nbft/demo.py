@@ -389,8 +389,8 @@ def _run_demo(
     # 5. the table ----------------------------------------------------------------------------------------------
     text = table.to_text()
     probe_rows = [t for t, i in table.results["tasks"].items() if i.get("role") == "probe"]
-    ood = f"; in-domain and out-of-domain rows: {', '.join([target, *probe_rows])}" if probe_rows else ""
-    say(f"[5/6] side by side (points, 0-100; Δ = tuned − base with paired bootstrap 95% CI{ood}):\n" + text)
+    ood = f"\n  in-domain and out-of-domain rows: {', '.join([target, *probe_rows])}" if probe_rows else ""
+    say(f"[5/6] side by side (points, 0-100; Δ = tuned − base with paired bootstrap 95% CI):{ood}\n" + text)
 
     # 6. files --------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
