@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert set(table.forgetting.columns) >= {"G", "BWT", "AF", "worst_drop", "significant_regressions"}
     # the demo trains on the target's train split only: the run's hashes match no test example of any task it scores
     from nbft.evaluate import find_overlap, get_task
-    from nbft.evaluate.probes import expand_probes
+    from nbft.evaluate.tasks import expand_probes
     from nbft.hashes import read_training_hashes
 
     hashes = read_training_hashes(out)

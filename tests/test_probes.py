@@ -12,9 +12,9 @@ import pytest
 
 import nbft
 from nbft.evaluate import get_task
-from nbft.evaluate.probes import SubsetClassificationMetric, expand_probes, suggest_label_map
+from nbft.evaluate.probes import SubsetClassificationMetric, suggest_label_map
 from nbft.evaluate.scoring import _scored
-from nbft.evaluate.tasks import Task, TaskError
+from nbft.evaluate.tasks import Task, TaskError, expand_probes
 from nbft.models import tiny_random
 
 WORDS = ["great", "awful", "fine", "lovely", "broken", "okay", "superb", "dull", "plain", "bright"]

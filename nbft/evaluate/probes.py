@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,13 +33,17 @@ import numpy as np
 from nbft.evaluate.metrics import ClassificationMetric, parse_choice
 
 if TYPE_CHECKING:
-    from nbft.evaluate.tasks import Task
     from nbft.templates import PromptTemplate
+
+# This module sits below nbft.evaluate.tasks (which imports it): tasks are duck-typed here (Any), and its errors
+# are LabelError, which Task raises as TaskError.
 
 __all__ = [
     "SEPARATOR",
+    "LabelError",
     "SubsetClassificationMetric",
-    "expand_probes",
+    "check_labels",
+    "check_probe",
     "fit_labels",
     "probe_records",
     "suggest_label_map",
@@ -48,6 +51,10 @@ __all__ = [
 
 SEPARATOR = " · "
 """Between a task's name and its probe's name in a row's name: ``"sentiment · movie reviews"``."""
+
+
+class LabelError(ValueError):
+    """Data labels, ``choices`` or a probe do not fit a template's labels (``Task`` raises it as ``TaskError``)."""
 
 
 class SubsetClassificationMetric(ClassificationMetric):
@@ -103,16 +110,14 @@ def fit_labels(
     """
     import dataclasses as dc
 
-    from nbft.evaluate.tasks import TaskError
-
     options = tuple(template.choices or ())
     if label_map is not None:
         if not isinstance(label_map, Mapping) or not label_map:
-            raise TaskError(f"{where}: label_map must be a dict of data label -> template label, e.g. {{'pos': "
+            raise LabelError(f"{where}: label_map must be a dict of data label -> template label, e.g. {{'pos': "
                             f"'positive'}}, not {label_map!r}")  # fmt: skip
         bad = sorted({str(v) for v in label_map.values()} - set(options)) if options else []
         if bad:
-            raise TaskError(
+            raise LabelError(
                 f"{where}: label_map maps to {bad}, which are not among template {template.id!r}'s choices "
                 f"{list(options)}; map each data label to one of them"
             )
@@ -123,13 +128,13 @@ def fit_labels(
     if choices is None:
         return template, None
     if isinstance(choices, str):
-        raise TaskError(f"{where}: choices must be a list of labels, e.g. choices=[{choices!r}], not one text")
+        raise LabelError(f"{where}: choices must be a list of labels, e.g. choices=[{choices!r}], not one text")
     choices = tuple(dict.fromkeys(str(c) for c in choices))
     if not options:  # a template without labels: the choices become its labels
         return dc.replace(template, choices=choices), choices
     outside = [c for c in choices if c not in options]
     if outside:
-        raise TaskError(
+        raise LabelError(
             f"{where}: choices {outside} are not among template {template.id!r}'s choices {list(options)}. choices "
             f"name the template's labels that the data holds; map your labels onto them with label_map="
             f"{_map_text(outside, options)} (choices are then the mapped labels)"
@@ -142,8 +147,6 @@ def check_labels(
 ) -> None:
     """Refuse data labels that are not among the template's labels (naming them and the ``label_map`` to pass), and
     labels outside ``choices`` (which the log-likelihood column could never pick)."""
-    from nbft.evaluate.tasks import TaskError
-
     options = tuple(template.choices or ())
     if not options:
         return
@@ -152,7 +155,7 @@ def check_labels(
     unmapped = [v for v in seen if (v not in mapping if mapping else v not in options)]
     if unmapped:
         fix = "add them to label_map" if mapping else "pass the mapping"
-        raise TaskError(
+        raise LabelError(
             f"{where}: the labels {unmapped[:10]}{' ...' if len(unmapped) > 10 else ''} of field {field!r} are not "
             f"among template {template.id!r}'s choices {list(options)}; {fix}: label_map="
             f"{_map_text(unmapped[:10], options)} (choices are then the mapped labels)"
@@ -160,21 +163,19 @@ def check_labels(
     held = {mapping.get(v, v) if mapping else v for v in seen}
     extra = sorted(str(v) for v in held - set(choices or options))
     if extra:
-        raise TaskError(
+        raise LabelError(
             f"{where}: the data holds labels {extra}, which are not among choices {list(choices or ())}; add them "
             "to choices (the log-likelihood column picks among choices only) or drop those examples"
         )
 
 
 # --------------------------------------------------------------------------------------------------- probes
-def check_probe(task: Task, probe: Task) -> None:
+def check_probe(task: Any, probe: Any) -> None:
     """A probe measures its task's skill: a classification task probes with the same template (prompt format and
     answer labels), and its labels are among the task's."""
-    from nbft.evaluate.tasks import TaskError
-
     where = f"task {task.name!r}: probe {probe.name!r}"
     if probe.template.instruction != task.template.instruction or probe.template.fields != task.template.fields:
-        raise TaskError(
+        raise LabelError(
             f"{where} uses template {probe.template.id!r}, not its task's {task.template.id!r}; a probe is scored "
             f"with its task's template (the same prompt): build it with nbft.Task.from_data(data, "
             f"template={task.template.id!r}, ...)"
@@ -183,42 +184,11 @@ def check_probe(task: Task, probe: Task) -> None:
     if options and probe.choices:
         outside = [c for c in probe.choices if c not in options]
         if outside:
-            raise TaskError(
+            raise LabelError(
                 f"{where}: its labels {outside} are not among template {task.template.id!r}'s choices "
                 f"{list(options)}; build it with nbft.Task.from_data(data, template={task.template.id!r}, "
                 f"label_map={_map_text(outside, options)})"
             )
-
-
-def expand_probes(tasks: Sequence[Task]) -> list[Task]:
-    """Each task followed by its probes, renamed ``"<task> · <probe>"`` and marked ``probe_of=<task>``; each probe's
-    test labels are checked against the template.
-
-    Example::
-
-        [t.name for t in expand_probes([get_task("sentiment"), get_task("qa")])]
-        # ['sentiment', 'sentiment · movie reviews', 'qa']
-    """
-    from nbft.evaluate.tasks import TaskError, get_task
-
-    out: list[Task] = []
-    for task in tasks:
-        out.append(task)
-        if task.probe_of:
-            continue
-        for spec in task.probes:
-            probe = get_task(spec)
-            check_probe(task, probe)
-            name = probe.name if probe.name.startswith(task.name + SEPARATOR) else task.name + SEPARATOR + probe.name
-            probe = dataclasses.replace(probe, name=name, probe_of=task.name, probes=())
-            test = probe.load()["test"]
-            check_labels(test[probe.target], probe.template, probe.choices, where=f"probe {name!r}", field=probe.target)
-            out.append(probe)
-    names = [t.name for t in out]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise TaskError(f"tasks listed twice once probes are added: {twice}; give the probe another name")
-    return out
 
 
 def probe_records(deltas: Sequence[Mapping[str, Any]], column: str, probes: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -234,7 +204,7 @@ def probe_records(deltas: Sequence[Mapping[str, Any]], column: str, probes: Mapp
     return out
 
 
-def probe_note(tasks: Sequence[Task], target: str | None) -> str | None:
+def probe_note(tasks: Sequence[Any], target: str | None) -> str | None:
     """One note naming the probe rows and saying why they are outside G, BWT′ and AF."""
     probes = [t for t in tasks if t.probe_of]
     if not probes:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import datasets
 
 
-__all__ = ["Task", "TaskError", "get_task", "list_tasks", "register_task", "split_dataset"]
+__all__ = ["Task", "TaskError", "expand_probes", "get_task", "list_tasks", "register_task", "split_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +123,14 @@ class Task:
         object.__setattr__(self, "probes", probes)
         if probes and not self.is_classification:
             raise TaskError(f"task {self.name!r}: probes are for classification tasks (their labels are checked)")
-        from nbft.evaluate.probes import check_probe
+        from nbft.evaluate.probes import LabelError, check_probe
 
         for probe in probes:
             if isinstance(probe, Task):
-                check_probe(self, probe)  # names are checked when compare() adds them
+                try:
+                    check_probe(self, probe)  # names are checked when compare() adds them
+                except LabelError as exc:
+                    raise TaskError(str(exc)) from None
             elif not isinstance(probe, str):
                 raise TaskError(f"task {self.name!r}: a probe is a Task or a task name, not {type(probe).__name__}")
 
@@ -345,7 +348,7 @@ class Task:
 
         from nbft.data import DataError, OfflineError, check_examples, prepare_source, split_examples
         from nbft.evaluate.metrics import get_metric
-        from nbft.evaluate.probes import check_labels, fit_labels
+        from nbft.evaluate.probes import LabelError, check_labels, fit_labels
         from nbft.templates import PROMPT_COMPLETION, get_template
 
         try:
@@ -392,6 +395,8 @@ class Task:
             ) from None
         except DataError as exc:
             raise TaskError(f"Task.from_data: {exc}") from None
+        except LabelError as exc:
+            raise TaskError(str(exc)) from None
         metrics = tuple(metric) if isinstance(metric, (list, tuple)) else ((metric,) if metric is not None else ())
         for m in metrics:
             get_metric(m, choices=tmpl.choices)  # unknown names fail here, with suggestions, not mid-evaluation
@@ -634,6 +639,41 @@ for _task in (
     ),
 ):
     register_task(_task)
+
+
+def expand_probes(tasks: Sequence[Task]) -> list[Task]:
+    """Each task followed by its probes (:attr:`Task.probes`), renamed ``"<task> · <probe>"`` and marked
+    ``probe_of=<task>``; each probe's test labels are checked against the template (:mod:`nbft.evaluate.probes`).
+
+    Example::
+
+        [t.name for t in expand_probes([get_task("sentiment"), get_task("qa")])]
+        # ['sentiment', 'sentiment · movie reviews', 'qa']
+    """
+    from nbft.evaluate.probes import SEPARATOR, LabelError, check_labels, check_probe
+
+    out: list[Task] = []
+    for task in tasks:
+        out.append(task)
+        if task.probe_of:
+            continue
+        for spec in task.probes:
+            probe = get_task(spec)
+            name = probe.name if probe.name.startswith(task.name + SEPARATOR) else task.name + SEPARATOR + probe.name
+            try:
+                check_probe(task, probe)
+                probe = dataclasses.replace(probe, name=name, probe_of=task.name, probes=())
+                test = probe.load()["test"]
+                check_labels(test[probe.target], probe.template, probe.choices, where=f"probe {name!r}",
+                             field=str(probe.target))  # fmt: skip
+            except LabelError as exc:
+                raise TaskError(str(exc)) from None
+            out.append(probe)
+    names = [t.name for t in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TaskError(f"tasks listed twice once probes are added: {twice}; give the probe another name")
+    return out
 
 
 def resolve_tasks(tasks: Sequence[str | Task] | str | Task) -> list[Task]:
