@@ -41,7 +41,7 @@ from nbft.evaluate.generation import BATCH_DONE
 from nbft.evaluate.overlap import TrainingSource, training_source
 from nbft.evaluate.results import RESULTS_FORMAT, _assemble, _columns_for, _mark_overlap, _model_notes
 from nbft.evaluate.scoring import _scored, _select, prompt_hash, score
-from nbft.evaluate.tasks import Task, TaskError, expand_probes, resolve_tasks
+from nbft.evaluate.tasks import Task, TaskError, resolve_tasks
 
 __all__ = ["RESULTS_FORMAT", "compare_models", "evaluate_model", "prompt_hash", "score"]
 
@@ -122,6 +122,8 @@ def _setup(
 ) -> tuple[list[Task], set[str], list[int], dict[str, _TaskData]]:
     task_list = resolve_tasks(tasks)
     if cfg.probes:  # each task's out-of-domain probes, as rows of their own right after it
+        from nbft.evaluate.tasks import expand_probes
+
         task_list = expand_probes(task_list)
     names = [t.name for t in task_list if not t.probe_of]
     if target is not None and target not in names:
