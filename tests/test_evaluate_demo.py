@@ -18,7 +18,12 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert any(p.suffix == ".safetensors" for p in (out / "model").iterdir())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"] == "sentiment"
-    assert set(metrics["tasks"]) == {"sentiment", "qa", "reply", "ner", "summarize-paper"}
+    assert set(metrics["tasks"]) == {"sentiment", "sentiment · movie reviews", "qa", "reply", "ner", "summarize-paper"}
+    # the target's out-of-domain probe sits right below it, outside forgetting
+    assert list(metrics["tasks"])[:2] == ["sentiment", "sentiment · movie reviews"]
+    assert metrics["tasks"]["sentiment · movie reviews"]["role"] == "probe"
+    assert metrics["forgetting"][0]["n_other_tasks"] == 4
+    assert metrics["forgetting"][0]["probes"][0]["task"] == "sentiment · movie reviews"
     assert "base 2-shot" in metrics["columns"] and "tuned" in metrics["columns"]
     assert metrics["timings"]["total_s"] > 0
     assert "## Evaluation" in (out / "model" / "README.md").read_text()
@@ -28,13 +33,15 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert set(table.forgetting.columns) >= {"G", "BWT", "AF", "worst_drop", "significant_regressions"}
     # the demo trains on the target's train split only: the run's hashes match no test example of any task it scores
     from nbft.evaluate import find_overlap, get_task
+    from nbft.evaluate.tasks import expand_probes
     from nbft.hashes import read_training_hashes
 
     hashes = read_training_hashes(out)
     assert hashes.n_examples == len(result["run"].train)
-    for name in metrics["tasks"]:
-        task = get_task(name)
-        assert not any(find_overlap(task, list(task.load()["test"]), hashes)), name
+    scored = expand_probes([get_task(n) for n, info in metrics["tasks"].items() if info["role"] != "probe"])
+    assert [t.name for t in scored] == list(metrics["tasks"])
+    for task in scored:
+        assert not any(find_overlap(task, list(task.load()["test"]), hashes)), task.name
     assert metrics["models"]["tuned"]["training"]["checked"]
     assert all(info["overlap"]["n_overlap"] == 0 for info in metrics["tasks"].values())
     assert "sentiment" in result["text"]

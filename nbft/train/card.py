@@ -170,7 +170,8 @@ def eval_results(results: Mapping[str, Any], column: str) -> list[Any]:
         score = results["scores"][task].get(column)
         if score is None:
             continue
-        role = {"target": "target task (trained for)", "other": "other task (forgetting)"}.get(info["role"])
+        role = {"target": "target task (trained for)", "other": "other task (forgetting)",
+                "probe": "out-of-domain probe of a task's skill"}.get(info["role"])  # fmt: skip
         common = {
             "task_type": "text-generation",
             "task_name": role,
@@ -193,7 +194,7 @@ def eval_results(results: Mapping[str, Any], column: str) -> list[Any]:
     for f in results.get("forgetting", []):
         if f["model"] != column or not f.get("n_other_tasks"):
             continue
-        others = [t for t in results["tasks"] if t != target]
+        others = [t for t, i in results["tasks"].items() if t != target and i.get("role") != "probe"]
         common = {
             "task_type": "text-generation",
             "task_name": f"forgetting after training on {target}" if target else "forgetting",
