@@ -70,6 +70,15 @@ def test_sweep_structure_one_bar_figure_and_reload(tmp_path, capfd):
         shares["predicted_share"][c] - shares["reference_share"][c] for c in ("negative", "neutral", "positive")
     )
     assert pts.loc["replay 0.5", "prior_shift"] == pytest.approx(worst)
+    # the target's out-of-domain probe is scored by default: its row, its Δ and its own label-prior shift
+    probe = "sentiment · movie reviews"
+    assert table.results["tasks"][probe]["role"] == "probe"
+    pshares = table.results["diagnostics"][probe]["models"]["replay 0.5"]["generate"]
+    labels = table.results["diagnostics"][probe]["labels"]
+    pworst = max(pshares["predicted_share"][c] - pshares["reference_share"][c] for c in labels)
+    assert pts.loc["replay 0.5", f"prior_shift {probe}"] == pytest.approx(pworst)
+    assert not math.isnan(pts.loc["replay 0.5", f"Δ {probe} ci_low"])
+    assert saved["plan"]["eval"]["probes"] is True and saved["plan"]["eval"]["n_per_task"] == {"qa": 2, "ner": 60}
     fig = result.figure()
     assert isinstance(fig, Figure) and "held-out" in fig.axes[0].get_xlabel()
     import matplotlib.pyplot as plt
