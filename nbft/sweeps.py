@@ -46,10 +46,12 @@ __all__ = [
     "SETTINGS",
     "SweepInterrupted",
     "SweepResult",
+    "check_goals",
     "check_grid",
     "check_replay",
     "check_replay_from",
     "check_seeds",
+    "goals_text",
     "load_sweep",
     "pareto_front",
     "replay_mixture",
@@ -651,13 +653,212 @@ def _prior_shift(results: Mapping[str, Any], column: str, task: str | None = Non
     return float(shifts[label]), label
 
 
-def sweep_figure(points: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """In-domain gain G (y) against forgetting (x: held-out AF), one point per variant with its seed range as error
-    bars; the Pareto front (most gain for least forgetting) is joined and marked. A matplotlib ``Figure`` (no pyplot).
+# --------------------------------------------------------------------------------------------------- goals
+MET, MISSED, NA = "met", "missed", "n/a"
+"""A goal's status in :func:`check_goals`; ``"n/a"``: nothing to measure (no probe, a target without labels)."""
+GOALS = {"gain": "in-domain gain", "ood": "out-of-domain probes", "prior": "label-prior shift"}
+"""The goals :func:`check_goals` checks (its ``goal <name>`` columns), with the words its lines use."""
+_TEXT_WIDTH = 120  # the report's plain-text width (nbft.report.table.TEXT_WIDTH), without importing the report
+
+
+def _probe_names(points: pd.DataFrame) -> list[str]:
+    """The probe rows :func:`sweep_points` gave columns to (``prior_shift <probe>`` is there for every probe)."""
+    return [c.removeprefix("prior_shift ") for c in points.columns if c.startswith("prior_shift ")]
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def check_goals(
+    points: pd.DataFrame,
+    *,
+    g_low: float = 0.0,
+    ood_low: float = -2.0,
+    max_prior_shift: float = 15.0,
+    probes: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Which variants of a sweep meet the goals of a recipe that generalises, and which one to take.
+
+    One row per variant of ``points`` (:func:`sweep_points`), each goal's measured value and its status
+    (``"met"``, ``"missed"`` or ``"n/a"`` when there is nothing to measure):
+
+    - ``goal gain``: the in-domain gain is real, its 95% CI's lower bound ``G_ci_low > g_low`` (a NaN is missed);
+    - ``goal ood``: the skill carries over, every out-of-domain probe's headline Δ has its CI's lower bound
+      ``>= ood_low`` (``ood_ci_low`` is the lowest, of probe ``ood_worst``; ``"n/a"`` without probes);
+    - ``goal prior``: the model did not learn to over-predict one label, the label-prior shift (the most
+      over-predicted label's share minus its share in the references, points) is ``<= max_prior_shift`` on the
+      target and on every probe (``prior_shift_max``, on ``prior_shift_of``; ``"n/a"`` when no row has labels).
+
+    Then held-out AF with its CI (forgetting on the tasks never replayed; AF over all other tasks when none is held
+    out), ``goals_missed``, ``meets_all``, ``recommended`` (among the variants that meet every goal, the lowest
+    held-out AF; a tie goes to the higher G) and ``closest`` (when none meets them all: the fewest goals missed, then
+    the same order). ``result.attrs["recommendation"]`` says it in one line, naming the trade-off when no variant
+    meets every goal; ``result.attrs["thresholds"]`` keeps the thresholds.
+
+    ``probes``: the probe rows to check (default: every probe ``points`` has columns for).
 
     Example::
 
-        fig = sweep_figure(result.points); fig.savefig("sweep.png")
+        goals = check_goals(result.points, ood_low=-2.0, max_prior_shift=15.0)
+        goals[goals["meets_all"]]
+        goals.attrs["recommendation"]   # 'recommended: replay 0.1 (meets all 3 goals; held-out AF 0.4 ...)'
+    """
+    import pandas as pd
+
+    probe_names = _probe_names(points) if probes is None else list(probes)
+    rows = []
+    for _, p in points.iterrows():
+        row: dict[str, Any] = {"variant": p["variant"], "n_seeds": int(_num(p.get("n_seeds", 1)) or 1)}
+        row["G"], row["G_ci_low"] = _num(p.get("G")), _num(p.get("G_ci_low"))
+        row["goal gain"] = MET if row["G_ci_low"] > g_low else MISSED  # a NaN bound shows no gain: missed
+        lows = {name: _num(p.get(f"Δ {name} ci_low")) for name in probe_names}
+        lows = {k: v for k, v in lows.items() if not math.isnan(v)}
+        worst = min(lows, key=lows.get) if lows else None  # type: ignore[arg-type]
+        row["ood_ci_low"], row["ood_worst"] = (lows[worst], worst) if worst else (math.nan, None)
+        row["goal ood"] = NA if worst is None else MET if row["ood_ci_low"] >= ood_low else MISSED
+        shifts = {"target": _num(p.get("prior_shift"))}
+        shifts.update({name: _num(p.get(f"prior_shift {name}")) for name in probe_names})
+        shifts = {k: v for k, v in shifts.items() if not math.isnan(v)}
+        top = max(shifts, key=shifts.get) if shifts else None  # type: ignore[arg-type]
+        row["prior_shift_max"], row["prior_shift_of"] = (shifts[top], top) if top else (math.nan, None)
+        row["goal prior"] = NA if top is None else MET if row["prior_shift_max"] <= max_prior_shift else MISSED
+        for suffix in ("", "_ci_low", "_ci_high"):
+            row[f"AF_held_out{suffix}"] = _num(p.get(f"AF_held_out{suffix}"))
+        row["forgetting_of"] = p.get("forgetting_of", "held-out")
+        row["goals_missed"] = sum(row[f"goal {g}"] == MISSED for g in GOALS)
+        row["meets_all"] = row["goals_missed"] == 0
+        rows.append(row)
+    columns = ["variant", "n_seeds", "G", "G_ci_low", "goal gain", "ood_ci_low", "ood_worst", "goal ood",
+               "prior_shift_max", "prior_shift_of", "goal prior", "AF_held_out", "AF_held_out_ci_low",
+               "AF_held_out_ci_high", "forgetting_of", "goals_missed", "meets_all"]  # fmt: skip
+    goals = pd.DataFrame(rows, columns=columns)
+    goals["meets_all"] = goals["meets_all"].astype(bool)
+    goals["recommended"] = False
+    goals["closest"] = False
+    pick = _pick(goals)
+    if pick is not None:
+        goals.loc[pick, "recommended" if goals.loc[pick, "meets_all"] else "closest"] = True
+    goals.attrs["thresholds"] = {"g_low": g_low, "ood_low": ood_low, "max_prior_shift": max_prior_shift}
+    goals.attrs["recommendation"] = _recommendation(goals, pick)
+    return goals
+
+
+def _pick(goals: pd.DataFrame) -> Any:
+    """The row to take: the fewest goals missed, then the lowest held-out AF (NaN last), then the higher G."""
+    if not len(goals):
+        return None
+    order = sorted(
+        goals.index,
+        key=lambda i: (
+            goals.loc[i, "goals_missed"],
+            math.inf if math.isnan(goals.loc[i, "AF_held_out"]) else goals.loc[i, "AF_held_out"],
+            -goals.loc[i, "G"] if not math.isnan(goals.loc[i, "G"]) else math.inf,
+        ),
+    )
+    return order[0]
+
+
+def _missed_words(row: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[str]:
+    """What each missed goal measured, e.g. ``'gain (G CI low -1.2 <= 0)'``."""
+    out = []
+    if row["goal gain"] == MISSED:
+        out.append(f"in-domain gain (G CI low {row['G_ci_low']:+.1f}, needs > {thresholds['g_low']:g})")
+    if row["goal ood"] == MISSED:
+        out.append(f"out-of-domain ({row['ood_worst']} Δ CI low {row['ood_ci_low']:+.1f}, needs >= "
+                   f"{thresholds['ood_low']:g})")  # fmt: skip
+    if row["goal prior"] == MISSED:
+        where = "the target" if row["prior_shift_of"] == "target" else row["prior_shift_of"]
+        out.append(f"label-prior shift ({row['prior_shift_max']:.1f} on {where}, needs <= "
+                   f"{thresholds['max_prior_shift']:g})")  # fmt: skip
+    return out
+
+
+def _recommendation(goals: pd.DataFrame, pick: Any) -> str:
+    if pick is None:
+        return "no variants to recommend"
+    th = goals.attrs["thresholds"]
+    row = goals.loc[pick]
+    checked = ", ".join(GOALS[g] for g in GOALS if (goals[f"goal {g}"] != NA).any())
+    af_kind = "held-out AF" if row["forgetting_of"] == "held-out" else "AF"
+    af = f"{af_kind} {row['AF_held_out']:.1f}"
+    if not math.isnan(row["AF_held_out_ci_low"]):
+        af += f" [{row['AF_held_out_ci_low']:.1f}, {row['AF_held_out_ci_high']:.1f}]"
+    measured = f"G {row['G']:+.1f} (CI low {row['G_ci_low']:+.1f}), {af}"
+    if row["meets_all"]:
+        n_met = int(goals["meets_all"].sum())
+        others = f"; {n_met - 1} other variant(s) meet them too" if n_met > 1 else ""
+        return f"recommended: {row['variant']}: meets every goal ({checked}); {measured}{others}"
+    missed = "; ".join(_missed_words(row, th))
+    best_g = goals.loc[goals["G"].idxmax(), "variant"] if goals["G"].notna().any() else None
+    trade = ""
+    if best_g is not None and best_g != row["variant"]:
+        trade = f"; the most gain is {best_g}'s, missing {int(goals.set_index('variant').loc[best_g, 'goals_missed'])}"
+    return (
+        f"no variant meets every goal ({checked}); closest: {row['variant']}, missing {int(row['goals_missed'])}: "
+        f"{missed}; {measured}{trade}"
+    )
+
+
+def goals_text(goals: pd.DataFrame) -> str:
+    """The goals table of :func:`check_goals` for a terminal (lines of at most 120 characters) and its one-line
+    recommendation (wrapped): ✓ met, ✗ missed, – nothing to measure.
+
+    Example::
+
+        print(goals_text(check_goals(result.points)))
+    """
+    import textwrap
+
+    import pandas as pd
+
+    th = goals.attrs.get("thresholds", {"g_low": 0.0, "ood_low": -2.0, "max_prior_shift": 15.0})
+    mark = {MET: "✓", MISSED: "✗", NA: "–"}
+
+    def cell(value: float, status: str, fmt: str) -> str:
+        return "–" if math.isnan(value) else f"{format(value, fmt)} {mark[status]}"
+
+    rows = []
+    for _, g in goals.iterrows():
+        af = "–" if math.isnan(g["AF_held_out"]) else f"{g['AF_held_out']:.1f}"
+        if not math.isnan(g["AF_held_out_ci_low"]):
+            af += f" [{g['AF_held_out_ci_low']:.1f}, {g['AF_held_out_ci_high']:.1f}]"
+        pick = "← recommended" if g["recommended"] else "← closest" if g["closest"] else ""
+        rows.append({
+            "variant": textwrap.shorten(str(g["variant"]), 40, placeholder="…"),
+            "G CI low": cell(g["G_ci_low"], g["goal gain"], "+.1f"),
+            "probe Δ CI low": cell(g["ood_ci_low"], g["goal ood"], "+.1f"),
+            "prior shift": cell(g["prior_shift_max"], g["goal prior"], ".1f"),
+            ("held-out AF [CI]" if g["forgetting_of"] == "held-out" else "AF [CI]"): af,
+            "all": "yes" if g["meets_all"] else f"{int(g['goals_missed'])} missed",
+            "": pick,
+        })  # fmt: skip
+    table = pd.DataFrame(rows).to_string(index=False, line_width=_TEXT_WIDTH - 2) if rows else "(no variants)"
+    table = "\n".join(line.rstrip() for line in table.splitlines())
+    seeds = int(goals["n_seeds"].max()) if len(goals) else 0
+    head = (
+        f"goals ({seeds} seed{'s' if seeds != 1 else ''}; ✓ met, ✗ missed, – nothing to measure): G CI low > "
+        f"{th['g_low']:g}; every probe's Δ CI low >= {th['ood_low']:g}; label-prior shift <= "
+        f"{th['max_prior_shift']:g} on the target and each probe; then the lowest held-out AF"
+    )
+    wrap = lambda text: textwrap.fill(text, _TEXT_WIDTH, subsequent_indent="  ", break_on_hyphens=False)  # noqa: E731
+    return f"{wrap(head)}\n{table}\n{wrap(goals.attrs.get('recommendation', ''))}"
+
+
+def sweep_figure(points: pd.DataFrame, *, title: str | None = None, goals: pd.DataFrame | bool | None = None) -> Figure:
+    """In-domain gain G (y) against forgetting (x: held-out AF), one point per variant with its seed range as error
+    bars; the Pareto front (most gain for least forgetting) is joined and marked. A matplotlib ``Figure`` (no pyplot).
+
+    ``goals``: a variant that meets every goal of :func:`check_goals` is a filled marker, one that misses a goal a
+    hollow one. ``None`` checks the default goals when ``points`` has the CIs to check them on (:func:`sweep_points`
+    does; ``True`` always); a :func:`check_goals` frame uses its thresholds; ``False`` marks nothing (all filled).
+
+    Example::
+
+        fig = sweep_figure(result.points, goals=result.goals(ood_low=-3)); fig.savefig("sweep.png")
     """
     from matplotlib.figure import Figure
 
@@ -669,16 +870,23 @@ def sweep_figure(points: pd.DataFrame, *, title: str | None = None) -> Figure:
         return fig
     kind = points["forgetting_of"].iloc[0]
     n_seeds = int(points["n_seeds"].max())
+    if goals is None or goals is True:
+        goals = check_goals(points) if goals or "G_ci_low" in points.columns else False
+    meets = None  # variant -> meets every goal
+    if goals is not False:
+        meets = dict(zip(goals["variant"], goals["meets_all"], strict=True))
     for _, p in points.iterrows():
         on = bool(p["pareto"])
+        color = "#bf3989" if on else "#0969da"
+        filled = meets is None or bool(meets.get(p["variant"], False))
         xerr = yerr = None
         if n_seeds > 1:  # the spread over training seeds, around the mean
             xerr = [[max(0.0, p["AF_held_out"] - p["AF_held_out_seed_min"])],
                     [max(0.0, p["AF_held_out_seed_max"] - p["AF_held_out"])]]  # fmt: skip
             yerr = [[max(0.0, p["G"] - p["G_seed_min"])], [max(0.0, p["G_seed_max"] - p["G"])]]
         ax.errorbar(
-            p["AF_held_out"], p["G"], xerr=xerr, yerr=yerr, fmt="o" if on else "s", ms=7 if on else 5,
-            color="#bf3989" if on else "#0969da", ecolor="#888888", elinewidth=1, capsize=3, zorder=3,
+            p["AF_held_out"], p["G"], xerr=xerr, yerr=yerr, fmt="o" if on else "s", ms=7 if on else 5, color=color,
+            mfc=color if filled else "white", mew=1.5, ecolor="#888888", elinewidth=1, capsize=3, zorder=3,
         )  # fmt: skip
         ax.annotate(str(p["variant"]), (p["AF_held_out"], p["G"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)  # fmt: skip
@@ -691,6 +899,11 @@ def sweep_figure(points: pd.DataFrame, *, title: str | None = None) -> Figure:
         Line2D([], [], marker="o", ls="-", color="#bf3989", label="Pareto front (most G for least AF)"),
         Line2D([], [], marker="s", ls="", color="#0969da", label="dominated"),
     ]
+    if meets is not None:
+        handles += [
+            Line2D([], [], marker="o", ls="", color="#57606a", label="meets every goal (filled)"),
+            Line2D([], [], marker="o", ls="", color="#57606a", mfc="white", mew=1.5, label="misses a goal (hollow)"),
+        ]
     if n_seeds > 1:
         handles.append(Line2D([], [], ls="-", color="#888888", label=f"range over {n_seeds} seeds"))
     ax.legend(handles=handles, frameon=False, fontsize=8, loc="best")
@@ -725,21 +938,46 @@ class SweepResult:
     def points(self) -> pd.DataFrame:
         return sweep_points(self.table.results, self.record.get("variants", ()))
 
+    def goals(self, *, g_low: float = 0.0, ood_low: float = -2.0, max_prior_shift: float = 15.0) -> pd.DataFrame:
+        """:func:`check_goals` of this sweep's variants: per goal its measured value and ``"met"``/``"missed"``/
+        ``"n/a"``, ``meets_all``, and the recommended variant (``.attrs["recommendation"]`` says it in one line).
+
+        Example::
+
+            goals = result.goals(ood_low=-2.0, max_prior_shift=15.0)
+            goals[goals["recommended"]]
+        """
+        probes = [t for t, info in self.table.results.get("tasks", {}).items() if info.get("role") == "probe"]
+        return check_goals(self.points, g_low=g_low, ood_low=ood_low, max_prior_shift=max_prior_shift, probes=probes)
+
     def figure(self) -> Figure:
-        return sweep_figure(self.points, title=f"Sweep on {self.table.target}: gain against forgetting")
+        title = f"Sweep on {self.table.target}: gain against forgetting"
+        return sweep_figure(self.points, title=title, goals=self.goals())
 
     def to_text(self) -> str:
         cols = ["variant", "G", "G_ci_low", "G_ci_high", "AF_held_out", "AF_held_out_ci_low", "AF_held_out_ci_high",
                 "AF_all", "prior_shift", "pareto"]  # fmt: skip
         pts = self.points
-        shown = pts[[c for c in cols if c in pts.columns]].round(1).to_string(index=False)
-        return f"{self.table.to_text()}\n\nvariants (G and forgetting, Pareto front marked):\n{shown}"
+        shown = pts[[c for c in cols if c in pts.columns]].round(1).to_string(index=False, line_width=_TEXT_WIDTH - 2)
+        return (
+            f"{self.table.to_text()}\n\nvariants (G and forgetting, Pareto front marked):\n{shown}\n\n"
+            f"{goals_text(self.goals())}"
+        )
 
     def __str__(self) -> str:
         return self.to_text()
 
     def _repr_html_(self) -> str:
-        return self.table._repr_html_() + self.points.round(1).to_html(index=False)
+        import html
+
+        goals = self.goals()
+        line = f"<p>{html.escape(goals.attrs['recommendation'])}</p>"
+        return (
+            self.table._repr_html_()
+            + self.points.round(1).to_html(index=False)
+            + goals.round(1).to_html(index=False)
+            + line
+        )
 
 
 def load_sweep(out_dir: str | Path) -> SweepResult:

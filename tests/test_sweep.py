@@ -12,7 +12,16 @@ import pytest
 
 import nbft
 from nbft.models import tiny_random
-from nbft.sweeps import SweepInterrupted, check_grid, load_sweep, pareto_front, sweep_figure, variant_names
+from nbft.sweeps import (
+    SweepInterrupted,
+    check_goals,
+    check_grid,
+    goals_text,
+    load_sweep,
+    pareto_front,
+    sweep_figure,
+    variant_names,
+)
 
 SMALL = dict(target="sentiment", others=["qa", "ner"], replay_from=["qa"], steps=2, batch_size=2, max_length=96, n=4,
              n_other=2, eval_batch_size=8)  # fmt: skip
@@ -87,6 +96,18 @@ def test_sweep_structure_one_bar_figure_and_reload(tmp_path, capfd):
     again = load_sweep(tmp_path / "sw")  # after a restart: from sweep.json alone
     assert again.points.equals(result.points)
     assert "variants (G and forgetting" in again.to_text()
+    # the goals: one row per variant, the probe checked, a one-line recommendation after the points table
+    goals = result.goals()
+    assert list(goals["variant"]) == ["target-only", "replay 0.5"]
+    assert (goals["ood_worst"] == probe).all() and (goals["goal ood"] != "n/a").all()
+    assert goals["recommended"].sum() + goals["closest"].sum() == 1
+    text = again.to_text()
+    assert (
+        text.index("variants (G and forgetting")
+        < text.index("goals (2 seeds")
+        < text.index(goals.attrs["recommendation"][:40])
+    )
+    assert max(len(line) for line in text.splitlines()) <= 120
 
 
 def test_an_interrupted_sweep_resumes_and_equals_an_uninterrupted_one(tmp_path, monkeypatch):
@@ -230,6 +251,141 @@ def test_the_cli_runs_a_sweep_and_writes_its_figure(tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "variants (G and forgetting" in text and (out / "sweep.png").stat().st_size > 0
+    assert "goals (1 seed;" in text and ("recommended: " in text or "no variant meets every goal" in text)
     assert load_sweep(out).table.columns == ["base", "1 steps · target-only", "1 steps · replay 0.5"]
     assert main(["sweep", "--model", "tiny", "--lr", "-1", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------------- goals
+PROBE = "sentiment · movie reviews"
+
+
+def _points(**changes):
+    """Three variants that meet every goal; ``changes`` = {column: {row: value}}."""
+    import pandas as pd
+
+    pts = pd.DataFrame({
+        "variant": ["a", "b", "c"], "G": [20.0, 15.0, 12.0], "G_ci_low": [5.0, 3.0, 1.0],
+        "G_seed_min": [18.0, 14.0, 10.0], "G_seed_max": [22.0, 16.0, 13.0],
+        "AF_held_out": [4.0, 1.0, 2.0], "AF_held_out_ci_low": [2.0, 0.0, 0.5], "AF_held_out_ci_high": [6.0, 2.5, 3.0],
+        "AF_held_out_seed_min": [3.0, 0.5, 1.0], "AF_held_out_seed_max": [5.0, 1.5, 3.0],
+        "forgetting_of": ["held-out"] * 3, "n_seeds": [3] * 3, "pareto": [True, True, False],
+        "prior_shift": [10.0, 10.0, 5.0], f"prior_shift {PROBE}": [12.0, 12.0, 14.0],
+        "Δ qa": [-5.0, -1.0, 0.0], "Δ qa ci_low": [-9.0, -3.0, -2.0],  # another task: forgetting, never a goal
+        f"Δ {PROBE}": [-1.0, -1.0, 0.0], f"Δ {PROBE} ci_low": [-1.5, -1.5, -1.9],
+    })  # fmt: skip
+    for col, values in changes.items():
+        for row, value in values.items():
+            pts.loc[row, col] = value
+    return pts
+
+
+@pytest.mark.parametrize(
+    ("change", "goal"),
+    [
+        ({"G_ci_low": {1: 0.0}}, "gain"),  # the CI touches 0: not a gain
+        ({"G_ci_low": {1: math.nan}}, "gain"),  # no CI: no evidence of a gain
+        ({f"Δ {PROBE} ci_low": {1: -2.1}}, "ood"),
+        ({"prior_shift": {1: 15.5}}, "prior"),  # the target's shift
+        ({f"prior_shift {PROBE}": {1: 16.0}}, "prior"),  # a probe's shift counts too
+    ],
+)
+def test_each_goal_missed_alone_flips_only_its_flag(change, goal):
+    base = check_goals(_points())
+    assert (base[["goal gain", "goal ood", "goal prior"]] == "met").all().all() and base["meets_all"].all()
+    goals = check_goals(_points(**change)).set_index("variant")
+    assert goals.loc["b", f"goal {goal}"] == "missed"
+    assert all(goals.loc["b", f"goal {g}"] == "met" for g in ("gain", "ood", "prior") if g != goal)
+    assert goals.loc["b", "goals_missed"] == 1 and not goals.loc["b", "meets_all"]
+    assert goals.drop(index="b")["meets_all"].all(), "the other variants are untouched"
+    # at the thresholds themselves: Δ CI low == ood_low and shift == max_prior_shift still meet them
+    edge = check_goals(_points(**{f"Δ {PROBE} ci_low": {0: -2.0}, "prior_shift": {0: 15.0}}))
+    assert edge.loc[0, "meets_all"]
+
+
+def test_goals_measure_the_worst_probe_and_the_largest_shift():
+    pts = _points(**{f"prior_shift {PROBE}": {0: 30.0}})
+    pts["prior_shift other · probe"] = [1.0, 40.0, 2.0]
+    pts["Δ other · probe ci_low"] = [-10.0, 0.0, 0.0]
+    goals = check_goals(pts).set_index("variant")
+    assert goals.loc["a", "ood_worst"] == "other · probe" and goals.loc["a", "ood_ci_low"] == -10.0
+    assert goals.loc["a", "prior_shift_of"] == PROBE and goals.loc["a", "prior_shift_max"] == 30.0
+    assert goals.loc["b", "prior_shift_of"] == "other · probe" and goals.loc["b", "goal prior"] == "missed"
+    assert goals.loc["c", "prior_shift_of"] == PROBE and goals.loc["c", "prior_shift_max"] == 14.0
+    # probes= names the rows to check; thresholds are the caller's
+    only = check_goals(pts, probes=[PROBE], ood_low=-1.0, max_prior_shift=50.0).set_index("variant")
+    assert only.loc["a", "ood_worst"] == PROBE and only.loc["c", "goal ood"] == "missed"
+    assert (only["goal prior"] == "met").all()
+    assert only.attrs["thresholds"] == {"g_low": 0.0, "ood_low": -1.0, "max_prior_shift": 50.0}
+
+
+def test_a_target_without_labels_and_a_sweep_without_probes_are_na_not_missed():
+    pts = _points().drop(columns=[c for c in _points().columns if PROBE in c])
+    pts["prior_shift"] = math.nan  # not classification: no label prior to shift
+    goals = check_goals(pts)
+    assert (goals["goal ood"] == "n/a").all() and (goals["goal prior"] == "n/a").all()
+    assert goals["ood_worst"].isna().all() and goals["prior_shift_max"].isna().all()
+    assert goals["meets_all"].all() and goals.loc[goals["recommended"], "variant"].tolist() == ["b"]
+    assert goals.attrs["recommendation"].startswith("recommended: b: meets every goal (in-domain gain);")
+    # a probe with labels but one NaN bound: the others still count
+    pts = _points(**{f"Δ {PROBE} ci_low": {0: math.nan}})
+    assert check_goals(pts).loc[0, "goal ood"] == "n/a"
+
+
+def test_the_recommendation_is_the_least_held_out_forgetting_among_those_that_meet_every_goal():
+    goals = check_goals(_points())
+    assert goals.loc[goals["recommended"], "variant"].tolist() == ["b"] and not goals["closest"].any()
+    line = goals.attrs["recommendation"]
+    assert line.startswith("recommended: b: meets every goal") and "held-out AF 1.0 [0.0, 2.5]" in line
+    assert "2 other variant(s) meet them too" in line
+    tie = check_goals(_points(AF_held_out={2: 1.0}))  # b and c forget as little: the higher G wins
+    assert tie.loc[tie["recommended"], "variant"].tolist() == ["b"]
+    tie = check_goals(_points(AF_held_out={2: 1.0}, G={2: 16.0}))
+    assert tie.loc[tie["recommended"], "variant"].tolist() == ["c"]
+    # b has the least AF but misses a goal: c (AF 2.0) is recommended, not a (AF 4.0)
+    goals = check_goals(_points(G_ci_low={1: -1.0}))
+    assert goals.loc[goals["recommended"], "variant"].tolist() == ["c"]
+
+
+def test_when_no_variant_meets_every_goal_the_closest_and_the_trade_off_are_named():
+    pts = _points(G_ci_low={1: -1.0}, prior_shift={0: 20.0, 2: 30.0}, **{f"Δ {PROBE} ci_low": {0: -5.0}})
+    goals = check_goals(pts).set_index("variant")
+    assert not goals["meets_all"].any() and not goals["recommended"].any()
+    assert goals["goals_missed"].tolist() == [2, 1, 1]
+    assert goals.index[goals["closest"]].tolist() == ["b"], "the fewest missed, then the least AF (b 1.0 < c 2.0)"
+    line = goals.attrs["recommendation"]
+    assert line.startswith("no variant meets every goal (in-domain gain, out-of-domain probes, label-prior shift)")
+    assert "closest: b, missing 1: in-domain gain (G CI low -1.0, needs > 0)" in line
+    assert "the most gain is a's, missing 2" in line
+    text = goals_text(check_goals(pts))
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert "← closest" in text and "← recommended" not in text and "✗" in text and "✓" in text
+
+
+def test_goals_text_fits_120_columns_with_long_variant_names():
+    pts = _points(variant={0: "lr 0.0001 · 40 steps · replay 0.1 · balanced" * 2})
+    text = goals_text(check_goals(pts))
+    assert max(len(line) for line in text.splitlines()) <= 120 and "← recommended" in text
+    assert check_goals(_points().iloc[:0]).attrs["recommendation"] == "no variants to recommend"
+
+
+def test_the_figure_fills_the_variants_that_meet_every_goal():
+    from matplotlib.colors import to_rgba
+
+    pts = _points(G_ci_low={1: -1.0})  # b misses the gain goal
+
+    def faces(fig):
+        ax = fig.axes[0]
+        marks = [ln for ln in ax.lines if ln.get_marker() in ("o", "s") and len(ln.get_xdata()) == 1]
+        return [to_rgba(ln.get_markerfacecolor()) == to_rgba("white") for ln in marks]  # hollow?
+
+    fig = sweep_figure(pts)  # the default goals, checked on the points
+    assert faces(fig) == [False, True, False]
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "meets every goal (filled)" in labels and "misses a goal (hollow)" in labels
+    strict = check_goals(pts, max_prior_shift=11.0)  # a's and c's probe shifts (12, 14) miss this one
+    assert faces(sweep_figure(pts, goals=strict)) == [True, True, True]
+    plain = sweep_figure(pts, goals=False)
+    assert faces(plain) == [False, False, False]
+    assert "meets every goal (filled)" not in [t.get_text() for t in plain.axes[0].get_legend().get_texts()]
