@@ -77,6 +77,7 @@ def forgetting_experiment(
     n_per_task: Mapping[str, int] | None = None,
     eval_batch_size: int = 32,
     chat_template: bool = True,
+    probes: bool = True,
     seed: int = 0,
     precision: str = "auto",
     seeds: Sequence[int] | None = None,
@@ -111,6 +112,8 @@ def forgetting_experiment(
         steps, batch_size, learning_rate, max_length: the target-only run (linear schedule, 10% warmup).
         precision: ``TrainConfig.precision`` of every variant (``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``).
         n, n_other, n_per_task: test examples of the target, of each other task, and per-task exceptions.
+        probes: also score the target's out-of-domain probes (``Task.probes``; sentiment: movie reviews) as rows of
+            their own, left out of G and AF (as :func:`nbft.sweep` does); ``False`` leaves them out.
         monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each variant (its rows go into each
             run's history).
         out_dir: where the run directories go (default ``runs/forgetting-<time>``), one per variant, with
@@ -139,8 +142,8 @@ def forgetting_experiment(
     result = sweep(
         {"replay": shares}, model=model, target=target, others=others, seeds=train_seeds, replay_from=replay_from,
         learning_rate=learning_rate, steps=steps, batch_size=batch_size, max_length=max_length, n=n, n_other=n_other,
-        n_per_task=n_per_task, eval_batch_size=eval_batch_size, chat_template=chat_template, seed=seed,
-        precision=precision, out_dir=out, tokenizer=tokenizer, monitor=monitor, progress=progress,
+        n_per_task=n_per_task, eval_batch_size=eval_batch_size, chat_template=chat_template, probes=probes,
+        seed=seed, precision=precision, out_dir=out, tokenizer=tokenizer, monitor=monitor, progress=progress,
         echo=echo or (lambda line: logger.info("%s", line)), seed_dirs=seeds is not None,
     )  # fmt: skip
     replayed, held_out = result.record["plan"]["replayed"], result.record["plan"]["held_out"]

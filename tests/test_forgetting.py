@@ -3,6 +3,8 @@ target examples and base weights for every variant, and replay shares outside [0
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -24,7 +26,11 @@ def test_forgetting_experiment_structure_on_a_tiny_model(tmp_path):
         replay_from=["qa", "ner"],
     )  # fmt: skip
     assert table.columns == ["base", "target-only", "replay 0.25"]
-    assert table.target == "sentiment" and table.tasks == ["sentiment", "qa", "ner"]
+    # the target's out-of-domain probe is scored by default (as nbft.sweep does): a row of its own, outside G and AF
+    probe = "sentiment · movie reviews"
+    assert table.target == "sentiment" and table.tasks == ["sentiment", probe, "qa", "ner"]
+    assert table.results["tasks"][probe]["role"] == "probe"
+    assert all([p["task"] for p in f["probes"]] == [probe] for f in table.results["forgetting"])
     f = table.forgetting.set_index("model")
     assert list(f.index) == ["target-only", "replay 0.25"]
     for name in ("G", "BWT", "AF", "worst_drop"):  # every aggregate comes with its 95% CI
@@ -135,8 +141,10 @@ def test_seeds_and_held_out_tasks_on_a_tiny_model(tmp_path):
     model, tok = tiny_random("llama", seed=0)
     table = nbft.forgetting_experiment(
         model, target="sentiment", others=["qa", "ner"], replay=(0, 0.25), steps=2, batch_size=4, max_length=96,
-        n=4, n_other=4, eval_batch_size=8, tokenizer=tok, out_dir=tmp_path / "exp", seeds=(0, 1),
+        n=4, n_other=4, eval_batch_size=8, tokenizer=tok, out_dir=tmp_path / "exp", seeds=(0, 1), probes=False,
     )  # fmt: skip
+    assert table.tasks == ["sentiment", "qa", "ner"], "probes=False: no probe row"
+    assert "probes" not in json.loads((tmp_path / "exp" / "sweep.json").read_text())["plan"]["eval"]
     exp = table.results["experiment"]
     assert exp["replayed"] == ["qa"] and exp["held_out"] == ["ner"] and exp["seeds"] == [0, 1]
     assert table.results["task_groups"] == {"replayed": ["qa"], "held-out": ["ner"]}
