@@ -953,6 +953,40 @@ def test_compare_panel_runs_in_a_worker_and_renders_the_table(capfd):
     assert "produced empty output" not in capfd.readouterr().err
 
 
+def test_compare_panel_probes_checkbox_sets_the_comparisons_probes():
+    from nbft.config import EvalConfig
+    from nbft.evaluate import Task
+    from nbft.widgets._common import tooltip_of
+
+    base, tok = tiny_random("llama", seed=0)
+    toy_sent, toy_qa = _toy_tasks()
+    reviews = [{"text": f"film {i}", "label": ["negative", "positive"][i % 2]} for i in range(12)]
+    probe = Task.from_data(reviews, template="sentiment/1", name="toy reviews", split=(0.5, 0.0, 0.5))
+    tasks = [toy_sent.with_probes(probe), toy_qa]
+    # on by default when the target has probes; off when it has none; a config's or an explicit value wins
+    assert ComparePanel({"base": base}, ["sentiment", "qa"], target="sentiment").probes.value is True
+    assert ComparePanel({"base": base}, ["sentiment", "qa"], target="qa").probes.value is False
+    assert ComparePanel({"base": base}, ["sentiment", "qa"]).probes.value is True  # no target: a task has them
+    off = ComparePanel({"base": base}, ["sentiment"], target="sentiment", config=EvalConfig(probes=False))
+    assert off.probes.value is False
+    none = ComparePanel({"base": base}, _toy_tasks(), target="toy-sentiment")
+    assert none.probes.value is False and none.probes.disabled, "no task has probes: nothing to switch on"
+    panel = ComparePanel({"base": base}, tasks, target="toy-sentiment", tokenizer=tok, n=4)
+    assert panel.probes.value is True and not panel.probes.disabled
+    assert "toy-sentiment" in tooltip_of(panel.probes)
+    table = _compare_now(panel)
+    assert table.tasks == ["toy-sentiment", "toy-sentiment · toy reviews", "toy-qa"]
+    assert table.results["config"]["probes"] is True
+    panel.probes.value = False
+    table = _compare_now(panel)
+    assert table.tasks == ["toy-sentiment", "toy-qa"] and table.results["config"]["probes"] is False
+
+
+def _compare_now(panel):
+    panel.compare_button.click()
+    return panel.wait(120)
+
+
 def test_compare_panel_reports_failures_in_the_panel():
     _, tok = tiny_random("llama")
     with pytest.raises(ValueError, match="give at least the base model"):  # a literal empty dict: at the door

@@ -71,6 +71,9 @@ class ComparePanel(widgets.VBox):
         tasks: task names or :class:`~nbft.evaluate.Task` objects offered (all selected at first).
         target: the task the tuned model was trained for.
         n, icl_shots, tokenizer: the initial values of ``compare()``'s arguments.
+        probes: the initial value of the "out-of-domain probes" checkbox (``compare(..., probes=)``: each selected
+            task's probes, e.g. sentiment on movie reviews, as rows of their own); default on when the target has
+            probes (without a target: when a task has), else that of ``config=`` if one is given.
         **compare_kwargs: passed on to ``compare()`` (``batch_size=``, ``chat_template=``, ``scoring=``...).
 
     Attributes:
@@ -94,6 +97,7 @@ class ComparePanel(widgets.VBox):
         n: int = 50,
         icl_shots: Sequence[int] = (0,),
         tokenizer: Any = None,
+        probes: bool | None = None,
         **compare_kwargs: Any,
     ) -> None:
         from nbft.evaluate import get_task
@@ -103,9 +107,11 @@ class ComparePanel(widgets.VBox):
             tasks = [tasks]
         if not tasks:
             raise ValueError("no tasks given; e.g. ComparePanel(models, ['sentiment', 'qa'])")
+        with_probes = []  # the tasks that name out-of-domain probes
         for t in tasks:
-            if isinstance(t, str):
-                get_task(t)  # an unknown name fails here, with "did you mean", not at the first click
+            task = get_task(t) if isinstance(t, str) else t  # an unknown name fails here, not at the first click
+            if getattr(task, "probes", ()):
+                with_probes.append(_task_name(t))
         if target is not None and target not in {_task_name(t) for t in tasks}:
             raise ValueError(f"target {target!r} is not among the tasks {[_task_name(t) for t in tasks]}")
         self.models = models
@@ -113,6 +119,10 @@ class ComparePanel(widgets.VBox):
         self.target = target
         self.tokenizer = tokenizer
         self.compare_kwargs = {"progress": False, **compare_kwargs}  # tqdm from a worker would land in any cell
+        if probes is None and compare_kwargs.get("config") is not None:
+            probes = compare_kwargs["config"].probes
+        if probes is None:  # on when the target's skill has other sources to check it on
+            probes = target in with_probes if target is not None else bool(with_probes)
         self.table: Any = None
         self.error: BaseException | None = None
         self.log_area = LogArea()
@@ -133,11 +143,20 @@ class ComparePanel(widgets.VBox):
         self.shots = widgets.Text(value=", ".join(str(k) for k in icl_shots), description="in-context k")
         for w in (self.task_select, self.n, self.shots):
             w.style = _WIDE
+        self.probes = widgets.Checkbox(value=bool(probes), description="out-of-domain probes", indent=False,
+                                       disabled=not with_probes and not probes)  # fmt: skip
+        probe_tip = (
+            "Also score each selected task's out-of-domain probes (other data, the same skill: "
+            f"{', '.join(with_probes)}) as rows of their own, left out of G and AF"
+            if with_probes
+            else "None of these tasks has out-of-domain probes (Task.with_probes adds some)"
+        )
         self.compare_button = widgets.Button(description="Compare", icon="balance-scale", button_style="primary")
         for w, tip in (
             (self.task_select, "The tasks to score every model on (Ctrl/Shift+click for several)"),
             (self.n, "Test examples per task (0: all); more examples, narrower intervals, longer wait"),
             (self.shots, "In-context examples for the base model, e.g. '0, 3': the columns it gets"),
+            (self.probes, probe_tip),
             (self.compare_button, "Score every model on the selected tasks (runs in the background)"),
         ):
             set_tooltip(w, tip)
@@ -153,7 +172,7 @@ class ComparePanel(widgets.VBox):
         self.compare_button.on_click(lambda _: self._safely(self.compare))
         super().__init__(
             [
-                widgets.HBox([self.task_select, widgets.VBox([self.n, self.shots])]),
+                widgets.HBox([self.task_select, widgets.VBox([self.n, self.shots, self.probes])]),
                 widgets.HBox([self.compare_button, self.status_label]),
                 self.result,
                 self.heatmap,
@@ -178,7 +197,8 @@ class ComparePanel(widgets.VBox):
         selected = [self.tasks[name] for name in self.task_select.value]
         if not selected:
             raise ValueError("select at least one task")
-        kwargs = dict(self.compare_kwargs, n=self.n.value or None, icl_shots=_parse_shots(self.shots.value))
+        kwargs = dict(self.compare_kwargs, n=self.n.value or None, icl_shots=_parse_shots(self.shots.value),
+                      probes=self.probes.value)  # fmt: skip
         target = self.target if self.target in self.task_select.value else None
         self.error = None
         self.log_area.clear()
@@ -186,6 +206,7 @@ class ComparePanel(widgets.VBox):
         self._started = time.monotonic()
         self._finished.clear()
         self._what = f"{len(selected)} task(s), n={kwargs['n']}, in-context k={kwargs['icl_shots']}"
+        self._what += ", with their probes" if kwargs["probes"] else ""
         self._where = ""
         self._set_status("running", self._what)
         self._thread = threading.Thread(target=self._work, args=(selected, target, kwargs), daemon=True)
