@@ -20,7 +20,8 @@ Example::
     result = nbft.sweep({"learning_rate": [1e-4, 3e-4], "replay": [0, 0.1]}, seeds=(0, 1, 2), out_dir="runs/sweep")
     result.table                   # the comparison: one column per variant, the mean over seeds with its CI
     result.points                  # per variant: settings, G, held-out AF, seed ranges, on the Pareto front or not
-    result.figure()                # G against held-out AF, Pareto front marked
+    result.figure()                # G against held-out AF, Pareto front marked, filled when every goal is met
+    result.goals()                 # per variant: gain, out-of-domain probes, label-prior shift met or missed
     nbft.load_sweep("runs/sweep")  # the same, after a restart
 """
 
@@ -712,7 +713,8 @@ def check_goals(
     probe_names = _probe_names(points) if probes is None else list(probes)
     rows = []
     for _, p in points.iterrows():
-        row: dict[str, Any] = {"variant": p["variant"], "n_seeds": int(_num(p.get("n_seeds", 1)) or 1)}
+        seeds = _num(p.get("n_seeds", 1))
+        row: dict[str, Any] = {"variant": p["variant"], "n_seeds": 1 if math.isnan(seeds) else int(seeds)}
         row["G"], row["G_ci_low"] = _num(p.get("G")), _num(p.get("G_ci_low"))
         row["goal gain"] = MET if row["G_ci_low"] > g_low else MISSED  # a NaN bound shows no gain: missed
         lows = {name: _num(p.get(f"Δ {name} ci_low")) for name in probe_names}
@@ -793,10 +795,10 @@ def _recommendation(goals: pd.DataFrame, pick: Any) -> str:
         others = f"; {n_met - 1} other variant(s) meet them too" if n_met > 1 else ""
         return f"recommended: {row['variant']}: meets every goal ({checked}); {measured}{others}"
     missed = "; ".join(_missed_words(row, th))
-    best_g = goals.loc[goals["G"].idxmax(), "variant"] if goals["G"].notna().any() else None
-    trade = ""
-    if best_g is not None and best_g != row["variant"]:
-        trade = f"; the most gain is {best_g}'s, missing {int(goals.set_index('variant').loc[best_g, 'goals_missed'])}"
+    trade = ""  # the other side of the trade-off: the variant with the most gain, and what it misses
+    best = goals["G"].idxmax() if goals["G"].notna().any() else None
+    if best is not None and best != pick:
+        trade = f"; the most gain is {goals.loc[best, 'variant']}'s, missing {int(goals.loc[best, 'goals_missed'])}"
     return (
         f"no variant meets every goal ({checked}); closest: {row['variant']}, missing {int(row['goals_missed'])}: "
         f"{missed}; {measured}{trade}"
@@ -918,11 +920,12 @@ def sweep_figure(points: pd.DataFrame, *, title: str | None = None, goals: pd.Da
 @dataclasses.dataclass
 class SweepResult:
     """What :func:`sweep` returns (and :func:`load_sweep` rebuilds): the comparison table, one row per variant with
-    G, held-out AF and the Pareto front, the figure, and where it all is.
+    G, held-out AF and the Pareto front, the goals each variant meets (:meth:`goals`), the figure, and where it all is.
 
     Example::
 
         result.points[result.points["pareto"]]   # the recipes nothing beats on both gain and forgetting
+        result.goals().attrs["recommendation"]   # the variant to take, or the closest and what it misses
         result.figure().savefig("sweep.png")
     """
 
@@ -959,6 +962,7 @@ class SweepResult:
                 "AF_all", "prior_shift", "pareto"]  # fmt: skip
         pts = self.points
         shown = pts[[c for c in cols if c in pts.columns]].round(1).to_string(index=False, line_width=_TEXT_WIDTH - 2)
+        shown = "\n".join(line.rstrip() for line in shown.splitlines())  # pandas pads wrapped blocks
         return (
             f"{self.table.to_text()}\n\nvariants (G and forgetting, Pareto front marked):\n{shown}\n\n"
             f"{goals_text(self.goals())}"
