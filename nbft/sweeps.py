@@ -710,7 +710,13 @@ def check_goals(
     """
     import pandas as pd
 
-    probe_names = _probe_names(points) if probes is None else list(probes)
+    missing = [c for c in ("variant", "G_ci_low") if c not in getattr(points, "columns", ())]
+    if missing:
+        raise ValueError(
+            f"check_goals needs a sweep's points (columns {missing} are missing): pass result.points, or "
+            "nbft.sweeps.sweep_points(table.results, variants)"
+        )
+    probe_names = _probe_names(points) if probes is None else [probes] if isinstance(probes, str) else list(probes)
     rows = []
     for _, p in points.iterrows():
         seeds = _num(p.get("n_seeds", 1))

@@ -1,6 +1,7 @@
 """nbft.sweep: the grid × seeds on a tiny model (structure, one bar, the figure), resume of an interrupted sweep (only
 the rest is trained, a half-written run is redone keeping the user's file, the result equals an uninterrupted sweep),
-the Pareto front on synthetic points, label-balanced sampling, and bad inputs refused before anything is written."""
+the Pareto front and the goals check (each goal, n/a, the recommendation, the figure's markers) on synthetic points,
+label-balanced sampling, and bad inputs refused before anything is written."""
 
 from __future__ import annotations
 
@@ -368,6 +369,8 @@ def test_goals_text_fits_120_columns_with_long_variant_names():
     text = goals_text(check_goals(pts))
     assert max(len(line) for line in text.splitlines()) <= 120 and "← recommended" in text
     assert check_goals(_points().iloc[:0]).attrs["recommendation"] == "no variants to recommend"
+    with pytest.raises(ValueError, match=r"needs a sweep's points .*'G_ci_low'.*result.points"):
+        check_goals(_points().drop(columns=["G_ci_low"]))
 
 
 def test_the_figure_fills_the_variants_that_meet_every_goal():
