@@ -173,6 +173,35 @@ def test_choice_scores_equal_the_models_own_forward(arch, keywords):
             assert got[i, j] == pytest.approx(want, abs=1e-4), (arch, i, j)
 
 
+@pytest.mark.parametrize(("arch", "keywords"), ARCHS, ids=[a for a, _ in ARCHS])
+def test_single_token_choice_scores_equal_the_models_own_forward_with_one_forward_per_batch(arch, keywords):
+    model, tok = _model(arch, keywords, std=0.3)
+    seq2seq = model.config.is_encoder_decoder
+    candidates = [" yes", " no", "a", "b", "c", " the", "x", "1", "2"]
+    choices = [c for c in candidates if len(encode_continuation(tok, c)) == 1][:3]
+    assert len(choices) >= 2, choices
+    prompts = [f"Question {i}: " + "abc " * (6 + 4 * i) + "\nAnswer:" for i in range(5)]  # 35 to 99 tokens
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        got = score_choices(model, tok, prompts, choices, batch_size=4, progress=False)  # left-padded batches
+    finally:
+        hook.remove()
+    if not seq2seq:
+        assert len(calls) == 2, "one forward per batch of prompts, not one per (prompt, choice) pair"
+    for i, prompt in enumerate(prompts):
+        p = encode_prompt(tok, prompt, seq2seq=seq2seq)
+        for j, choice in enumerate(choices):
+            c = torch.tensor(encode_continuation(tok, choice))
+            with torch.no_grad():
+                if seq2seq:
+                    logits = model(input_ids=torch.tensor([p]), labels=c[None]).logits[0]
+                else:
+                    logits = model(input_ids=torch.cat([torch.tensor(p), c])[None]).logits[0, len(p) - 1 : -1]
+            want = float(torch.log_softmax(logits.float(), -1).gather(-1, c[:, None]).sum())
+            assert got[i, j] == pytest.approx(want, abs=1e-4), (arch, i, j)
+
+
 @pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
 def test_training_and_validation_losses_honour_the_window(arch, tmp_path):
     # Through finetune: the setup check picks a layout that honours the window, and evaluate_loss uses it too.

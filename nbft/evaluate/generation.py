@@ -543,12 +543,16 @@ def score_choices(
     chat: bool = False,
     progress: bool = True,
     desc: str = "log-likelihood",
+    one_forward_per_prompt: bool = True,
 ) -> np.ndarray:
     """Sum of log-probabilities of each choice's tokens after each prompt: an array of shape (prompts, choices).
 
     Like lm-evaluation-harness' ``multiple_choice``: the prompt and the choice are encoded separately and
     concatenated (as training concatenates prompt and completion ids), and only the choice tokens are scored.
-    The answer is ``choices[argmax]``; it doesn't depend on the model following an output format.
+    The answer is ``choices[argmax]``; it doesn't depend on the model following an output format. When every choice
+    is one token (``negative``/``neutral``/``positive`` for most tokenizers) and ``one_forward_per_prompt`` is on,
+    a decoder-only model scores all choices from one forward of the prompt (the same numbers, a third of the work
+    for three labels); ``False`` forces one forward per (prompt, choice) pair.
 
     Example::
 
@@ -564,6 +568,11 @@ def score_choices(
     if any(not c for c in choice_ids):
         raise ValueError(f"a choice encodes to no tokens: {choices!r}")
     prompt_ids = [encode_prompt(tokenizer, p, chat=chat, seq2seq=seq2seq) for p in prompts]
+    if one_forward_per_prompt and not seq2seq and all(len(c) == 1 for c in choice_ids):
+        # one token per choice (e.g. negative/neutral/positive): every choice is scored from the logits at the
+        # prompt's last position, so each prompt takes one forward instead of one per choice
+        return _score_single_tokens(model, prompt_ids, [c[0] for c in choice_ids], pad, device, batch_size,
+                                    progress, desc)  # fmt: skip
     pairs = [(i, j) for i in range(len(prompts)) for j in range(len(choices))]
     pairs.sort(key=lambda ij: -(len(prompt_ids[ij[0]]) + len(choice_ids[ij[1]])))
     scores = np.zeros((len(prompts), len(choices)))
@@ -575,6 +584,43 @@ def score_choices(
             else:
                 _score_causal(model, items, prompt_ids, choice_ids, pad, device, scores)
             bar.update(len(batch))
+    return scores
+
+
+def _score_single_tokens(
+    model: Any,
+    prompt_ids: list[list[int]],
+    choice_tokens: list[int],
+    pad: int,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> np.ndarray:
+    """:func:`score_choices` when every choice is one token: log p(choice | prompt) read at each prompt's last
+    position, one forward per prompt (left padding, positions counting real tokens only, as in ``_score_causal``)."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    scores = np.zeros((len(prompt_ids), len(choice_tokens)))
+    target = torch.tensor(choice_tokens)
+    with _eval_mode(model), _progress(len(prompt_ids) * len(choice_tokens), desc, progress) as bar:
+        for batch in _batches(order, batch_size):
+            rows = [prompt_ids[i] for i in batch]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, r in enumerate(rows):
+                ids[row, width - len(r) :] = torch.tensor(r)
+                mask[row, width - len(r) :] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                                      "position_ids": pos.to(device)}  # fmt: skip
+            try:
+                logits = model(**kwargs, logits_to_keep=1, use_cache=False).logits[:, -1]
+            except TypeError:
+                logits = model(**kwargs, use_cache=False).logits[:, -1]
+            logp = torch.log_softmax(logits.float(), dim=-1)[:, target.to(logits.device)]
+            scores[list(batch)] = logp.cpu().numpy()
+            bar.update(len(rows) * len(choice_tokens))
     return scores
 
 
