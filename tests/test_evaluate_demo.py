@@ -7,16 +7,24 @@ import json
 import pytest
 
 from nbft.demo import DemoSettings, run_demo
+from nbft.run_dirs import load_history, main_run_dir
+from nbft.sweeps import load_sweep
 
 
 def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     lines: list[str] = []
     result = run_demo(model="tiny", out_dir=tmp_path / "demo", progress=False, echo=lines.append)
     out = tmp_path / "demo"
-    for name in ("report.html", "metrics.json", "loss.png", "model/config.json", "model/README.md"):
+    main = out / "target-only" / "seed-0"  # the demo's folder is a sweep's; its main run is the first seed's tuned run
+    assert result["run_dir"] == main and main_run_dir(out) == main
+    for name in ("report.html", "metrics.json", "loss.png", "tables", "sweep.json"):
         assert (out / name).exists(), name
-    assert any(p.suffix == ".safetensors" for p in (out / "model").iterdir())
+    assert not (out / "sweep.png").exists(), "one variant: no gain-against-forgetting figure"
+    for name in ("model/config.json", "model/README.md"):
+        assert (main / name).exists(), name
+    assert any(p.suffix == ".safetensors" for p in (main / "model").iterdir())
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run_dir"] == "target-only/seed-0" and metrics["train"]["final_loss"] is not None
     assert metrics["target"] == "sentiment"
     assert set(metrics["tasks"]) == {"sentiment", "sentiment · movie reviews", "qa", "reply", "ner", "summarize-paper"}
     # the target's out-of-domain probe sits right below it, outside forgetting
@@ -26,7 +34,14 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert metrics["forgetting"][0]["probes"][0]["task"] == "sentiment · movie reviews"
     assert "base 2-shot" in metrics["columns"] and "tuned" in metrics["columns"]
     assert metrics["timings"]["total_s"] > 0
-    assert "## Evaluation" in (out / "model" / "README.md").read_text()
+    assert "## Evaluation" in (main / "model" / "README.md").read_text()
+    # the main run scored its validation loss (64 target validation examples) and ran the forgetting monitor
+    history = load_history(main)
+    assert [h["step"] for h in history if h["kind"] == "eval"][-1] == 6 and all(
+        h["val_loss"] > 0 for h in history if h["kind"] == "eval"
+    )
+    monitor = [h for h in history if h["kind"] == "monitor"]
+    assert monitor and {"sentiment", "qa"} <= set(monitor[-1]["scores"])
     steps = [line[:5] for line in lines if line.startswith("[")]
     assert steps == [f"[{i}/6]" for i in range(1, 7)]
     table = result["table"]
@@ -36,8 +51,8 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     from nbft.evaluate.tasks import expand_probes
     from nbft.hashes import read_training_hashes
 
-    hashes = read_training_hashes(out)
-    assert hashes.n_examples == len(result["run"].train)
+    hashes = read_training_hashes(main)
+    assert hashes.n_examples == 6 * 4 == metrics["runs"]["target-only/seed-0"]["examples"]["sentiment"]
     scored = expand_probes([get_task(n) for n, info in metrics["tasks"].items() if info["role"] != "probe"])
     assert [t.name for t in scored] == list(metrics["tasks"])
     for task in scored:
@@ -51,8 +66,12 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert "W/T/L tuned" in result["text"] and "W/T/L base 2-shot" not in result["text"]
     page = (out / "report.html").read_text()
     assert "W/T/L base 2-shot" in page and "flag base 2-shot" in page and "Δ CI tuned" in page
+    # the sweep's record of the same folder: the same table
+    assert load_sweep(out).table.columns == result["table"].columns
+    old = tmp_path / "old"  # a folder nbft's sweep did not write (e.g. a demo run of an older nbft) is refused
+    (old / "model").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="already holds a demo run"):
-        run_demo(model="tiny", out_dir=out, progress=False)
+        run_demo(model="tiny", out_dir=old, progress=False)
 
 
 @pytest.mark.slow
