@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from nbft.demo import DemoSettings, run_demo
+from nbft.demo import TINY_DEFAULTS, DemoSettings, run_demo
 from nbft.run_dirs import load_history, main_run_dir
 from nbft.sweeps import load_sweep
 
@@ -86,3 +87,56 @@ def test_real_demo_few_steps_improves_sentiment(default_model, tmp_path):
     g = table.forgetting.iloc[0]
     assert g["G"] > 0, table.to_text()
     assert (tmp_path / "demo" / "report.html").exists()
+
+
+def test_an_interrupted_demo_with_seeds_and_replay_resumes_through_the_sweep(nbft_cache, tmp_path, monkeypatch):
+    """`nbft demo --seeds 2 --replay 0.5`: its runs are the sweep's (sweep.json, load_sweep, the gain-against-
+    forgetting figure); stopped during its third run, the same call trains only what is left and writes the report."""
+    import nbft
+    import nbft.train as train
+    from nbft.sweeps import SweepInterrupted
+
+    real, calls = train.finetune, []
+
+    class StopAtFirstStep:
+        def on_step(self, state):
+            raise nbft.StopTraining
+
+    def interrupted(model, tok, data, *args, observers=(), **kwargs):
+        calls.append(kwargs["run_dir"])
+        if len(calls) == 3:  # the first replay run: Stop pressed after its first step
+            observers = [*observers, StopAtFirstStep()]
+        return real(model, tok, data, *args, observers=observers, **kwargs)
+
+    monkeypatch.setattr(train, "finetune", interrupted)
+    out = tmp_path / "demo"
+    args = dict(model="tiny", out_dir=out, tasks=["qa", "ner"], seeds=2, replay=[0.5], replay_from=["qa"],
+                progress=False)  # fmt: skip
+    with pytest.raises(SweepInterrupted, match="same --out"):
+        run_demo(**args)
+    assert not (out / "report.html").exists() and (out / "target-only" / "seed-1" / "model").is_dir()
+    calls.clear()
+    lines: list[str] = []
+    result = run_demo(**args, echo=lines.append)
+    assert [c.relative_to(out).as_posix() for c in calls] == ["replay-0.5/seed-0", "replay-0.5/seed-1"]
+    assert any("resuming" in line for line in lines) and any("finished earlier" in line for line in lines)
+    columns = ["base", "base 2-shot", "tuned", "replay 0.5"]  # the demo's columns, as before the sweep engine
+    assert result["table"].columns == columns
+    again = load_sweep(out)  # the demo's folder is a sweep folder: the same table after a restart, no model
+    assert again.table.columns == columns and again.table.results["models"]["tuned"]["runs"] == ["seed 0", "seed 1"]
+    assert list(again.points["variant"]) == ["tuned", "replay 0.5"]
+    assert (out / "sweep.png").stat().st_size > 0 and (out / "report.html").is_file()
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["main_run"] == "target-only/seed-0" and saved["plan"]["monitor"] == 2
+    assert saved["plan"]["validation"] == {"n": 64, "every": None} and saved["plan"]["replay_max_length"] == 96
+    assert saved["runs"]["replay-0.5/seed-1"]["examples"] == {"sentiment": 24, "qa": 24}
+    # validation loss and the monitor in every run, the replay runs too
+    for run_dir in ("target-only/seed-1", "replay-0.5/seed-0"):
+        history = load_history(out / run_dir)
+        assert any(h["kind"] == "eval" for h in history) and any(h["kind"] == "monitor" for h in history)
+    # a resumed demo with another fixed setting is refused, naming it
+    with pytest.raises(ValueError, match="other fixed settings.*batch_size"):
+        run_demo(**args, settings=DemoSettings(**{**dataclasses.asdict(TINY_DEFAULTS), "batch_size": 2}))
+    try_it = pytest.importorskip("nbft.widgets.try_it")
+    panel = try_it.TryPanel.from_run_dir(out, base="tiny")  # the demo's folder opens its main run
+    assert str(panel.models["tuned"]).endswith("target-only/seed-0/model")
