@@ -279,6 +279,7 @@ def _run_demo(
     for task in task_objs[1:]:
         task.load()  # fetch and cache every task's data now, so a missing source fails before any compute
     timings["data_s"] = time.perf_counter() - t0
+    # validation loss on the target's validation split (never a training or test example); none when it has none
     n_val = min(cfg.n_validation, len(splits["validation"])) if "validation" in splits else 0
     say(
         f"[1/6] data: {cfg.steps * cfg.batch_size} training examples of {target!r} "
@@ -320,7 +321,7 @@ def _run_demo(
             balance=cfg.balance, batch_size=cfg.batch_size, max_length=cfg.max_length, n=cfg.n, n_other=cfg.n_other,
             n_per_task=cfg.n_per_task, eval_batch_size=cfg.eval_batch_size, chat_template=cfg.chat_template,
             probes=cfg.probes, seed=seed, out_dir=out, monitor=cfg.monitor_n or False, progress=progress,
-            n_validation=cfg.n_validation, replay_max_length=max(cfg.max_length, cfg.replay_max_length),
+            n_validation=n_val, replay_max_length=max(cfg.max_length, cfg.replay_max_length),
             max_new_tokens_other=cfg.max_new_tokens_other, base_evaluation=base_eval, labels={"target-only": "tuned"},
         )  # fmt: skip
     except SweepInterrupted as exc:

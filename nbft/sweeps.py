@@ -13,7 +13,8 @@ The comparison is :func:`nbft.compare` with a list of runs per variant (seeds as
 with a two-level bootstrap CI). The figure plots the in-domain gain G against forgetting on the *held-out* tasks (the
 other tasks that no variant replays), with the seed range as error bars and the Pareto front marked.
 
-The application layer (beside :mod:`nbft.demo` and :mod:`nbft.forgetting`): it loads, trains, evaluates and reports.
+The application layer (beside :mod:`nbft.demo` and :mod:`nbft.forgetting`, which both train through it): it loads,
+trains, evaluates and reports.
 
 Example::
 
@@ -487,6 +488,7 @@ class _Job:
     tokenized: Any = None
     val: Any = None
     """The target's validation rows (``n_validation``), the same for every variant."""
+    val_tokenized: Any = None
 
 
 def _one_run(
@@ -516,9 +518,11 @@ def _one_run(
         if job.tokenized is None:
             job.tokenized = tokenize_for_training(job.data, tok, max_length=max_length,
                                                   chat_template=ecfg.chat_template)  # fmt: skip
-        val, every = None, None
+        every = None
         if plan.validation:  # the same target validation examples for every run, scored every `every` steps
-            val = tokenize_for_training(job.val, tok, max_length=max_length, chat_template=ecfg.chat_template)
+            if job.val_tokenized is None:
+                job.val_tokenized = tokenize_for_training(job.val, tok, max_length=max_length,
+                                                          chat_template=ecfg.chat_template)  # fmt: skip
             every = plan.validation["every"] or max(1, job.steps // 3)
         observers = []
         if plan.monitor:  # True: the monitor's own n per task; a number: that many examples per task
@@ -532,8 +536,8 @@ def _one_run(
         base.restore()  # the base that was evaluated, whatever the previous run did to the model
         t0 = time.perf_counter()
         # a run that did not complete is replaced: its own files only, nothing of the user's beside them
-        run = finetune(model, tok, job.tokenized, val=val, config=cfg, observers=observers, run_dir=run_dir,
-                       overwrite=state == "redo")  # fmt: skip
+        run = finetune(model, tok, job.tokenized, val=job.val_tokenized, config=cfg, observers=observers,
+                       run_dir=run_dir, overwrite=state == "redo")  # fmt: skip
         train_s, summary, spec = time.perf_counter() - t0, dict(run.summary), model
         if run.status != "completed":
             raise SweepInterrupted(

@@ -64,3 +64,7 @@ def test_demo_bad_input_is_one_clear_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "unknown task 'sentimnt'" in err and "Did you mean 'sentiment'" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()  # nothing half-written
+    # --balance samples the target's labels equally: a task without labels is refused before any work
+    assert main(["demo", "--model", "tiny", "--target", "qa", "--balance", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "has no labels" in err and "--balance" in err and not (tmp_path / "x").exists()

@@ -126,6 +126,7 @@ def test_an_interrupted_demo_with_seeds_and_replay_resumes_through_the_sweep(nbf
     assert again.table.columns == columns and again.table.results["models"]["tuned"]["runs"] == ["seed 0", "seed 1"]
     assert list(again.points["variant"]) == ["tuned", "replay 0.5"]
     assert (out / "sweep.png").stat().st_size > 0 and (out / "report.html").is_file()
+    assert len(nbft.runs(tmp_path)) == 4, "nbft.runs lists a demo's runs, three levels down"
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["main_run"] == "target-only/seed-0" and saved["plan"]["monitor"] == 2
     assert saved["plan"]["validation"] == {"n": 64, "every": None} and saved["plan"]["replay_max_length"] == 96
