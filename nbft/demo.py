@@ -377,7 +377,7 @@ def _train_lines(records: Sequence[Any], out: Path, took: float) -> str:
     for i, r in enumerate(records):
         losses = [h["loss"] for h in load_history(r.run_dir) if h.get("kind") == "train"]
         loss = f"final loss {losses[-1]:.3f}" if losses else "no loss recorded"
-        how = "finished earlier" if r.resumed else f"in {r.train_s:.0f}s"
+        how = "trained earlier" if r.resumed or r.train_s is None else f"in {r.train_s:.0f}s"  # skipped on resume
         where = r.run_dir.relative_to(out).as_posix()
         if i == 0:
             lines.append(f"[3/6] full fine-tune: {r.steps} steps, {loss}, {how}{_monitor_line(r.summary, r.run_dir)}")
