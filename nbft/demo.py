@@ -304,12 +304,16 @@ def _run_demo(
         chat_template=chat, seed=seed, progress=progress, probes=cfg.probes,
     )  # fmt: skip
     t0 = time.perf_counter()
-    base_eval = evaluate_model(mdl, task_objs, tokenizer=tok, target=target, config=ecfg)
+    base_eval = _earlier_base_evaluation(out, ecfg, mdl) if resumed else None
+    if base_eval is not None:
+        say(f"[2/6] base model: the evaluation of the earlier call in {out} (same model, same settings)")
+    else:
+        base_eval = evaluate_model(mdl, task_objs, tokenizer=tok, target=target, config=ecfg)
+        say(
+            f"[2/6] base model evaluated on {len(names)} tasks (k-shot {cfg.icl_shots} on {target}) "
+            f"in {time.perf_counter() - t0:.0f}s"
+        )
     timings["eval_base_s"] = time.perf_counter() - t0
-    say(
-        f"[2/6] base model evaluated on {len(names)} tasks (k-shot {cfg.icl_shots} on {target}) "
-        f"in {timings['eval_base_s']:.0f}s"
-    )
 
     # 3-4. the runs: nbft.sweep trains every variant × seed from this base and evaluates each -----------------------
     t0 = time.perf_counter()
@@ -367,6 +371,26 @@ def _run_demo(
     say(f"total {timings['total_s']:.0f}s")
     return {"table": table, "sweep": result, "run_dir": main.run_dir, "text": text, "files": files,
             "timings": timings, "out_dir": out}  # fmt: skip
+
+
+def _earlier_base_evaluation(out: Path, ecfg: EvalConfig, model: Any) -> dict[str, Any] | None:
+    """A resumed demo: the base evaluation its earlier call left in the sweep folder, when it is of this model
+    (the sweep's fingerprint of weights and buffers) with these settings; else ``None`` (evaluated again)."""
+    from nbft.sweeps import BASE_EVALUATION_FILE, SWEEP_FILE
+    from nbft.train.variants import fingerprint
+
+    try:
+        saved = json.loads((out / BASE_EVALUATION_FILE).read_text())
+        plan = json.loads((out / SWEEP_FILE).read_text())["plan"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+    def settings(config: Any) -> Any:  # JSON's view (tuples as lists); the progress bars change no result
+        return json.loads(json.dumps({k: v for k, v in dict(config).items() if k != "progress"}, default=str))
+
+    if not isinstance(saved, dict) or plan.get("fingerprint") != fingerprint(model):
+        return None
+    return saved if settings(saved.get("config", {})) == settings(dataclasses.asdict(ecfg)) else None
 
 
 def _train_lines(records: Sequence[Any], out: Path, took: float) -> str:

@@ -66,6 +66,8 @@ SETTINGS = ("learning_rate", "steps", "replay", "balance")
 """The training settings a grid may vary."""
 SWEEP_FORMAT = "nbft-sweep/1"
 SWEEP_FILE = "sweep.json"
+BASE_EVALUATION_FILE = "base.evaluation.json"
+"""The base model's evaluation in a sweep folder (an :func:`nbft.evaluate_model` dict), kept for a resumed sweep."""
 DEFAULT_OTHERS = ("sentiment", "qa", "reply", "ner", "summarize-paper")
 DEFAULT_N_PER_TASK = {"ner": 60}
 """Per-task exceptions to ``n_other`` (the demo's too): NER answers are short but the base model's F1 is low (about
@@ -608,7 +610,7 @@ def _run_grid(
     val_rows = _validation_rows(target_task, plan.validation["n"], plan.seed) if plan.validation else None
     timings["data_s"] = time.perf_counter() - t0
 
-    base_file = plan.out / "base.evaluation.json"
+    base_file = plan.out / BASE_EVALUATION_FILE
     records: list[_RunRecord] = []
     bar = tqdm(total=len(variants) * len(seeds), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
     try:

@@ -120,6 +120,7 @@ def test_an_interrupted_demo_with_seeds_and_replay_resumes_through_the_sweep(nbf
     result = run_demo(**args, echo=lines.append)
     assert [c.relative_to(out).as_posix() for c in calls] == ["replay-0.5/seed-0", "replay-0.5/seed-1"]
     assert any("resuming" in line for line in lines) and any("trained earlier" in line for line in lines)
+    assert any(line.startswith("[2/6] base model: the evaluation of the earlier call") for line in lines)
     columns = ["base", "base 2-shot", "tuned", "replay 0.5"]  # the demo's columns, as before the sweep engine
     assert result["table"].columns == columns
     again = load_sweep(out)  # the demo's folder is a sweep folder: the same table after a restart, no model
