@@ -35,7 +35,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from nbft.demo import run_demo
 
     result = run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n,
-                      replay=args.replay, replay_from=args.replay_from, seeds=args.seeds, echo=print)  # fmt: skip
+                      replay=args.replay, replay_from=args.replay_from, seeds=args.seeds, balance=args.balance,
+                      echo=print)  # fmt: skip
     print(f"\nwrote {result['out_dir']}: " + ", ".join(sorted(Path(p).name for p in result["files"].values())))
     return 0
 
@@ -121,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=_positive_int, default=None, help="optimizer steps (default: the demo's tuned default)"
     )
     p.add_argument(
-        "--out", default=None, help="run directory for report.html, metrics.json, plots, model (default runs/demo-TIME)"
-    )
+        "--out", default=None,
+        help="folder for report.html, metrics.json, plots and the runs (default runs/demo-TIME); the tuned model is "
+        "OUT/target-only/seed-0/model. The same --out resumes an interrupted demo: finished runs are skipped",
+    )  # fmt: skip
     p.add_argument(
         "--model", default=None, help="model name or path (default: SmolLM2-135M-Instruct; 'tiny' for a smoke run)"
     )
@@ -143,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_positive_int, default=1, metavar="N",
         help="train every variant with N seeds (the same base and examples): each number is the mean over seeds with "
         "a CI over seeds and examples, and the table shows the seed range (e.g. --seeds 3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--balance", action=argparse.BooleanOptionalAction, default=None,
+        help="the same number of target training examples per label (default: the demo's setting, off)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_demo)
 

@@ -1,6 +1,10 @@
 """The whole job in one call (what ``nbft demo`` runs): data → base eval (+ in-context baseline) → full fine-tune →
 tuned eval → side-by-side table with forgetting → report files.
 
+The runs themselves (the target-only run, every replay share, every seed) are :func:`nbft.sweep`'s: the demo is a
+thin caller that adds the base model's in-context columns, the printed steps and the report. Its folder is a sweep
+folder (``<out>/target-only/seed-0`` is the tuned run; ``nbft.load_sweep(out)`` reads it back).
+
 Offline and on CPU by default: SmolLM2-135M-Instruct from nbft's registry fallback, real data from PyPI wheels.
 
 Example::
@@ -9,6 +13,7 @@ Example::
     result = run_demo(target="sentiment", out_dir="runs/demo", echo=print)
     result["table"].delta                 # the paired Δ with its 95% CI
     result["files"]["report"]             # runs/demo/report.html
+    result["run_dir"]                     # runs/demo/target-only/seed-0 (its model/ is the tuned model)
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,6 +74,11 @@ class DemoSettings:
     replay_max_length: int = 384
     """Longest example of a replay variant (``--replay``): the other tasks' prompts are longer than tweets (a
     paper abstract is about 250 tokens)."""
+    balance: bool = False
+    """Sample the target's training examples with the same number per label (``--balance``), so the fine-tune does
+    not learn the train split's label prior (:meth:`~nbft.evaluate.Task.train`)."""
+    n_validation: int = 64
+    """Target examples (from its validation split) whose loss is scored during training, every third of the run."""
     probes: bool = True
     """Score the target's out-of-domain probes too (sentiment: film-review snippets), ``n`` examples each, as rows
     right below the target's: does the skill carry over to another domain? Never counted in G or AF."""
@@ -113,15 +122,6 @@ def _check_arguments(cfg: DemoSettings, names: list[str], offline: set[str], mod
         raise FileExistsError(f"--out {out} is a file; give a folder for the demo's report, metrics and model")
 
 
-def _training_data(task: Any, n_train: int, seed: int) -> Any:
-    """The target task's train split (the path every notebook uses too): never an example compare() scores."""
-    from nbft.data import build_instruction_dataset
-
-    # the evaluation template only: the demo shows what training on one phrasing does
-    data = build_instruction_dataset(task=task, templates=task.template, n=n_train, n_validation=64, seed=seed)
-    return data["train"], data["validation"]
-
-
 def run_demo(
     target: str = "sentiment",
     *,
@@ -135,21 +135,28 @@ def run_demo(
     replay_from: Sequence[str] | None = None,
     seed: int = 0,
     seeds: int = 1,
+    balance: bool | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run steps 1-6 of the demo and return what it made.
 
+    The runs (the target-only run, called ``tuned``, and each replay share, once per seed) are trained and evaluated
+    by :func:`nbft.sweep`, so ``out_dir`` is a sweep folder: ``<out_dir>/<variant>/seed-<s>`` per run, with
+    ``sweep.json``, beside the demo's report files. Its main run, the first seed's ``tuned`` run, is
+    ``<out_dir>/target-only/seed-<seed>`` (``metrics.json["run_dir"]``; ``TryPanel.from_run_dir(out_dir)`` opens
+    it). The same call with the same ``out_dir`` resumes an interrupted demo: finished runs are skipped.
+
     Args:
         target: the task to fine-tune on (``"sentiment"``, ``"qa"``, ``"reply"``, ``"ner"``, ...: ``list_tasks()``).
         steps: optimizer steps (default 40; 6 for ``model="tiny"``).
-        out_dir: run directory for the report, metrics, loss plot and model (default ``runs/demo-<time>``).
+        out_dir: the demo's folder for the report, metrics, loss plot and runs (default ``runs/demo-<time>``).
         model: ``None`` (SmolLM2-135M-Instruct, offline fallback), a name or path, a ``(model, tokenizer)`` pair,
             or ``"tiny"`` (a tiny random model, for a fast smoke test).
         n: test examples of the target task (default 100).
         tasks: the other tasks (default ``settings.others``: sentiment, qa, reply, ner, summarize-paper, less the
             target).
-        settings: a :class:`DemoSettings` (``steps``/``n`` arguments override it).
+        settings: a :class:`DemoSettings` (``steps``/``n``/``balance`` arguments override it).
         replay: replay shares in (0, 1) (``nbft demo --replay 0.1``): each adds a column, the same base fine-tuned
             on the same target examples plus that share of examples replayed from the other tasks' train splits
             (see :func:`nbft.forgetting.forgetting_experiment`), so the table shows what replay does to forgetting.
@@ -158,13 +165,13 @@ def run_demo(
             apart, so "replay removes forgetting" is also measured on a task replay never trains on.
         seeds: train every variant with this many seeds (``seed``, ``seed + 1``, ...; ``nbft demo --seeds 3``),
             from the same base on the same examples: each number is the mean over seeds with a two-level bootstrap CI
-            (seeds, then examples), the table shows the seed range, and the extra runs go to ``seed-<s>`` (and
-            ``replay-<share>-seed-<s>``) inside the run directory.
+            (seeds, then examples), and the table shows the seed range.
+        balance: sample the target's training examples with the same number per label (``--balance``).
         echo: called with each line meant for a person (the CLI passes ``print``); library code never prints.
 
-    Returns a dict: ``table`` (the :class:`~nbft.report.ComparisonTable`), ``run`` (the training run),
-    ``text`` (the printed table), ``files`` (paths written), ``timings`` (seconds per phase), ``out_dir``,
-    ``replay_runs`` (the replay variants' runs).
+    Returns a dict: ``table`` (the :class:`~nbft.report.ComparisonTable`), ``sweep`` (the
+    :class:`~nbft.sweeps.SweepResult`), ``run_dir`` (the main run's directory), ``text`` (the printed table),
+    ``files`` (paths written), ``timings`` (seconds per phase), ``out_dir``.
 
     Example::
 
@@ -185,6 +192,7 @@ def run_demo(
             replay_from=replay_from,
             seed=seed,
             seeds=seeds,
+            balance=balance,
             progress=progress,
             echo=echo,
         )
@@ -205,15 +213,15 @@ def _run_demo(
     echo: Callable[[str], None] | None,
     replay_from: Sequence[str] | None = None,
     seeds: int = 1,
+    balance: bool | None = None,
 ) -> dict[str, Any]:
     from nbft.config import check_int
-    from nbft.data import tokenize_for_training
-    from nbft.evaluate import ForgettingMonitor, evaluate_model, get_task, list_tasks
-    from nbft.evaluate.compare import compare
-    from nbft.forgetting import check_replay, check_replay_from, replay_effect, replay_mixture, variant_label
+    from nbft.evaluate import evaluate_model, get_task, list_tasks
+    from nbft.forgetting import check_replay, check_replay_from, replay_effect
     from nbft.models import resolve_model
-    from nbft.train import ProgressObserver, TrainConfig, finetune
-    from nbft.train.variants import BaseSnapshot
+    from nbft.report import ComparisonTable
+    from nbft.run_dirs import load_history
+    from nbft.sweeps import SWEEP_FILE, SweepInterrupted, sweep
 
     say = echo or (lambda line: logger.info("%s", line))
     t_start = time.perf_counter()
@@ -224,23 +232,34 @@ def _run_demo(
         cfg.steps = steps
     if n is not None:
         cfg.n = n
+    if balance is not None:
+        cfg.balance = balance
     shares = [r for r in check_replay(replay) if r > 0] if replay else []  # 0 is the tuned column itself
     n_seeds = check_int("seeds", seeds, 1, "training seeds per variant, e.g. --seeds 3")
-    extra = [seed + i for i in range(1, int(n_seeds))]  # the first seed's run is the demo's own run directory
+    train_seeds = tuple(seed + i for i in range(int(n_seeds)))  # the first seed's tuned run is the main run
     target_task = get_task(target)
     others = list(tasks) if tasks is not None else [t for t in cfg.others if t != target]
     names = [target, *[t for t in others if t != target]]
     offline = set(list_tasks(offline_only=True))
     out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     _check_arguments(cfg, names, offline, model, out)  # before any work: one clear line, nothing written
+    if cfg.balance and not target_task.is_classification:
+        raise ValueError(f"balance=True samples the target's labels equally, but {target!r} has no labels; "
+                         "leave --balance off for this task")  # fmt: skip
     # at least one other task stays out of the replay pool: forgetting measured where replay never trains
     replayed = check_replay_from(replay_from, names[1:], target) if shares else []
     held_out = [t for t in names[1:] if t not in replayed] if shares else []
     if shares and not replayed:
         raise ValueError(f"replay_from=[] replays nothing; name tasks of {names[1:]} to replay")
-    if (out / "model").exists() or any(out.glob("checkpoint-*")):
-        raise FileExistsError(f"{out} already holds a demo run; pass a new out_dir (--out) or delete it")
+    if out.is_dir() and any(out.iterdir()) and not (out / SWEEP_FILE).is_file():
+        raise FileExistsError(
+            f"{out} already holds a demo run of an older nbft or other files (no {SWEEP_FILE}); pass a new out_dir "
+            "(--out) or delete it"
+        )
+    resumed = (out / SWEEP_FILE).is_file()
     say(f"nbft demo: target={target}, other tasks={names[1:]}\n  out={out}")  # lines fit 120 columns
+    if resumed:
+        say("  resuming the demo in this folder: finished runs are skipped")
     if shares:
         say(
             f"replay pool: {replayed}\n  held out of replay (forgetting measured where replay never trains): {held_out}"
@@ -259,16 +278,13 @@ def _run_demo(
     splits = target_task.load()
     for task in task_objs[1:]:
         task.load()  # fetch and cache every task's data now, so a missing source fails before any compute
-    train_rows, val_rows = _training_data(target_task, cfg.steps * cfg.batch_size, seed)
-    replay_rows = {}
-    if shares:  # the other tasks' train splits, for the replay variants (never their test splits)
-        need = math.ceil(round(len(train_rows) * max(shares) / (1 - max(shares))) / max(1, len(replayed)))
-        replay_rows = {t.name: t.train(n=need, templates=t.template, seed=seed) for t in task_objs[1:]
-                       if t.name in replayed}  # fmt: skip
     timings["data_s"] = time.perf_counter() - t0
+    # validation loss on the target's validation split (never a training or test example); none when it has none
+    n_val = min(cfg.n_validation, len(splits["validation"])) if "validation" in splits else 0
     say(
-        f"[1/6] data: {len(train_rows)} training examples of {target!r} "
-        f"({len(splits['train'])} in its train split), {len(val_rows)} validation\n  eval tasks {names}"
+        f"[1/6] data: {cfg.steps * cfg.batch_size} training examples of {target!r} "
+        f"({len(splits['train'])} in its train split{', label-balanced' if cfg.balance else ''}), {n_val} validation"
+        f"\n  eval tasks {names}"
     )
 
     # model ---------------------------------------------------------------------------------------------------
@@ -288,105 +304,43 @@ def _run_demo(
         chat_template=chat, seed=seed, progress=progress, probes=cfg.probes,
     )  # fmt: skip
     t0 = time.perf_counter()
-    base_eval = evaluate_model(mdl, task_objs, tokenizer=tok, target=target, config=ecfg)
+    base_eval = _earlier_base_evaluation(out, ecfg, mdl) if resumed else None
+    if base_eval is not None:
+        say(f"[2/6] base model: the evaluation of the earlier call in {out} (same model, same settings)")
+    else:
+        base_eval = evaluate_model(mdl, task_objs, tokenizer=tok, target=target, config=ecfg)
+        say(
+            f"[2/6] base model evaluated on {len(names)} tasks (k-shot {cfg.icl_shots} on {target}) "
+            f"in {time.perf_counter() - t0:.0f}s"
+        )
     timings["eval_base_s"] = time.perf_counter() - t0
-    say(
-        f"[2/6] base model evaluated on {len(names)} tasks (k-shot {cfg.icl_shots} on {target}) "
-        f"in {timings['eval_base_s']:.0f}s"
-    )
 
-    # 3. full fine-tune -----------------------------------------------------------------------------------------
+    # 3-4. the runs: nbft.sweep trains every variant × seed from this base and evaluates each -----------------------
     t0 = time.perf_counter()
-    train_tok = tokenize_for_training(train_rows, tok, max_length=cfg.max_length, chat_template=chat)
-    val_tok = tokenize_for_training(val_rows, tok, max_length=cfg.max_length, chat_template=chat)
-    tcfg = TrainConfig(
-        learning_rate=cfg.learning_rate,
-        max_steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        warmup_ratio=0.1,
-        schedule="linear",
-        eval_every=max(1, cfg.steps // 3),
-        max_length=cfg.max_length,
-        seed=seed,
-    )
-
-    def observers() -> list[Any]:
-        out_: list[Any] = [ProgressObserver()] if progress else []
-        if cfg.monitor_n:  # the tasks scored while training: forgetting seen as it happens (history.jsonl)
-            out_.append(ForgettingMonitor(task_objs, n=cfg.monitor_n, checkpoints=False, chat_template=chat, seed=seed))
-        return out_
-
-    retrain = bool(shares or extra)  # the same model object is trained again from the base
-    base = BaseSnapshot(mdl) if retrain else None  # weights and buffers: each variant starts from this base
-    run = finetune(mdl, tok, train_tok, val=val_tok, config=tcfg, observers=observers(), run_dir=out)
-    run.wait()
-    timings["train_s"] = time.perf_counter() - t0
-    say(f"[3/6] full fine-tune: {cfg.steps} steps, final loss {run.final_loss:.3f}, in {timings['train_s']:.0f}s"
-        + _monitor_line(run))  # fmt: skip
-
-    # 4. tuned evaluation, against the stored base results ------------------------------------------------------
-    t0 = time.perf_counter()
-    changes = _weight_changes(base_folder, mdl)  # now: a replay variant below trains the same model object
-    models: dict[str, Any] = {"base": base_eval, "tuned": run}
-    training: dict[str, Any] = {}
-    replay_runs = []
-    if base is not None:
-        # the tuned model is evaluated now, before the replay variants retrain the same weights from the base
-        zero_shot = dataclasses.replace(ecfg, icl_shots=(0,))  # k-shot columns are the base model's only
-        models["tuned"] = evaluate_model(mdl, task_objs, name="tuned", tokenizer=tok, target=target, config=zero_shot)
-        training["tuned"] = out
-        timings["eval_tuned_s"] = time.perf_counter() - t0
-        if extra:  # the same target examples and base, another training seed each
-            t0 = time.perf_counter()
-            tuned_evals, tuned_dirs = [models["tuned"]], [out]
-            for s in extra:
-                base.restore()  # the same base, bit for bit (buffers too)
-                srun = finetune(mdl, tok, train_tok, val=val_tok, config=dataclasses.replace(tcfg, seed=s),
-                                observers=observers(), run_dir=out / f"seed-{s}")  # fmt: skip
-                tuned_evals.append(evaluate_model(mdl, task_objs, name="tuned", tokenizer=tok, target=target,
-                                                  config=zero_shot))  # fmt: skip
-                tuned_dirs.append(srun.run_dir)
-                say(f"[3/6] tuned, seed {s}: final loss {srun.final_loss:.3f}" + _monitor_line(srun))
-            models["tuned"], training["tuned"] = tuned_evals, tuned_dirs
-            timings["seeds_s"] = time.perf_counter() - t0
-        for share in shares:
-            t0 = time.perf_counter()
-            mixed, counts = replay_mixture(train_rows, replay_rows, share, seed=seed)
-            mixed_tok = tokenize_for_training(mixed, tok, max_length=max(cfg.max_length, cfg.replay_max_length),
-                                              chat_template=chat)  # fmt: skip
-            rcfg = dataclasses.replace(tcfg, max_steps=math.ceil(len(mixed) / cfg.batch_size),
-                                       max_length=max(cfg.max_length, cfg.replay_max_length))  # fmt: skip
-            name = variant_label(share)
-            evals, dirs = [], []
-            for s in (seed, *extra):
-                base.restore()  # the same base (bit for bit, buffers too), the same target examples
-                where = out / (f"replay-{share:g}" if s == seed else f"replay-{share:g}-seed-{s}")
-                rrun = finetune(mdl, tok, mixed_tok, val=val_tok, config=dataclasses.replace(rcfg, seed=s),
-                                observers=observers(), run_dir=where)  # fmt: skip
-                if s == seed:
-                    replay_runs.append(rrun)
-                evals.append(evaluate_model(mdl, task_objs, name=name, tokenizer=tok, target=target,
-                                            config=zero_shot))  # fmt: skip
-                dirs.append(rrun.run_dir)
-            models[name], training[name] = (evals, dirs) if extra else (evals[0], dirs[0])
-            timings[f"train_{name}_s"] = time.perf_counter() - t0
-            say(f"[3+/6] {name}: {rcfg.max_steps} steps on {counts}\n  final loss {replay_runs[-1].final_loss:.3f}"
-                f"{f' ({len(dirs)} seeds)' if extra else ''}, trained and evaluated in "
-                f"{timings[f'train_{name}_s']:.0f}s" + _monitor_line(replay_runs[-1]))  # fmt: skip
-        del base
-        t0 = time.perf_counter()
-    # the runs themselves (not bare models): compare() reads what each trained on and checks every test example
-    groups = {"replayed": replayed, "held-out": held_out} if replayed and held_out else None
-    table = compare(models, task_objs, target=target, config=ecfg, tokenizer=tok, training_data=training or None,
-                    task_groups=groups)  # fmt: skip
+    try:
+        result = sweep(
+            {"replay": [0, *shares]}, model=mdl, tokenizer=tok, target=target, others=names[1:], seeds=train_seeds,
+            # without replay every other task counts as replayed: no held-out group in the table
+            replay_from=replay_from if shares else names[1:], learning_rate=cfg.learning_rate, steps=cfg.steps,
+            balance=cfg.balance, batch_size=cfg.batch_size, max_length=cfg.max_length, n=cfg.n, n_other=cfg.n_other,
+            n_per_task=cfg.n_per_task, eval_batch_size=cfg.eval_batch_size, chat_template=cfg.chat_template,
+            probes=cfg.probes, seed=seed, out_dir=out, monitor=cfg.monitor_n or False, progress=progress,
+            n_validation=n_val, replay_max_length=max(cfg.max_length, cfg.replay_max_length),
+            max_new_tokens_other=cfg.max_new_tokens_other, base_evaluation=base_eval, labels={"target-only": "tuned"},
+        )  # fmt: skip
+    except SweepInterrupted as exc:
+        raise SweepInterrupted(f"{exc}\n  nbft demo: run the same command (same --out) again to resume") from None
+    timings["train_s"] = sum(r.train_s or 0.0 for r in result.runs)
+    timings["eval_tuned_s"] = sum(r.eval_s or 0.0 for r in result.runs) + result.record["timings"]["compare_s"]
+    main = next(r for r in result.runs if r.variant.replay == 0 and r.seed == train_seeds[0])
+    history = [h for h in load_history(main.run_dir) if h.get("step") is not None]
+    say(_train_lines(result.runs, out, time.perf_counter() - t0))
+    say(f"[4/6] tuned model{'s' if len(result.runs) > 1 else ''} evaluated in {timings['eval_tuned_s']:.0f}s")
+    table = result.table
     if shares:  # what replay did, in one line per share: AF removed, G kept
-        from nbft.report import ComparisonTable
-
         effect = replay_effect(table.results, reference="tuned")
         table = ComparisonTable({**table.results, "notes": [*table.notes, *(e["line"] for e in effect)],
                                  "replay_effect": effect})  # fmt: skip
-    timings["eval_tuned_s" if not retrain else "compare_s"] = time.perf_counter() - t0
-    say(f"[4/6] tuned model evaluated in {timings['eval_tuned_s']:.0f}s")
 
     # 5. the table ----------------------------------------------------------------------------------------------
     text = table.to_text()
@@ -396,25 +350,75 @@ def _run_demo(
 
     # 6. files --------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    files = _write_outputs(table, run, out, changes, timings, label)
+    changes = _weight_changes(base_folder, main.run_dir / "model")  # streamed from disk, tensor by tensor
+    files = _write_outputs(table, history, out, main.run_dir / "model", changes, label)
+    if len(result.record["variants"]) > 1:  # gain against held-out forgetting, one point per variant
+        from nbft.report import figure_to_png
+
+        files["sweep_plot"] = out / "sweep.png"
+        files["sweep_plot"].write_bytes(figure_to_png(result.figure()))
+    files["sweep"] = out / SWEEP_FILE
     timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
-    replay_train = {variant_label(s): r.summary for s, r in zip(shares, replay_runs, strict=True)}
-    _write_json(out / "metrics.json", {**table.to_dict(), "timings": timings, "model": label, "train": run.summary,
-                                        "replay_train": replay_train, "settings": dataclasses.asdict(cfg)})  # fmt: skip
+    main_rel = main.run_dir.relative_to(out).as_posix()
+    losses = [h["loss"] for h in history if h.get("kind") == "train"]
+    train = {**result.record["runs"].get(main_rel, {}), **main.summary, "final_loss": losses[-1] if losses else None}
+    _write_json(out / "metrics.json", {**table.to_dict(), "timings": timings, "model": label, "run_dir": main_rel,
+                                        "train": train, "runs": result.record["runs"],
+                                        "settings": dataclasses.asdict(cfg)})  # fmt: skip
     written = [str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p) for p in files.values()]
-    say(f"[6/6] wrote {out} in {timings['report_s']:.0f}s:\n  {', '.join(written)}")
+    say(f"[6/6] wrote {out} in {timings['report_s']:.0f}s:\n  {', '.join(written)}\n  tuned model: {main.run_dir}")
     say(f"total {timings['total_s']:.0f}s")
-    return {"table": table, "run": run, "text": text, "files": files, "timings": timings, "out_dir": out,
-            "replay_runs": replay_runs}  # fmt: skip
+    return {"table": table, "sweep": result, "run_dir": main.run_dir, "text": text, "files": files,
+            "timings": timings, "out_dir": out}  # fmt: skip
 
 
-def _monitor_line(run: Any) -> str:
-    s = run.summary
-    if not s.get("monitor_s") or not s.get("wall_s"):
+def _earlier_base_evaluation(out: Path, ecfg: EvalConfig, model: Any) -> dict[str, Any] | None:
+    """A resumed demo: the base evaluation its earlier call left in the sweep folder, when it is of this model
+    (the sweep's fingerprint of weights and buffers) with these settings; else ``None`` (evaluated again)."""
+    from nbft.sweeps import BASE_EVALUATION_FILE, SWEEP_FILE
+    from nbft.train.variants import fingerprint
+
+    try:
+        saved = json.loads((out / BASE_EVALUATION_FILE).read_text())
+        plan = json.loads((out / SWEEP_FILE).read_text())["plan"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+    def settings(config: Any) -> Any:  # JSON's view (tuples as lists); the progress bars change no result
+        return json.loads(json.dumps({k: v for k, v in dict(config).items() if k != "progress"}, default=str))
+
+    if not isinstance(saved, dict) or plan.get("fingerprint") != fingerprint(model):
+        return None
+    return saved if settings(saved.get("config", {})) == settings(dataclasses.asdict(ecfg)) else None
+
+
+def _train_lines(records: Sequence[Any], out: Path, took: float) -> str:
+    """Step 3's lines: the main run first, then every other run (trained now or found finished)."""
+    from nbft.run_dirs import load_history
+
+    lines = []
+    for i, r in enumerate(records):
+        losses = [h["loss"] for h in load_history(r.run_dir) if h.get("kind") == "train"]
+        loss = f"final loss {losses[-1]:.3f}" if losses else "no loss recorded"
+        how = "trained earlier" if r.resumed or r.train_s is None else f"in {r.train_s:.0f}s"  # skipped on resume
+        where = r.run_dir.relative_to(out).as_posix()
+        if i == 0:
+            lines.append(f"[3/6] full fine-tune: {r.steps} steps, {loss}, {how}{_monitor_line(r.summary, r.run_dir)}")
+            lines.append(f"  runs in {out}:")
+        lines.append(f"  {where}: {r.variant.label}, seed {r.seed}, {r.steps} steps, {loss}, {how}")
+    lines.append(f"  {len(records)} run(s) trained and evaluated in {took:.0f}s")
+    return "\n".join(lines)
+
+
+def _monitor_line(summary: dict[str, Any], run_dir: Path) -> str:
+    if not summary.get("monitor_s") or not summary.get("wall_s"):
         return ""
-    points = sum(1 for h in run.history if h.get("kind") == "monitor")
-    return f"\n  monitor: {points} points, {s['monitor_s']:.0f}s = {s['monitor_s'] / s['wall_s']:.0%} of the run"
+    from nbft.run_dirs import load_history
+
+    points = sum(1 for h in load_history(run_dir) if h.get("kind") == "monitor")
+    took, share = summary["monitor_s"], summary["monitor_s"] / summary["wall_s"]
+    return f"\n  monitor: {points} points, {took:.0f}s = {share:.0%} of the run"
 
 
 def _weight_changes(base_folder: Path | None, model: Any) -> Any:
@@ -437,13 +441,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _write_outputs(
-    table: Any, run: Any, out: Path, changes: Any, timings: dict[str, float], label: str
+    table: Any, history: list[dict[str, Any]], out: Path, model_dir: Path, changes: Any, label: str
 ) -> dict[str, Path]:
     from nbft import report
     from nbft.train import update_model_card
 
     files: dict[str, Path] = {}
-    history = [h for h in run.history if h.get("step") is not None]
     loss_png = out / "loss.png"
     loss_png.write_bytes(report.figure_to_png(report.loss_curve(history, title=f"Full fine-tune of {label}")))
     files["loss_plot"] = loss_png
@@ -453,9 +456,6 @@ def _write_outputs(
     files["metrics"] = out / "metrics.json"
     report.export_csv(table, out / "tables")
     files["tables"] = out / "tables"
-    model_dir = out / "model"
-    if not (model_dir / "config.json").exists():
-        run.save(model_dir)
-    update_model_card(model_dir, "Evaluation", report.model_card_section(table))
+    update_model_card(model_dir, "Evaluation", report.model_card_section(table))  # the main run's model
     files["model"] = model_dir
     return files

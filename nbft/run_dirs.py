@@ -46,6 +46,7 @@ __all__ = [
     "free_memory",
     "live_runs",
     "load_history",
+    "main_run_dir",
     "memory_report",
     "read_run",
     "register_run",
@@ -242,6 +243,24 @@ def newer_version_note(text: str) -> str:
     )
 
 
+def main_run_dir(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` itself when it is a run directory; for the folder of a sweep or a demo (``sweep.json``), its main
+    run: the first variant's first seed (the demo's tuned model). Anything else is returned as given.
+
+    Example:
+        >>> main_run_dir("runs/demo-1")  # doctest: +SKIP
+        PosixPath('runs/demo-1/target-only/seed-0')
+    """
+    path = Path(folder)
+    if (path / "run.json").is_file() or not (path / "sweep.json").is_file():
+        return path
+    try:
+        main = json.loads((path / "sweep.json").read_text()).get("main_run")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return path
+    return path / main if isinstance(main, str) and (path / main / "run.json").is_file() else path
+
+
 def read_run(run_dir: str | os.PathLike[str], *, _live: list[Any] | None = None) -> RunInfo:
     """Read one run directory (read-only) into a :class:`RunInfo`.
 
@@ -332,7 +351,7 @@ def _clock(seconds: float | None) -> str | None:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def _find_run_dirs(folder: Path, depth: int = 2) -> list[Path]:
+def _find_run_dirs(folder: Path, depth: int = 3) -> list[Path]:
     if (folder / "run.json").is_file():
         return [folder]
     found: list[Path] = []
@@ -350,9 +369,9 @@ def _find_run_dirs(folder: Path, depth: int = 2) -> list[Path]:
 def runs(folder: str | os.PathLike[str] = "runs") -> Any:
     """A table of the training runs under ``folder``: status, step, last loss, validation loss, time, resumable.
 
-    Reads ``run.json``, ``history.jsonl`` and ``checkpoints/`` of each run directory (up to two levels down);
-    writes nothing. Newest first. ``nbft.resume(path)`` (or ``TrainPanel.from_run_dir(path)``) continues a
-    resumable one.
+    Reads ``run.json``, ``history.jsonl`` and ``checkpoints/`` of each run directory (up to three levels down, so
+    a sweep's ``<sweep>/<variant>/seed-<s>`` too); writes nothing. Newest first. ``nbft.resume(path)`` (or
+    ``TrainPanel.from_run_dir(path)``) continues a resumable one.
 
     Example:
         >>> table = runs("runs")  # doctest: +SKIP

@@ -13,7 +13,8 @@ The comparison is :func:`nbft.compare` with a list of runs per variant (seeds as
 with a two-level bootstrap CI). The figure plots the in-domain gain G against forgetting on the *held-out* tasks (the
 other tasks that no variant replays), with the seed range as error bars and the Pareto front marked.
 
-The application layer (beside :mod:`nbft.demo` and :mod:`nbft.forgetting`): it loads, trains, evaluates and reports.
+The application layer (beside :mod:`nbft.demo` and :mod:`nbft.forgetting`, which both train through it): it loads,
+trains, evaluates and reports.
 
 Example::
 
@@ -68,6 +69,8 @@ SETTINGS = ("learning_rate", "steps", "replay", "balance")
 """The training settings a grid may vary."""
 SWEEP_FORMAT = "nbft-sweep/1"
 SWEEP_FILE = "sweep.json"
+BASE_EVALUATION_FILE = "base.evaluation.json"
+"""The base model's evaluation in a sweep folder (an :func:`nbft.evaluate_model` dict), kept for a resumed sweep."""
 DEFAULT_OTHERS = ("sentiment", "qa", "reply", "ner", "summarize-paper")
 DEFAULT_N_PER_TASK = {"ner": 60}
 """Per-task exceptions to ``n_other`` (the demo's too): NER answers are short but the base model's F1 is low (about
@@ -321,9 +324,16 @@ class _Plan:
     batch_size: int
     max_length: int
     precision: str
-    monitor: bool
+    monitor: bool | int
     eval: dict[str, Any]
     flat: bool = False  # one seed, old layout: <out>/<variant> is the run directory (forgetting_experiment)
+    # added later: None is the old behaviour, so a sweep.json written before them resumes as it was
+    validation: dict[str, Any] | None = None  # {"n": target validation examples, "every": steps between scores}
+    replay_max_length: int | None = None  # the replay variants' longest example (None: max_length)
+    max_new_tokens_other: int | None = None  # a cap on the other tasks' generation budgets (None: each task's own)
+
+    def max_length_of(self, variant: _Variant) -> int:
+        return self.replay_max_length if variant.replay > 0 and self.replay_max_length else self.max_length
 
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
@@ -413,6 +423,42 @@ def _saved_sweep(out: Path, plan: _Plan) -> dict[str, Any] | None:
     return saved
 
 
+def _validation_rows(task: Any, n: int, seed: int) -> Any:
+    """``n`` prompt → completion pairs from the task's *validation* split (never a training or test example), in
+    the task's evaluation phrasing, as the training rows; the same for every variant and seed."""
+    from nbft.data import build_instruction_dataset
+
+    data = build_instruction_dataset(task=task, templates=task.template, n=1, n_validation=n, seed=seed)
+    if "validation" not in data or not len(data["validation"]):
+        raise ValueError(f"task {task.name!r} has no validation split to score during training; pass n_validation=0")
+    return data["validation"]
+
+
+def _check_base_evaluation(base: Any, ecfg: EvalConfig, tasks: Sequence[Any]) -> None:
+    """A caller's base evaluation must score the same examples with the same settings as the sweep's runs: checked
+    before any training, naming the first setting that differs."""
+    from nbft.evaluate.tasks import expand_probes
+
+    if not isinstance(base, Mapping) or not isinstance(base.get("config"), Mapping) or "results" not in base:
+        raise TypeError(
+            "base_evaluation must be the dict that nbft.evaluate_model(...) returns for the base model, not "
+            f"{type(base).__name__}"
+        )
+    fields = ("n", "n_per_task", "icl_n", "seed", "chat_template", "scoring", "max_new_tokens", "batch_size", "probes")
+    saved = {"probes": False, **base["config"]}
+    diff = {f: (saved.get(f), getattr(ecfg, f)) for f in fields if saved.get(f) != getattr(ecfg, f)}
+    if diff:
+        raise ValueError(
+            f"base_evaluation was made with other settings than the sweep's evaluation (setting: (its, the sweep's)) "
+            f"{diff}; evaluate the base with the sweep's n, n_other, n_per_task, eval_batch_size, chat_template, "
+            "probes and seed"
+        )
+    names = [t.name for t in (expand_probes(list(tasks)) if ecfg.probes else tasks)]
+    missing = [t for t in names if t not in base.get("tasks", {})]
+    if missing:
+        raise ValueError(f"base_evaluation has no results for tasks {missing}; evaluate the base on {names}")
+
+
 # --------------------------------------------------------------------------------------------------- the engine
 @dataclasses.dataclass
 class _RunRecord:
@@ -445,6 +491,9 @@ class _Job:
     counts: dict[str, int]
     steps: int
     tokenized: Any = None
+    val: Any = None
+    """The target's validation rows (``n_validation``), the same for every variant."""
+    val_tokenized: Any = None
 
 
 def _one_run(
@@ -459,8 +508,9 @@ def _one_run(
     from nbft.train import TrainConfig, finetune
 
     v, run_dir = job.variant, plan.run_dir(job.variant, seed)
+    max_length = plan.max_length_of(v)
     expected = {"learning_rate": v.learning_rate, "max_steps": job.steps, "batch_size": plan.batch_size,
-                "seed": seed, "max_length": plan.max_length}  # fmt: skip
+                "seed": seed, "max_length": max_length}  # fmt: skip
     state = _run_state(run_dir, expected)
     eval_file = _evaluation_file(run_dir)
     if state == "done" and eval_file.is_file():  # finished in an earlier call: skipped
@@ -471,20 +521,28 @@ def _one_run(
     train_s, summary, spec = None, {}, str(run_dir / "model")  # completed, evaluation lost: the saved model
     if state != "done":
         if job.tokenized is None:
-            job.tokenized = tokenize_for_training(job.data, tok, max_length=plan.max_length,
+            job.tokenized = tokenize_for_training(job.data, tok, max_length=max_length,
                                                   chat_template=ecfg.chat_template)  # fmt: skip
+        every = None
+        if plan.validation:  # the same target validation examples for every run, scored every `every` steps
+            if job.val_tokenized is None:
+                job.val_tokenized = tokenize_for_training(job.val, tok, max_length=max_length,
+                                                          chat_template=ecfg.chat_template)  # fmt: skip
+            every = plan.validation["every"] or max(1, job.steps // 3)
         observers = []
-        if plan.monitor:
+        if plan.monitor:  # True: the monitor's own n per task; a number: that many examples per task
+            n_monitor = {} if plan.monitor is True else {"n": int(plan.monitor)}
             observers.append(ForgettingMonitor(list(tasks), target=plan.target, checkpoints=False,
-                                               chat_template=ecfg.chat_template, seed=plan.seed))  # fmt: skip
+                                               chat_template=ecfg.chat_template, seed=plan.seed,
+                                               **n_monitor))  # fmt: skip
         cfg = TrainConfig(learning_rate=v.learning_rate, max_steps=job.steps, batch_size=plan.batch_size,
-                          warmup_ratio=0.1, schedule="linear", max_length=plan.max_length, seed=seed,
-                          precision=plan.precision)  # fmt: skip
+                          warmup_ratio=0.1, schedule="linear", max_length=max_length, seed=seed,
+                          precision=plan.precision, eval_every=every)  # fmt: skip
         base.restore()  # the base that was evaluated, whatever the previous run did to the model
         t0 = time.perf_counter()
         # a run that did not complete is replaced: its own files only, nothing of the user's beside them
-        run = finetune(model, tok, job.tokenized, config=cfg, observers=observers, run_dir=run_dir,
-                       overwrite=state == "redo")  # fmt: skip
+        run = finetune(model, tok, job.tokenized, val=job.val_tokenized, config=cfg, observers=observers,
+                       run_dir=run_dir, overwrite=state == "redo")  # fmt: skip
         train_s, summary, spec = time.perf_counter() - t0, dict(run.summary), model
         if run.status != "completed":
             raise SweepInterrupted(
@@ -509,6 +567,7 @@ def _run_grid(
     grid: Mapping[str, Sequence[Any]],
     progress: bool,
     say: Callable[[str], None],
+    base_evaluation: Mapping[str, Any] | None = None,
 ) -> tuple[Any, list[_RunRecord], dict[str, float]]:
     """Train and evaluate every variant × seed not finished yet, then compare them all: (table, records, timings)."""
     from tqdm import tqdm  # plain tqdm: tqdm.auto would import IPython, which the core never does
@@ -524,6 +583,8 @@ def _run_grid(
     record: dict[str, Any] = saved or {"format": SWEEP_FORMAT, "plan": plan.identity(), "runs": {}}
     record.update(grid={k: list(v) for k, v in grid.items()}, seeds=list(seeds), flat=plan.flat, results=None)
     record["variants"] = [{"name": v.name, "label": v.label, "settings": v.settings()} for v in variants]
+    # the run that TryPanel.from_run_dir(out) / TrainPanel.from_run_dir(out) open: the first variant's first seed
+    record["main_run"] = plan.run_dir(variants[0], seeds[0]).relative_to(plan.out).as_posix()
     _write_json(plan.out / SWEEP_FILE, record)  # first: a folder with runs of this sweep always says so
 
     # data: the target's train split per (steps, balance); one replay pool, large enough for the largest share
@@ -549,15 +610,19 @@ def _run_grid(
         if need
         else {}
     )
+    val_rows = _validation_rows(target_task, plan.validation["n"], plan.seed) if plan.validation else None
     timings["data_s"] = time.perf_counter() - t0
 
-    base_file = plan.out / "base.evaluation.json"
+    base_file = plan.out / BASE_EVALUATION_FILE
     records: list[_RunRecord] = []
     bar = tqdm(total=len(variants) * len(seeds), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
     try:
         with BaseSnapshot(model) as base:  # every run starts from these weights and buffers; the model comes back
             t0 = time.perf_counter()
-            if base_file.is_file():  # evaluated by an earlier call of this sweep (same base, same settings)
+            if base_evaluation is not None:  # the caller's (e.g. the demo's, with its k-shot columns)
+                base_eval = dict(base_evaluation)
+                _write_json(base_file, base_eval)
+            elif base_file.is_file():  # evaluated by an earlier call of this sweep (same base, same settings)
                 base_eval = _read_json(base_file)
             else:
                 base_eval = evaluate_model(model, tasks, tokenizer=tok, target=plan.target, config=ecfg)
@@ -565,7 +630,7 @@ def _run_grid(
             timings["eval_base_s"] = time.perf_counter() - t0
             for v in variants:
                 data, counts = replay_mixture(target_rows[(v.steps, v.balance)], pool, v.replay, seed=plan.seed)
-                job = _Job(v, data, counts, math.ceil(len(data) / plan.batch_size))
+                job = _Job(v, data, counts, math.ceil(len(data) / plan.batch_size), val=val_rows)
                 for s in seeds:
                     bar.set_postfix_str(f"{v.label}, seed {s}")
                     rec = _one_run(plan, job, s, record, base, model, tok, tasks, ecfg, done=len(records),
@@ -592,8 +657,10 @@ def _run_grid(
         evaluations = {k: v[0] if isinstance(v, list) else v for k, v in evaluations.items()}
         training = {k: v[0] for k, v in training.items()}
     groups = {"replayed": plan.replayed, "held-out": plan.held_out} if plan.held_out and plan.replayed else None
-    table = compare(evaluations, list(tasks), target=plan.target, config=ecfg, tokenizer=tok, training_data=training,
-                    task_groups=groups)  # fmt: skip
+    # the base's in-context (k-shot) results, when it has them, become the table's k-shot columns
+    shots = tuple(sorted({0, *(int(r["k"]) for r in base_eval.get("results", ()))}))
+    table = compare(evaluations, list(tasks), target=plan.target, config=dataclasses.replace(ecfg, icl_shots=shots),
+                    tokenizer=tok, training_data=training, task_groups=groups)  # fmt: skip
     timings["compare_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     record["results"] = table.to_dict()
@@ -1071,10 +1138,16 @@ def sweep(
     precision: str = "auto",
     out_dir: str | Path | None = None,
     tokenizer: Any = None,
-    monitor: bool = False,
+    monitor: bool | int = False,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
     seed_dirs: bool = True,
+    n_validation: int = 0,
+    eval_every: int | None = None,
+    replay_max_length: int | None = None,
+    max_new_tokens_other: int | None = None,
+    base_evaluation: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> SweepResult:
     """Fine-tune one base model once per grid point and seed, and compare the variants in one table and one figure.
 
@@ -1103,11 +1176,24 @@ def sweep(
             ``<variant>/seed-<s>``, named from the grid's settings, plus ``sweep.json``. The same call with the same
             ``out_dir`` skips the finished runs (a completed run and its evaluation), redoes a run that did not
             complete (replacing its own files only) and trains the rest; the grid and the seeds may grow.
-        monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each run.
+        monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each run (its rows go into each
+            run's ``history.jsonl``): ``True`` scores the monitor's default number of examples per task, a number
+            ``n`` scores ``n`` per task.
         progress: one progress bar over variants × seeds (the library's own bars stay off).
         echo: called with one line per finished run (default: the ``nbft.sweeps`` logger, at debug level).
         seed_dirs: ``False`` (one seed only): each variant's run directory is ``<out_dir>/<variant>`` and its column
             a single run rather than a list of one (the layout of :func:`nbft.forgetting_experiment` without seeds).
+        n_validation: score the validation loss of this many target examples during each run (from the target's
+            *validation* split, so never a training or test example; the same examples for every run), every
+            ``eval_every`` steps (default: a third of each run's steps) and at its end; ``0``: no validation.
+        replay_max_length: the longest example of a replay variant (default ``max_length``): the other tasks'
+            prompts can be longer than the target's (a paper abstract is about 250 tokens, a tweet 40).
+        max_new_tokens_other: a cap on the other tasks' generation budgets (``None``: each task's own; a smoke run
+            caps it to stay fast).
+        base_evaluation: the base model's evaluation made by the caller (:func:`nbft.evaluate_model` on the target
+            and the other tasks with the sweep's evaluation settings, before any run), used instead of the sweep's
+            own; its in-context (k-shot) results become the table's k-shot columns. Checked before any training.
+        labels: column labels by variant folder name, e.g. ``{"target-only": "tuned"}`` (default: from the grid).
 
     Returns a :class:`SweepResult`. A run that stops early (Stop, Ctrl-C) raises :class:`SweepInterrupted` after
     keeping what finished.
@@ -1132,13 +1218,29 @@ def sweep(
             f"balance=True samples the target's labels equally, but {target!r} has no labels (no choices); "
             "leave balance out of the grid for this task"
         )
-    variants = _variants(checked, defaults)
+    variants = _relabel(_variants(checked, defaults), labels)
     return _sweep_call(
         variants, train_seeds, checked, model=model, tokenizer=tokenizer, target_task=target_task, names=names,
         replayed=replayed, held_out=held_out, batch_size=batch_size, max_length=max_length, n=n, n_other=n_other,
         n_per_task=n_per_task, eval_batch_size=eval_batch_size, chat_template=chat_template, probes=probes, seed=seed,
         precision=precision, out_dir=out_dir, monitor=monitor, progress=progress, echo=echo, flat=not seed_dirs,
+        n_validation=n_validation, eval_every=eval_every, replay_max_length=replay_max_length,
+        max_new_tokens_other=max_new_tokens_other, base_evaluation=base_evaluation,
     )  # fmt: skip
+
+
+def _relabel(variants: list[_Variant], labels: Mapping[str, str] | None) -> list[_Variant]:
+    if not labels:
+        return variants
+    names = [v.name for v in variants]
+    unknown = [k for k in labels if k not in names]
+    if unknown:
+        raise ValueError(f"labels names variants {unknown}, not among this sweep's {names}")
+    out = [dataclasses.replace(v, label=str(labels.get(v.name, v.label))) for v in variants]
+    shown = [v.label for v in out]
+    if len(set(shown)) < len(shown) or "base" in shown:
+        raise ValueError(f"labels give the columns {shown}: each must be unique and none may be 'base'")
+    return out
 
 
 def _variants(grid: Mapping[str, Sequence[Any]], defaults: Mapping[str, Any]) -> list[_Variant]:
@@ -1173,10 +1275,15 @@ def _sweep_call(
     precision: str,
     out_dir: str | Path | None,
     probes: bool = True,
-    monitor: bool,
+    monitor: bool | int,
     progress: bool,
     echo: Callable[[str], None] | None,
     flat: bool,
+    n_validation: int = 0,
+    eval_every: int | None = None,
+    replay_max_length: int | None = None,
+    max_new_tokens_other: int | None = None,
+    base_evaluation: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """The work shared by :func:`sweep` and :func:`nbft.forgetting_experiment`, after their argument checks."""
     from nbft._quiet import call_scope
@@ -1188,11 +1295,24 @@ def _sweep_call(
     from nbft.train.variants import fingerprint
 
     check_int("batch_size", batch_size, 1, "e.g. batch_size=8")
+    check_int("n_validation", n_validation, 0, "target validation examples, e.g. n_validation=64 (0: none)")
+    for key, value, hint in (
+        ("eval_every", eval_every, "e.g. eval_every=10"),
+        ("replay_max_length", replay_max_length, "e.g. replay_max_length=384"),
+        ("max_new_tokens_other", max_new_tokens_other, "e.g. max_new_tokens_other=16"),
+    ):
+        if value is not None:
+            check_int(key, value, 1, hint)
+    if not isinstance(monitor, bool):
+        check_int("monitor", monitor, 1, "True, or the examples per task it scores, e.g. monitor=6")
     TrainConfig(precision=precision)  # a bad precision fails here, before anything is loaded
     out = Path(out_dir) if out_dir is not None else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     _check_folder(out)
     say = echo or (lambda line: logger.debug("%s", line))
     other_tasks = [get_task(t) for t in names]
+    if max_new_tokens_other is not None:
+        other_tasks = [dataclasses.replace(t, max_new_tokens=min(t.max_new_tokens, max_new_tokens_other))
+                       for t in other_tasks]  # fmt: skip
     tasks = [target_task, *other_tasks]
     with call_scope():  # no library bars (tokenize, save); each library warning once
         t0 = time.perf_counter()
@@ -1201,18 +1321,25 @@ def _sweep_call(
         chat = chat_template and bool(getattr(tok, "chat_template", None))
         per_task = DEFAULT_N_PER_TASK if n_per_task is None else n_per_task
         sizes = {t.name: per_task.get(t.name, n_other) for t in other_tasks}
-        ecfg = EvalConfig(n=n, n_per_task=sizes, icl_shots=(0,), batch_size=eval_batch_size, chat_template=chat,
-                          seed=seed, progress=False, probes=probes)  # fmt: skip
+        icl_n = base_evaluation.get("config", {}).get("icl_n") if isinstance(base_evaluation, Mapping) else None
+        ecfg = EvalConfig(n=n, n_per_task=sizes, icl_shots=(0,), icl_n=icl_n, batch_size=eval_batch_size,
+                          chat_template=chat, seed=seed, progress=False, probes=probes)  # fmt: skip
+        if base_evaluation is not None:
+            _check_base_evaluation(base_evaluation, ecfg, tasks)
         eval_fields = {k: getattr(ecfg, k) for k in ("n", "n_per_task", "batch_size", "chat_template", "seed")}
         if probes:  # a sweep saved before probes existed resumes as it was
             eval_fields["probes"] = True
+        if icl_n is not None:  # the k-shot columns' examples (a caller's base evaluation); checked on resume too
+            eval_fields["icl_n"] = icl_n
+        validation = {"n": n_validation, "every": eval_every} if n_validation else None
         plan = _Plan(out, label, fingerprint(mdl), target_task.name, list(names), replayed, held_out, seed,
-                     batch_size, max_length, precision, monitor, eval_fields, flat=flat)  # fmt: skip
+                     batch_size, max_length, precision, monitor, eval_fields, flat=flat, validation=validation,
+                     replay_max_length=replay_max_length,
+                     max_new_tokens_other=max_new_tokens_other)  # fmt: skip
         say(f"sweep: {label}, target={target_task.name}, replayed={replayed}, held out={held_out}, "
             f"{len(variants)} variants × seeds {list(seeds)}, out={out}")  # fmt: skip
-        table, records, timings = _run_grid(
-            plan, variants, seeds, model=mdl, tok=tok, tasks=tasks, grid=grid, progress=progress, say=say
-        )
+        table, records, timings = _run_grid(plan, variants, seeds, model=mdl, tok=tok, tasks=tasks, grid=grid,
+                                            progress=progress, say=say, base_evaluation=base_evaluation)  # fmt: skip
         record = _read_json(out / SWEEP_FILE)
         record["timings"] = {**timings, "load_s": load_s}
         return SweepResult(ComparisonTable(table.results), out, record, records)

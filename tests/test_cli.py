@@ -32,21 +32,23 @@ def test_demo_with_tiny_model_writes_the_run(capsys, tmp_path):
     captured = capsys.readouterr()
     printed = captured.out
     assert "[6/6]" in printed and "Forgetting" in printed and f"wrote {out}" in printed
-    # the demo runs in one quiet scope: nbft's own bars only, no library bars (datasets' "tokenize" map)
-    assert "nbft train" in captured.err and "tokenize:" not in captured.err
-    assert (out / "report.html").exists() and (out / "metrics.json").exists() and (out / "model").is_dir()
+    # the demo runs in one quiet scope: nbft's own bars only (the sweep's, over its runs), no library bars
+    assert "sweep" in captured.err and "tokenize:" not in captured.err
+    main_run = out / "target-only" / "seed-0"  # the demo's folder is a sweep's: one run directory per variant × seed
+    assert (out / "report.html").exists() and (out / "metrics.json").exists() and (main_run / "model").is_dir()
     # --replay 0.2: the same base fine-tuned on the same target examples plus 20% replayed, side by side
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["columns"][-2:] == ["tuned", "replay 0.2"]
     assert [f["model"] for f in metrics["forgetting"]] == ["tuned", "replay 0.2"]
     assert metrics["models"]["replay 0.2"]["training"]["checked"], "overlap checked against the replay mixture"
-    assert "replay 0.2 vs tuned: AF" in printed and (out / "replay-0.2" / "model").is_dir()
+    assert "replay 0.2 vs tuned: AF" in printed and (out / "replay-0.2" / "seed-0" / "model").is_dir()
+    assert (out / "sweep.png").stat().st_size > 0, "two variants: gain against held-out forgetting"
     effect = metrics["replay_effect"][0]
     assert effect["model"] == "replay 0.2" and effect["reference"] == "tuned"
     # the monitor watched both fine-tunes: its points are in each run's history, its share in the printed lines
-    for run_dir in (out, out / "replay-0.2"):
+    for run_dir in (main_run, out / "replay-0.2" / "seed-0"):
         rows = [json.loads(ln) for ln in (run_dir / "history.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows if r["kind"] == "monitor"] == [0, 6 if run_dir == out else 8]
+        assert [r["step"] for r in rows if r["kind"] == "monitor"] == [0, 6 if run_dir == main_run else 8]
     assert "monitor: 2 points" in printed
 
 
@@ -62,3 +64,7 @@ def test_demo_bad_input_is_one_clear_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "unknown task 'sentimnt'" in err and "Did you mean 'sentiment'" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()  # nothing half-written
+    # --balance samples the target's labels equally: a task without labels is refused before any work
+    assert main(["demo", "--model", "tiny", "--target", "qa", "--balance", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "has no labels" in err and "--balance" in err and not (tmp_path / "x").exists()

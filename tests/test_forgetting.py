@@ -212,8 +212,8 @@ def test_the_demo_keeps_a_task_out_of_its_replay_pool(tmp_path):
                            progress=False)  # fmt: skip
     table = result["table"]
     assert table.results["task_groups"] == {"replayed": ["qa"], "held-out": ["ner"]}
-    replayed = read_training_hashes(tmp_path / "demo" / "replay-0.25")
-    tuned = read_training_hashes(tmp_path / "demo")
+    replayed = read_training_hashes(tmp_path / "demo" / "replay-0.25" / "seed-0")
+    tuned = read_training_hashes(tmp_path / "demo" / "target-only" / "seed-0")
     assert replayed.n_examples > tuned.n_examples  # the target examples plus qa's, none of ner's
     for f in table.results["forgetting"]:
         assert set(f["groups"]) == {"replayed", "held-out"} and f["groups"]["held-out"]["worst_task"] == "ner"
@@ -233,7 +233,7 @@ def test_the_demo_with_seeds_shows_the_mean_and_the_seed_range(tmp_path):
     assert metrics["task_groups"] == {"replayed": ["qa"], "held-out": ["reply", "ner", "summarize-paper"]}
     assert metrics["models"]["tuned"]["runs"] == ["seed 0", "seed 1"]
     assert metrics["models"]["replay 0.25"]["runs"] == ["seed 0", "seed 1"]
-    assert (out / "seed-1" / "model").is_dir() and (out / "replay-0.25-seed-1" / "model").is_dir()
+    assert (out / "target-only" / "seed-1" / "model").is_dir() and (out / "replay-0.25" / "seed-1" / "model").is_dir()
     f = {x["model"]: x for x in metrics["forgetting"]}
     assert f["tuned"]["n_seeds"] == 2 and len(f["replay 0.25"]["AF_per_seed"]) == 2
     target = next(d for d in metrics["deltas"] if d["model"] == "tuned" and d["role"] == "target" and d["is_headline"])

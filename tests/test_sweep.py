@@ -217,6 +217,10 @@ def test_a_resumed_sweep_with_other_fixed_settings_is_refused(tmp_path):
     _sweep(out, seeds=(0,), steps=1)
     with pytest.raises(ValueError, match="other fixed settings.*batch_size"):
         _sweep(out, seeds=(0,), steps=1, batch_size=4)
+    for changed, field in (({"n_validation": 4}, "validation"), ({"monitor": 3}, "monitor"),
+                           ({"replay_max_length": 128}, "replay_max_length")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"other fixed settings.*{field}"):
+            _sweep(out, seeds=(0,), steps=1, **changed)
     with pytest.raises(ValueError, match="another base model"):
         model, tok = tiny_random("llama", seed=1)
         nbft.sweep({"replay": [0, 0.5]}, model=model, tokenizer=tok, seeds=(0,), out_dir=out,
@@ -255,6 +259,27 @@ def test_the_cli_runs_a_sweep_and_writes_its_figure(tmp_path, capsys):
     assert "goals (1 seed;" in text and ("recommended: " in text or "no variant meets every goal" in text)
     assert load_sweep(out).table.columns == ["base", "1 steps · target-only", "1 steps · replay 0.5"]
     assert main(["sweep", "--model", "tiny", "--lr", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_demo_keywords_are_checked_before_anything_is_written(tmp_path):
+    """n_validation, eval_every, monitor, replay_max_length, labels and a caller's base evaluation: bad values and a
+    base evaluation made with other settings are refused before any training, naming what differs."""
+    from nbft.evaluate import evaluate_model
+
+    for bad, match in (({"n_validation": -1}, "n_validation"), ({"eval_every": 0}, "eval_every"),
+                       ({"monitor": 0}, "monitor"), ({"replay_max_length": 0}, "replay_max_length"),
+                       ({"labels": {"replay-0.3": "x"}}, "not among this sweep's"),
+                       ({"labels": {"target-only": "base"}}, "none may be 'base'")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            _sweep(tmp_path / "x", **bad)
+    model, tok = tiny_random("llama", seed=0)
+    base = evaluate_model(model, ["sentiment", "qa", "ner"], tokenizer=tok, target="sentiment", n=3,
+                          n_per_task={"qa": 2, "ner": 2}, batch_size=8, chat_template=True, probes=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"base_evaluation was made with other settings.*'n': \(3, 4\)"):
+        _sweep(tmp_path / "x", base_evaluation=base)
+    with pytest.raises(TypeError, match="evaluate_model"):
+        _sweep(tmp_path / "x", base_evaluation={"tasks": {}})
     assert not (tmp_path / "x").exists()
 
 

@@ -329,8 +329,9 @@ class TrainPanel(widgets.VBox):
             panel = TrainPanel.from_run_dir("runs/sentiment-1")
             panel                                          # click Resume (or panel.resume())
         """
-        from nbft.run_dirs import read_run
+        from nbft.run_dirs import main_run_dir, read_run
 
+        run_dir = main_run_dir(run_dir)  # a demo's or sweep's folder: its main run
         info = read_run(run_dir)  # a clear error when the folder is not a run
         panel = cls(run_dir=run_dir, observers=observers, plot=plot, runs_folder=Path(run_dir).parent)
         panel._show_disk_run(info)

@@ -224,15 +224,17 @@ class TryPanel(widgets.VBox):
     ) -> TryPanel:
         """A panel over a run directory, e.g. after a kernel restart: its final model (or newest checkpoint) as
         ``tuned``, its base model (``run.json``'s ``base_model``, or ``base=``) as ``base``, and its checkpoints in
-        the checkpoint list. The chat format starts as the run was trained (when ``run.json`` records it).
+        the checkpoint list. The chat format starts as the run was trained (when ``run.json`` records it). The
+        folder of a demo or a sweep (``sweep.json``) opens its main run (the demo's tuned model).
 
         Example::
 
             TryPanel.from_run_dir("runs/sentiment-1", tasks=["sentiment"])
         """
+        from nbft.run_dirs import main_run_dir
         from nbft.train.checkpoint import list_checkpoints
 
-        run_dir = Path(run_dir)
+        run_dir = main_run_dir(run_dir)  # a demo's or sweep's folder: its main run (the demo's tuned model)
         meta_path = run_dir / "run.json"
         if not meta_path.is_file():
             raise FileNotFoundError(
