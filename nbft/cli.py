@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--balance", action=argparse.BooleanOptionalAction, default=None,
-        help="the same number of target training examples per label (default: the demo's setting, off)",
+        help="the same number of target training examples per label (default: on for a labelled target)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_demo)
 
