@@ -81,7 +81,8 @@ class DemoSettings:
     """Sample a labelled target's training examples with the same number per label (``--no-balance``: as the train
     split holds them; a target without labels is never balanced unless asked, which is an error), so the fine-tune
     does not learn the train split's label prior (:meth:`~nbft.evaluate.Task.train`). Chosen by the 3-seed sweep in
-    the README: against unbalanced sampling it gains as much in domain (G +35.0 vs +34.0) and narrows the out-of-domain probe's seed range from -43..+29 to -5..+12 points, at the same cost."""
+    the README: against unbalanced sampling it gains as much in domain (G +35.0 vs +34.0) and narrows the
+    out-of-domain probe's seed range from -43..+29 to -5..+12 points, at the same cost."""
     n_validation: int = 32
     """Target examples (from its validation split) whose loss is scored during training, every third of the run
     (half the cost of 64, for a validation curve of three points)."""
