@@ -37,7 +37,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(target=args.target, steps=args.steps, out_dir=args.out, model=args.model, n=args.n,
                       replay=args.replay, replay_from=args.replay_from, seeds=args.seeds, balance=args.balance,
                       echo=print)  # fmt: skip
-    print(f"\nwrote {result['out_dir']}: " + ", ".join(sorted(Path(p).name for p in result["files"].values())))
+    out = Path(result["out_dir"])
+    paths = [Path(p) for p in result["files"].values()]
+    names = sorted(str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in paths)
+    print(f"\nwrote {out}: " + ", ".join(names))  # the tuned model is inside its run: target-only/seed-<s>/model
     return 0
 
 

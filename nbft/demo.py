@@ -333,8 +333,9 @@ def _run_demo(
             replay_from=replay_from if shares else names[1:], learning_rate=cfg.learning_rate, steps=cfg.steps,
             balance=cfg.balance, batch_size=cfg.batch_size, max_length=cfg.max_length, n=cfg.n, n_other=cfg.n_other,
             n_per_task=cfg.n_per_task, eval_batch_size=cfg.eval_batch_size, chat_template=cfg.chat_template,
-            probes=cfg.probes, seed=seed, out_dir=out, monitor=cfg.monitor_n or False, progress=progress,
-            n_validation=n_val, replay_max_length=max(cfg.max_length, cfg.replay_max_length),
+            probes=cfg.probes, seed=seed, out_dir=out, monitor=cfg.monitor_n or False,
+            progress="runs" if progress else False, n_validation=n_val,
+            replay_max_length=max(cfg.max_length, cfg.replay_max_length),
             max_new_tokens_other=cfg.max_new_tokens_other, base_evaluation=base_eval, labels={"target-only": "tuned"},
         )  # fmt: skip
     except SweepInterrupted as exc:

@@ -529,7 +529,11 @@ def _one_run(
                 job.val_tokenized = tokenize_for_training(job.val, tok, max_length=max_length,
                                                           chat_template=ecfg.chat_template)  # fmt: skip
             every = plan.validation["every"] or max(1, job.steps // 3)
-        observers = []
+        observers: list[Any] = []
+        if ecfg.progress:  # progress="runs": the run's own step bar (loss, lr, validation), cleared when it ends
+            from nbft.train import ProgressObserver
+
+            observers.append(ProgressObserver(leave=False))
         if plan.monitor:  # True: the monitor's own n per task; a number: that many examples per task
             n_monitor = {} if plan.monitor is True else {"n": int(plan.monitor)}
             observers.append(ForgettingMonitor(list(tasks), target=plan.target, checkpoints=False,
@@ -565,7 +569,7 @@ def _run_grid(
     tok: Any,
     tasks: Sequence[Any],
     grid: Mapping[str, Sequence[Any]],
-    progress: bool,
+    progress: bool | str,
     say: Callable[[str], None],
     base_evaluation: Mapping[str, Any] | None = None,
 ) -> tuple[Any, list[_RunRecord], dict[str, float]]:
@@ -578,7 +582,7 @@ def _run_grid(
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     target_task, others = tasks[0], {t.name: t for t in tasks[1:]}
-    ecfg = EvalConfig(**{**plan.eval, "icl_shots": (0,), "progress": False})
+    ecfg = EvalConfig(**{**plan.eval, "icl_shots": (0,), "progress": progress == "runs"})
     saved = _saved_sweep(plan.out, plan)
     record: dict[str, Any] = saved or {"format": SWEEP_FORMAT, "plan": plan.identity(), "runs": {}}
     record.update(grid={k: list(v) for k, v in grid.items()}, seeds=list(seeds), flat=plan.flat, results=None)
@@ -1139,7 +1143,7 @@ def sweep(
     out_dir: str | Path | None = None,
     tokenizer: Any = None,
     monitor: bool | int = False,
-    progress: bool = True,
+    progress: bool | str = True,
     echo: Callable[[str], None] | None = None,
     seed_dirs: bool = True,
     n_validation: int = 0,
@@ -1179,7 +1183,9 @@ def sweep(
         monitor: also run a :class:`~nbft.evaluate.monitor.ForgettingMonitor` in each run (its rows go into each
             run's ``history.jsonl``): ``True`` scores the monitor's default number of examples per task, a number
             ``n`` scores ``n`` per task.
-        progress: one progress bar over variants × seeds (the library's own bars stay off).
+        progress: one progress bar over variants × seeds (the library's own bars stay off); ``"runs"`` adds each
+            run's own bars below it, its optimizer steps (loss, learning rate, validation loss) and its evaluation
+            per task, as ``nbft demo`` shows them; ``False``: no bar.
         echo: called with one line per finished run (default: the ``nbft.sweeps`` logger, at debug level).
         seed_dirs: ``False`` (one seed only): each variant's run directory is ``<out_dir>/<variant>`` and its column
             a single run rather than a list of one (the layout of :func:`nbft.forgetting_experiment` without seeds).
@@ -1276,7 +1282,7 @@ def _sweep_call(
     out_dir: str | Path | None,
     probes: bool = True,
     monitor: bool | int,
-    progress: bool,
+    progress: bool | str,
     echo: Callable[[str], None] | None,
     flat: bool,
     n_validation: int = 0,

@@ -32,8 +32,12 @@ def test_demo_with_tiny_model_writes_the_run(capsys, tmp_path):
     captured = capsys.readouterr()
     printed = captured.out
     assert "[6/6]" in printed and "Forgetting" in printed and f"wrote {out}" in printed
-    # the demo runs in one quiet scope: nbft's own bars only (the sweep's, over its runs), no library bars
+    assert "target-only/seed-0/model" in printed.split(f"wrote {out}:")[-1], "the last line names where the model is"
+    # the demo runs in one quiet scope: nbft's own bars only (the sweep's over its runs, and each run's steps and
+    # evaluation below it, as before the demo ran through the sweep), no library bars
     assert "sweep" in captured.err and "tokenize:" not in captured.err
+    assert "nbft train" in captured.err and "loss=" in captured.err, "each run's step bar"
+    assert "replay 0.2 · sentiment" in captured.err, "each run's evaluation bars"
     main_run = out / "target-only" / "seed-0"  # the demo's folder is a sweep's: one run directory per variant × seed
     assert (out / "report.html").exists() and (out / "metrics.json").exists() and (main_run / "model").is_dir()
     # --replay 0.2: the same base fine-tuned on the same target examples plus 20% replayed, side by side

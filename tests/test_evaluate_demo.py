@@ -142,3 +142,14 @@ def test_an_interrupted_demo_with_seeds_and_replay_resumes_through_the_sweep(nbf
     try_it = pytest.importorskip("nbft.widgets.try_it")
     panel = try_it.TryPanel.from_run_dir(out, base="tiny")  # the demo's folder opens its main run
     assert str(panel.models["tuned"]).endswith("target-only/seed-0/model")
+
+
+def test_the_default_balances_a_labelled_target_only(nbft_cache, tmp_path):
+    """balance is the demo's default for a labelled target (chosen by the part-7 sweep); a target without labels
+    (qa) is trained as its train split holds it, not refused, unless --balance is asked for explicitly."""
+    assert DemoSettings().balance is True
+    run_demo(model="tiny", target="qa", tasks=["sentiment"], out_dir=tmp_path / "qa", progress=False)
+    record = json.loads((tmp_path / "qa" / "sweep.json").read_text())
+    assert [r["settings"]["balance"] for r in record["runs"].values()] == [False]
+    with pytest.raises(ValueError, match="has no labels"):
+        run_demo(model="tiny", target="qa", tasks=["sentiment"], out_dir=tmp_path / "x", balance=True, progress=False)
