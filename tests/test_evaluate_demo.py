@@ -36,7 +36,7 @@ def test_demo_runs_end_to_end_with_a_tiny_model(nbft_cache, tmp_path):
     assert "base 2-shot" in metrics["columns"] and "tuned" in metrics["columns"]
     assert metrics["timings"]["total_s"] > 0
     assert "## Evaluation" in (main / "model" / "README.md").read_text()
-    # the main run scored its validation loss (64 target validation examples) and ran the forgetting monitor
+    # the main run scored its validation loss (target validation examples) and ran the forgetting monitor
     history = load_history(main)
     assert [h["step"] for h in history if h["kind"] == "eval"][-1] == 6 and all(
         h["val_loss"] > 0 for h in history if h["kind"] == "eval"
@@ -130,7 +130,8 @@ def test_an_interrupted_demo_with_seeds_and_replay_resumes_through_the_sweep(nbf
     assert len(nbft.runs(tmp_path)) == 4, "nbft.runs lists a demo's runs, three levels down"
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["main_run"] == "target-only/seed-0" and saved["plan"]["monitor"] == 2
-    assert saved["plan"]["validation"] == {"n": 64, "every": None} and saved["plan"]["replay_max_length"] == 96
+    assert saved["plan"]["validation"] == {"n": TINY_DEFAULTS.n_validation, "every": None}
+    assert saved["plan"]["replay_max_length"] == 96
     assert saved["runs"]["replay-0.5/seed-1"]["examples"] == {"sentiment": 24, "qa": 24}
     # validation loss and the monitor in every run, the replay runs too
     for run_dir in ("target-only/seed-1", "replay-0.5/seed-0"):
