@@ -153,13 +153,9 @@ def test_every_generation_engine_equals_one_at_a_time_greedy(arch, keywords):
         assert got == want, (arch, engine)
 
 
-@pytest.mark.parametrize(("arch", "keywords"), ARCHS, ids=[a for a, _ in ARCHS])
-def test_choice_scores_equal_the_models_own_forward(arch, keywords):
-    model, tok = _model(arch, keywords, std=0.3)
+def _assert_equal_own_forward(model, tok, prompts, choices, got, arch):
+    """Each score equals log p(choice | prompt) from the model's own forward on prompt + choice, one at a time."""
     seq2seq = model.config.is_encoder_decoder
-    prompts = [f"Question {i}: " + "abc " * (6 + 4 * i) + "\nAnswer:" for i in range(3)]  # 35 to 67 tokens
-    choices = [" yes", " no", " maybe not"]
-    got = score_choices(model, tok, prompts, choices, batch_size=4, progress=False)  # left-padded batches
     for i, prompt in enumerate(prompts):
         p = encode_prompt(tok, prompt, seq2seq=seq2seq)
         for j, choice in enumerate(choices):
@@ -171,6 +167,15 @@ def test_choice_scores_equal_the_models_own_forward(arch, keywords):
                     logits = model(input_ids=torch.cat([torch.tensor(p), c])[None]).logits[0, len(p) - 1 : -1]
             want = float(torch.log_softmax(logits.float(), -1).gather(-1, c[:, None]).sum())
             assert got[i, j] == pytest.approx(want, abs=1e-4), (arch, i, j)
+
+
+@pytest.mark.parametrize(("arch", "keywords"), ARCHS, ids=[a for a, _ in ARCHS])
+def test_choice_scores_equal_the_models_own_forward(arch, keywords):
+    model, tok = _model(arch, keywords, std=0.3)
+    prompts = [f"Question {i}: " + "abc " * (6 + 4 * i) + "\nAnswer:" for i in range(3)]  # 35 to 67 tokens
+    choices = [" yes", " no", " maybe not"]
+    got = score_choices(model, tok, prompts, choices, batch_size=4, progress=False)  # left-padded batches
+    _assert_equal_own_forward(model, tok, prompts, choices, got, arch)
 
 
 @pytest.mark.parametrize(("arch", "keywords"), ARCHS, ids=[a for a, _ in ARCHS])
@@ -189,17 +194,7 @@ def test_single_token_choice_scores_equal_the_models_own_forward_with_one_forwar
         hook.remove()
     if not seq2seq:
         assert len(calls) == 2, "one forward per batch of prompts, not one per (prompt, choice) pair"
-    for i, prompt in enumerate(prompts):
-        p = encode_prompt(tok, prompt, seq2seq=seq2seq)
-        for j, choice in enumerate(choices):
-            c = torch.tensor(encode_continuation(tok, choice))
-            with torch.no_grad():
-                if seq2seq:
-                    logits = model(input_ids=torch.tensor([p]), labels=c[None]).logits[0]
-                else:
-                    logits = model(input_ids=torch.cat([torch.tensor(p), c])[None]).logits[0, len(p) - 1 : -1]
-            want = float(torch.log_softmax(logits.float(), -1).gather(-1, c[:, None]).sum())
-            assert got[i, j] == pytest.approx(want, abs=1e-4), (arch, i, j)
+    _assert_equal_own_forward(model, tok, prompts, choices, got, arch)
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
